@@ -1,0 +1,104 @@
+"""Python API: estimate from a path, a numpy array or a dask array; write separately."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+
+from .io.read import ArraySource, MapInfo, ZarrSource, open_map
+from .pipeline import IN_MEMORY_LOWPASS_BYTES, Estimate
+from .pipeline import estimate as _estimate
+from .run import check_outputs, output_paths, write_maps
+from .settings import Settings, derive_settings
+
+
+def _array_source(data, temp_dir: str | None):
+    """A source for an in-memory or lazy array; large dask arrays are spilled to a temporary zarr."""
+    if isinstance(data, da.Array):
+        if data.nbytes <= IN_MEMORY_LOWPASS_BYTES:
+            return ArraySource(np.ascontiguousarray(data.compute(), dtype=np.float32)), None
+        import zarr
+
+        folder = Path(tempfile.mkdtemp(prefix="occupy_dask_input_", dir=temp_dir))
+        path = str(folder / "input.zarr")
+        chunks = tuple(c[0] for c in data.chunks)
+        z = zarr.create_array(path, shape=data.shape, chunks=chunks, dtype="float32", fill_value=0.0)
+        da.store(data.astype(np.float32), z, lock=False)
+        return ZarrSource(path, tuple(data.shape)), folder
+    return ArraySource(np.ascontiguousarray(data, dtype=np.float32)), None
+
+
+def estimate(
+    data,
+    *,
+    voxel_size: float | tuple[float, float, float] | None = None,
+    solvent_def=None,
+    settings: Settings | None = None,
+    temp_dir: str | None = None,
+    run=None,
+    **options,
+) -> Estimate:
+    """Estimate local scale and confidence (ALGORITHM.md sections 1-7).
+
+    ``data`` is a map path (MRC/CCP4, optionally gzip), or a 3D numpy/dask array in (z, y, x)
+    order with ``voxel_size`` in Å. ``options`` are :func:`derive_settings` keywords
+    (``resolution``, ``lowpass``, ``kernel_size``, ``tile_size``, ``occupancy``, ``chunks``, ...).
+    The global numbers (``s_max``, solvent model, limits) are computed now; ``scale`` and
+    ``confidence_map`` are lazy dask arrays. Use it as a context manager, or call ``close()``.
+    """
+    cleanups = []
+    if isinstance(data, (str, os.PathLike)):
+        mapin = open_map(data, temp_dir=temp_dir)
+        cleanups.append(mapin.close)
+        info, source = mapin.info, mapin.source
+        if voxel_size is not None:
+            info.voxel_size = tuple(np.broadcast_to(np.asarray(voxel_size, float), (3,)))
+    else:
+        if np.ndim(data) != 3:
+            raise ValueError(f"a 3D volume is needed, got an array of shape {np.shape(data)}")
+        source, folder = _array_source(data, temp_dir)
+        if folder is not None:
+            cleanups.append(lambda: shutil.rmtree(folder, ignore_errors=True))
+        vs = 1.0 if voxel_size is None else voxel_size
+        info = MapInfo(
+            path=None,
+            name="map",
+            shape=tuple(int(n) for n in np.shape(data)),
+            voxel_size=tuple(float(v) for v in np.broadcast_to(np.asarray(vs, float), (3,))),
+        )
+    soldef_source = None
+    if solvent_def is not None:
+        if isinstance(solvent_def, (str, os.PathLike)):
+            soldef = open_map(solvent_def, temp_dir=temp_dir, role="solvent definition")
+            cleanups.append(soldef.close)
+            soldef_source = soldef.source
+        else:
+            soldef_source, folder = _array_source(solvent_def, temp_dir)
+    try:
+        if settings is None:
+            settings = derive_settings(info.shape, info.voxel_size, **options)
+        kwargs = {} if run is None else {"run": run}
+        est = _estimate(source, info, settings, soldef_source, temp_dir=temp_dir, **kwargs)
+    except BaseException:
+        for fn in cleanups:
+            fn()
+        raise
+    est.cleanup.extend(cleanups)
+    return est
+
+
+def write(est: Estimate, output_dir: str | os.PathLike = ".", *, overwrite: bool = False, run=None) -> dict[str, Path]:
+    """Write the scale and confidence maps of ``est`` as MRC files (headers from the input)."""
+    from .cluster import Runner
+
+    paths = output_paths(est.info, est.settings.scale_mode, Path(output_dir), False, False)
+    paths = {k: v for k, v in paths.items() if k in est.output_names}
+    inputs = [est.info.path] if est.info.path is not None else []
+    check_outputs(paths, inputs, overwrite)
+    written, _ = write_maps(est, paths, run or Runner(quiet=True))
+    return written

@@ -1,0 +1,168 @@
+"""The ``occupy-dask`` command: flags -> settings -> pipeline -> outputs and report.
+
+Exit codes: 0 success, 2 usage error, 1 processing error (one line; traceback with --verbose).
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+
+import typer
+
+from . import __version__
+from .cluster import Runner
+from .io.read import MapError
+from .pipeline import ProcessingError
+from .report import limits
+from .run import OutputError, run_map
+from .settings import SettingsError, derive_settings
+from .solvent import SolventModelError
+
+app = typer.Typer(add_completion=False, context_settings={"help_option_names": ["-h", "--help"]})
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"occupy-dask {__version__}")
+        raise typer.Exit()
+
+
+def _fail(message: str, verbose: bool, code: int = 1) -> None:
+    if verbose:
+        traceback.print_exc()
+    typer.echo(f"occupy-dask: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command(help="Estimate the local map scale (occupancy proxy) of a cryo-EM map, chunked with dask.")
+def main_command(
+    input_map: Path = typer.Option(..., "--input-map", "-i", help="Input map (.mrc/.map/.ccp4, optionally .gz)."),
+    resolution: float | None = typer.Option(
+        None, "--resolution", "-r", help="Map resolution [Å]; low-pass at this unless --lowpass-input is larger."
+    ),
+    lowpass_input: float | None = typer.Option(
+        None,
+        "--lowpass-input",
+        "--lowpass",
+        "-lp",
+        help="Low-pass of the input for the solvent model and confidence [Å]. Default: --resolution, else max(8, 3 x voxel size).",
+    ),
+    kernel_size: int | None = typer.Option(
+        None,
+        "--kernel-size",
+        help="Kernel box edge [voxels, odd >= 3]. Default: floor(lowpass/voxel) made odd, clipped to [3, 9].",
+    ),
+    kernel_radius: float | None = typer.Option(None, "--kernel-radius", help="Kernel radius [voxels]. Default: lowpass / (2 x voxel size)."),
+    tau: float | None = typer.Option(None, "--tau", help="Percentile (0-1) for the full-scale reference. Default: root of x^n_v + x - 1."),
+    tile_size: int | None = typer.Option(
+        None,
+        "--tile-size",
+        help="Tile edge for the full-scale reference [voxels]. Default: 12 (box//20 with --reference-compatible).",
+    ),
+    tile_grid: int | None = typer.Option(
+        None,
+        "--tile-grid",
+        help="Use the reference's grid of G tiles per axis instead of non-overlapping tiles. Default: off (20 with --reference-compatible).",
+    ),
+    occupancy: bool | None = typer.Option(
+        None,
+        "--occupancy/--raw-scale",
+        "--lp-scale",
+        help="Estimate scale on the low-passed map (occupancy mode) or the raw map (resolution mode). Default: raw, occupancy when modifying.",
+    ),
+    solvent_def: Path | None = typer.Option(
+        None, "--solvent-def", help="Mask defining solvent or content (either polarity), same grid as the input."
+    ),
+    hedge_confidence: float | None = typer.Option(None, "--hedge-confidence", help="Raise the confidence to this power (> 1). Default: off."),
+    nlrc: bool = typer.Option(False, "--nlrc", help="Noise-level recalibration: stretch [confidence limit, 1] of the scale onto [0, 1]."),
+    save_chimerax: bool = typer.Option(True, "--save-chimerax/--no-save-chimerax", help="Write the ChimeraX script chimX_<name>.cxc."),
+    save_all_maps: bool = typer.Option(False, "--save-all-maps", help="Also write the low-passed input lowpass_<name>.mrc."),
+    chunks: int | None = typer.Option(None, "--chunks", help="Chunk edge [voxels]. Default: 256 (64 MB float32 blocks)."),
+    output_dir: Path = typer.Option(Path("."), "--output-dir", "-d", help="Directory for all outputs. Default: current directory."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+    temp_dir: Path | None = typer.Option(
+        None, "--temp-dir", help="Directory for temporary files (gzip input, spilled low-pass). Default: system temp."
+    ),
+    reference_compatible: bool = typer.Option(
+        False,
+        "--reference-compatible",
+        help="Use every convention of the reference OccuPy 0.1.13 (tiles, low-pass mask, fit, lookup) to check numbers against it.",
+    ),
+    verbose: bool = typer.Option(
+        False,
+        "--verbose/--quiet",
+        "-v/-q",
+        help="Print the settings table and detected limits (and tracebacks on error); --quiet prints only errors.",
+    ),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    quiet = "--quiet" in sys.argv or "-q" in sys.argv
+
+    def settings_factory(info):
+        return derive_settings(
+            info.shape,
+            info.voxel_size,
+            resolution=resolution,
+            lowpass=lowpass_input,
+            kernel_size=kernel_size,
+            kernel_radius=kernel_radius,
+            tau=tau,
+            tile_size=tile_size,
+            tile_grid=tile_grid,
+            occupancy=occupancy,
+            hedge_confidence=hedge_confidence,
+            nlrc=nlrc,
+            reference_compatible=reference_compatible,
+            chunks=chunks,
+        )
+
+    runner = Runner(quiet=quiet)
+    try:
+        result = run_map(
+            input_map,
+            settings_factory,
+            output_dir=output_dir,
+            solvent_def=solvent_def,
+            save_all_maps=save_all_maps,
+            save_chimerax=save_chimerax,
+            overwrite=overwrite,
+            temp_dir=str(temp_dir) if temp_dir else None,
+            runner=runner,
+        )
+    except SettingsError as exc:
+        _fail(f"{input_map}: {exc}", verbose, code=2)
+    except (MapError, OutputError) as exc:
+        _fail(str(exc), verbose)
+    except (SolventModelError, ProcessingError) as exc:
+        _fail(f"{input_map}: {exc}", verbose)
+    except MemoryError:
+        _fail(f"{input_map}: out of memory; try a smaller --chunks", verbose)
+    except KeyboardInterrupt:
+        typer.echo("occupy-dask: interrupted; no output was left half-written", err=True)
+        raise typer.Exit(130) from None
+    est = result.estimate
+    for message in est.warnings:
+        typer.echo(f"occupy-dask: warning: {message}", err=True)
+    if verbose:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"occupy-dask {__version__}: settings and detected limits")
+        for col in ("quantity", "unit", "value"):
+            table.add_column(col)
+        for row in limits(est, result.variability_limit):
+            table.add_row(*row)
+        Console(stderr=False).print(table)
+    if not quiet:
+        for kind, path in result.outputs.items():
+            typer.echo(f"wrote {kind:<10} {path}")
+
+
+def main() -> None:
+    app(prog_name="occupy-dask")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""Lazy map input: MRC/CCP4 (plain or gzip) and in-memory arrays, read block by block.
+
+A *source* is a small picklable object with ``shape`` and ``__getitem__`` returning float32;
+it opens the file inside ``__getitem__`` so that no array ever enters a task graph.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mrcfile
+import mrcfile.utils
+import numpy as np
+
+SUPPORTED_MODES = {0: "int8", 1: "int16", 2: "float32", 6: "uint16", 12: "float16"}
+MAP_SUFFIXES = (".mrc", ".map", ".ccp4", ".mrcs", ".rec", ".mrc.gz", ".map.gz", ".ccp4.gz")
+
+
+class MapError(ValueError):
+    """A map that cannot be used; the message names the file and the problem in one line."""
+
+
+@dataclass(frozen=True)
+class MrcSource:
+    """Read-only window onto the data block of an MRC file (stored axis order)."""
+
+    path: str
+    offset: int
+    file_dtype: str
+    shape: tuple[int, int, int]
+
+    ndim = 3
+    dtype = np.dtype(np.float32)
+
+    def _memmap(self) -> np.memmap:
+        return np.memmap(self.path, dtype=np.dtype(self.file_dtype), mode="r", offset=self.offset, shape=self.shape)
+
+    def __getitem__(self, key) -> np.ndarray:
+        return np.asarray(self._memmap()[key], dtype=np.float32)
+
+
+@dataclass(frozen=True, eq=False)
+class ArraySource:
+    """An in-memory float32 array behind the same interface (for the threaded scheduler)."""
+
+    array: np.ndarray
+
+    ndim = 3
+    dtype = np.dtype(np.float32)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.array.shape)
+
+    def __getitem__(self, key) -> np.ndarray:
+        return np.asarray(self.array[key], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class ZarrSource:
+    """A float32 zarr array on disk, opened inside each read."""
+
+    path: str
+    shape: tuple[int, int, int]
+
+    ndim = 3
+    dtype = np.dtype(np.float32)
+
+    def __getitem__(self, key) -> np.ndarray:
+        import zarr
+
+        return np.asarray(zarr.open_array(self.path, mode="r")[key], dtype=np.float32)
+
+
+def read_with_halo(source, start, stop, halo) -> np.ndarray:
+    """Read ``[start - halo, stop + halo)`` per axis; beyond the array, mirror the data
+    (numpy ``symmetric`` = scipy ``reflect``)."""
+    lo = [max(s - h, 0) for s, h in zip(start, halo)]
+    hi = [min(e + h, n) for e, h, n in zip(stop, halo, source.shape)]
+    block = source[tuple(slice(a, b) for a, b in zip(lo, hi))]
+    pad = [(a - (s - h), (e + h) - b) for a, b, s, e, h in zip(lo, hi, start, stop, halo)]
+    if any(p for pair in pad for p in pair):
+        block = np.pad(block, pad, mode="symmetric")
+    return block
+
+
+@dataclass
+class MapInfo:
+    """Geometry and header of an input map, kept to write outputs with the same header."""
+
+    path: Path | None
+    name: str
+    shape: tuple[int, int, int]
+    voxel_size: tuple[float, float, float]  # Å per stored axis (sections, rows, columns)
+    header: np.recarray | None = None
+    axis_order: tuple[int, int, int] = (1, 2, 3)  # mapc, mapr, maps
+    start: tuple[int, int, int] = (0, 0, 0)  # nxstart, nystart, nzstart
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    source: object = field(default=None, repr=False)
+
+
+def map_name(path: Path) -> str:
+    """The name used in output files: the file name without its map (and gzip) suffix."""
+    name = path.name
+    for suffix in sorted(MAP_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _stored_voxel_size(header) -> tuple[float, float, float]:
+    """Voxel size in Å along (sections, rows, columns) from cell and sampling (x, y, z)."""
+    cella = [float(header.cella[a]) for a in ("x", "y", "z")]
+    sampling = [int(header.mx), int(header.my), int(header.mz)]
+    axis_len = [int(header.nx), int(header.ny), int(header.nz)]
+    per_xyz = []
+    for length, m, fallback in zip(cella, sampling, axis_len):
+        intervals = m if m > 0 else fallback
+        per_xyz.append(length / intervals if intervals > 0 and length > 0 else 0.0)
+    mapc, mapr, maps = int(header.mapc), int(header.mapr), int(header.maps)
+    if sorted((mapc, mapr, maps)) != [1, 2, 3]:
+        mapc, mapr, maps = 1, 2, 3
+    return (per_xyz[maps - 1], per_xyz[mapr - 1], per_xyz[mapc - 1])
+
+
+class MapInput:
+    """An opened input map: ``info`` and a lazy ``source``; removes its temporary copy on close."""
+
+    def __init__(self, info: MapInfo, source, temp_path: Path | None = None):
+        self.info = info
+        self.source = source
+        self._temp_path = temp_path
+
+    def close(self) -> None:
+        if self._temp_path is not None and self._temp_path.exists():
+            self._temp_path.unlink()
+        self._temp_path = None
+
+    def __enter__(self) -> MapInput:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _gunzip(path: Path, temp_dir: str | None) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix="occupy_dask_", suffix=".mrc", dir=temp_dir)
+    try:
+        with gzip.open(path, "rb") as src, os.fdopen(fd, "wb") as dst:
+            shutil.copyfileobj(src, dst, length=16 << 20)
+    except (OSError, EOFError) as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise MapError(f"{path}: cannot decompress gzip file ({exc})") from None
+    return Path(tmp)
+
+
+def open_map(path: str | os.PathLike, temp_dir: str | None = None, role: str = "map") -> MapInput:
+    """Open an MRC/CCP4 map (``.gz`` decompressed to a temporary file) lazily, read-only."""
+    path = Path(path)
+    if not path.exists():
+        raise MapError(f"{path}: no such {role} file")
+    if path.is_dir():
+        raise MapError(f"{path}: is a directory, not a {role} file")
+    temp_path = None
+    data_path = path
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    if magic == b"\x1f\x8b":
+        temp_path = data_path = _gunzip(path, temp_dir)
+    try:
+        info, source = _read_header(path, data_path)
+    except BaseException:
+        if temp_path is not None:
+            temp_path.unlink(missing_ok=True)
+        raise
+    info.source = source
+    return MapInput(info, source, temp_path)
+
+
+def _read_header(path: Path, data_path: Path) -> tuple[MapInfo, MrcSource]:
+    size = data_path.stat().st_size
+    if size < 1024:
+        raise MapError(f"{path}: not an MRC map (file of {size} bytes is shorter than an MRC header)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with mrcfile.open(data_path, mode="r", header_only=True, permissive=True) as mrc:
+                header = mrc.header.copy()
+                nsymbt = int(mrc.header.nsymbt)
+    except Exception as exc:  # mrcfile raises ValueError and friends with varied messages
+        raise MapError(f"{path}: not a readable MRC map ({exc})") from None
+    if header is None or bytes(header.map) not in (b"MAP ", b"MAP\x00", b"MAP"):
+        raise MapError(f"{path}: not an MRC map (no 'MAP ' identifier in the header)")
+    mode = int(header.mode)
+    if mode not in SUPPORTED_MODES:
+        raise MapError(f"{path}: unsupported MRC data mode {mode} (supported: " + ", ".join(f"{k} ({v})" for k, v in SUPPORTED_MODES.items()) + ")")
+    nx, ny, nz = int(header.nx), int(header.ny), int(header.nz)
+    if min(nx, ny, nz) < 1 or nx * ny * nz > 2**40:
+        raise MapError(f"{path}: impossible dimensions in the header ({nx} x {ny} x {nz})")
+    if nz == 1 or ny == 1 or nx == 1:
+        raise MapError(f"{path}: a 2D image ({nx} x {ny} x {nz}), a 3D volume is needed")
+    if int(header.ispg) == 0 and nz > 1:
+        raise MapError(f"{path}: an image stack (space group 0, {nz} images), a 3D volume is needed")
+    dtype = mrcfile.utils.data_dtype_from_header(header)
+    shape = tuple(int(s) for s in mrcfile.utils.data_shape_from_header(header))
+    offset = 1024 + max(nsymbt, 0)
+    needed = offset + int(np.prod(shape)) * dtype.itemsize
+    if size < needed:
+        raise MapError(f"{path}: truncated MRC file (header says {needed} bytes of header and data, file has {size})")
+    voxel_size = _stored_voxel_size(header)
+    if min(voxel_size) <= 0 or not np.all(np.isfinite(voxel_size)):
+        raise MapError(f"{path}: the header gives no valid voxel size ({voxel_size} Å)")
+    axis_order = (int(header.mapc), int(header.mapr), int(header.maps))
+    info = MapInfo(
+        path=path,
+        name=map_name(path),
+        shape=shape,
+        voxel_size=tuple(float(v) for v in voxel_size),
+        header=header,
+        axis_order=axis_order,
+        start=(int(header.nxstart), int(header.nystart), int(header.nzstart)),
+        origin=tuple(float(header.origin[a]) for a in ("x", "y", "z")),
+    )
+    source = MrcSource(str(data_path), offset, dtype.str, shape)
+    return info, source

@@ -1,0 +1,29 @@
+"""Per-voxel stages of the fused per-chunk pass: scale, noise-level recalibration, and the
+geometry of the inscribed ellipsoid (ALGORITHM.md sections 5-7)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def local_scale(max_filtered: np.ndarray, s_max: float) -> np.ndarray:
+    """``clip(s_i / s_max, 0, 1)`` in float32."""
+    return np.clip(max_filtered / np.float32(s_max), np.float32(0.0), np.float32(1.0)).astype(np.float32, copy=False)
+
+
+def recalibrate_noise_level(scale: np.ndarray, confidence_limit: float) -> np.ndarray:
+    """``--nlrc``: stretch ``[confidence_limit, 1]`` onto ``[0, 1]``."""
+    lim = np.float32(confidence_limit)
+    out = (scale - lim) / (np.float32(1.0) - lim)
+    return np.clip(out, np.float32(0.0), np.float32(1.0)).astype(np.float32, copy=False)
+
+
+def inscribed_ellipsoid(shape, start, stop) -> np.ndarray:
+    """Boolean block ``[start, stop)`` of the ellipsoid inscribed in a box of ``shape`` voxels
+    (voxel centres at ``i + 0.5``; semi-axes half the box)."""
+    terms = []
+    for n, a, b in zip(shape, start, stop):
+        half = n / 2.0
+        terms.append(((np.arange(a, b) + 0.5 - half) / half) ** 2)
+    total = terms[0][:, None, None] + terms[1][None, :, None] + terms[2][None, None, :]
+    return total <= 1.0

@@ -1,0 +1,67 @@
+"""Tile layout and tile quantiles for the full-scale reference (ALGORITHM.md section 4)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def tile_origins_default(n: int, tile_size: int) -> np.ndarray:
+    """Non-overlapping tiles of stride ``tile_size``, ``floor(n/T)`` of them, centred in ``n``."""
+    count = n // tile_size
+    first = (n - count * tile_size) // 2
+    return first + tile_size * np.arange(count, dtype=np.int64)
+
+
+def tile_origins_grid(n: int, tile_size: int, grid: int) -> np.ndarray:
+    """The reference grid: ``grid`` tiles per axis spread evenly over ``n`` voxels."""
+    step = tile_size + (n - grid * tile_size) // (grid - 1)
+    edge = (n - ((grid - 1) * step + tile_size)) // 2
+    return edge + step * np.arange(grid, dtype=np.int64)
+
+
+def tile_layout(shape: tuple[int, int, int], tile_size: int, grid: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Origins and grid indices of the tiles that take part in the full-scale reference.
+
+    Returns ``origins`` (n_tiles, 3) and ``indices`` (n_tiles, 3), both int64, in stored axis
+    order. Default grid: tiles whose centre lies inside the ellipsoid inscribed in the box.
+    Reference grid: tile (i, j, k) kept when its distance from ``G/2`` is below ``G/2 - 1``.
+    """
+    if grid is None:
+        axes = [tile_origins_default(n, tile_size) for n in shape]
+    else:
+        axes = [tile_origins_grid(n, tile_size, grid) for n in shape]
+    idx = np.stack(np.meshgrid(*[np.arange(a.size) for a in axes], indexing="ij"), -1).reshape(-1, 3)
+    origins = np.stack([axes[d][idx[:, d]] for d in range(3)], axis=-1)
+    if grid is None:
+        centre = origins + tile_size / 2.0
+        half = np.asarray(shape, dtype=np.float64) / 2.0
+        keep = (((centre - half) / half) ** 2).sum(axis=1) <= 1.0
+    else:
+        keep = np.sqrt(((idx - grid / 2.0) ** 2).sum(axis=1)) < grid / 2.0 - 1.0
+    return origins[keep], idx[keep]
+
+
+def quantile_index(tau: float, n_values: int) -> int:
+    """0-based index of the tau-quantile among ``n_values`` sorted values."""
+    return min(int(math.floor(tau * n_values)), n_values - 1)
+
+
+def tile_quantiles(block: np.ndarray, block_origin: tuple[int, int, int], origins: np.ndarray, tile_size: int, tau: float) -> np.ndarray:
+    """Tau-quantile of each tile (float32, one per row of ``origins``).
+
+    ``block`` holds the data from ``block_origin`` on and must contain every tile.
+    """
+    t = tile_size
+    k = quantile_index(tau, t**3)
+    out = np.empty(len(origins), dtype=np.float32)
+    rel = np.asarray(origins, dtype=np.int64) - np.asarray(block_origin, dtype=np.int64)
+    batch = 4096
+    for start in range(0, len(rel), batch):
+        chunk = rel[start : start + batch]
+        values = np.empty((len(chunk), t**3), dtype=np.float32)
+        for i, (z, y, x) in enumerate(chunk):
+            values[i] = block[z : z + t, y : y + t, x : x + t].ravel()
+        out[start : start + len(chunk)] = np.partition(values, k, axis=1)[:, k]
+    return out

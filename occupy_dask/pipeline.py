@@ -1,0 +1,475 @@
+"""The lazy graph of the method: global reductions first, then one fused pass per chunk.
+
+Pass 1 (one read of each block): map ranges, solvent-region statistics, tile quantiles.
+Pass 2 (one read): the whole-map and solvent-region histograms.
+Fused pass (one read of each block and its halo): max filter, scale, confidence, modification.
+Every per-block task reads its own data from a source, so results do not depend on chunking.
+"""
+
+from __future__ import annotations
+
+import itertools
+import operator
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
+
+from . import lowpass as lowpass_stage
+from .io.read import ArraySource, MapInfo, ZarrSource, read_with_halo
+from .kernels.ballmax import ball_max_valid
+from .kernels.histogram import (
+    N_BINS,
+    confidence_lookup,
+    confidence_lookup_reference,
+    density_from_counts,
+    histogram_counts,
+    histogram_edges,
+)
+from .kernels.local import inscribed_ellipsoid, local_scale, recalibrate_noise_level
+from .kernels.tiles import tile_layout, tile_quantiles
+from .settings import Settings
+from .solvent import (
+    SOLVENT_ADVICE,
+    ConfidenceTable,
+    SolventModel,
+    SolventModelError,
+    confidence_table,
+    content_one_percent,
+    fit_solvent_model,
+    solvent_edge,
+)
+
+SOLVENT_THRESHOLD = 0.9
+IN_MEMORY_LOWPASS_BYTES = 2 << 30
+FLATTENED_FRACTION = 0.2  # exact zeros inside the inscribed sphere that mean 'no solvent noise'
+
+
+class ProcessingError(RuntimeError):
+    """The method cannot go on with this map; the message says why in one line."""
+
+
+def block_grid(shape, chunks):
+    """``(index, start, stop)`` of every chunk of ``shape``, in C order."""
+    axes = [list(range(0, n, c)) for n, c in zip(shape, chunks)]
+    for index in itertools.product(*[range(len(a)) for a in axes]):
+        start = tuple(axes[d][index[d]] for d in range(3))
+        stop = tuple(min(s + c, n) for s, c, n in zip(start, chunks, shape))
+        yield index, start, stop
+
+
+def _region(start, stop):
+    return tuple(slice(a, b) for a, b in zip(start, stop))
+
+
+# --------------------------------------------------------------------------- pass 1
+
+
+@dataclass(frozen=True)
+class _Sums:
+    """Running count, sum, sum of squares, min and max of a set of voxels."""
+
+    n: int = 0
+    total: float = 0.0
+    squares: float = 0.0
+    lo: float = np.inf
+    hi: float = -np.inf
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> _Sums:
+        if values.size == 0:
+            return cls()
+        v = values.astype(np.float64)
+        return cls(int(v.size), float(v.sum()), float((v * v).sum()), float(values.min()), float(values.max()))
+
+    def __add__(self, other: _Sums) -> _Sums:
+        return _Sums(
+            self.n + other.n,
+            self.total + other.total,
+            self.squares + other.squares,
+            min(self.lo, other.lo),
+            max(self.hi, other.hi),
+        )
+
+    @property
+    def variance(self) -> float:
+        if self.n < 2:
+            return np.inf
+        mean = self.total / self.n
+        return max(self.squares / self.n - mean * mean, 0.0)
+
+
+def _pass_one(sources, shape, start, stop, tile_ids, tile_origins, tile_size, tau):
+    raw = sources["raw"][_region(start, stop)]
+    lp = raw if sources["lp"] is sources["raw"] else sources["lp"][_region(start, stop)]
+    inside = inscribed_ellipsoid(shape, start, stop)
+    out = {
+        "raw": _Sums.of(raw),
+        "lp": _Sums.of(lp),
+        "flat": np.array([np.count_nonzero(raw[inside] == 0), inside.sum()]),
+    }
+    if "solvent_def" in sources:
+        solvent = sources["solvent_def"][_region(start, stop)] > SOLVENT_THRESHOLD
+        out["R"] = _Sums.of(lp[solvent & inside])
+        out["R'"] = _Sums.of(lp[~solvent & inside])
+    else:
+        out["inside"] = _Sums.of(lp[inside])
+    if len(tile_ids):
+        reach = np.maximum(np.asarray(stop), tile_origins.max(axis=0) + tile_size)
+        scale_src = sources["scale"]
+        block = scale_src[_region(start, reach)]
+        out["tiles"] = (tile_ids, tile_quantiles(block, start, tile_origins, tile_size, tau))
+    return out
+
+
+def _pass_two(sources, shape, start, stop, lp_range, region_kind, region_range):
+    lp = sources["lp"][_region(start, stop)]
+    counts = histogram_counts(lp, *lp_range)
+    inside = inscribed_ellipsoid(shape, start, stop)
+    if region_kind == "inside":
+        mask = inside
+    else:
+        solvent = sources["solvent_def"][_region(start, stop)] > SOLVENT_THRESHOLD
+        mask = (solvent if region_kind == "R" else ~solvent) & inside
+    region_counts = histogram_counts(lp[mask], *region_range)
+    return counts, region_counts
+
+
+# --------------------------------------------------------------------------- fused pass
+
+
+@dataclass(frozen=True)
+class LocalPlan:
+    """The numbers every chunk of the fused pass needs (small, picklable)."""
+
+    shape: tuple[int, int, int]
+    kernel: np.ndarray
+    s_max: float
+    table: np.ndarray
+    edges: np.ndarray
+    lp_min: float
+    lp_max: float
+    reference: bool
+    nlrc_limit: float | None
+    outputs: tuple[str, ...]
+
+
+def local_outputs(plan: LocalPlan, scale_padded, lp_block, raw_block) -> dict[str, np.ndarray]:
+    """All per-voxel results of one chunk from its scale data (with halo), low-passed and raw data."""
+    scale = local_scale(ball_max_valid(scale_padded, plan.kernel), plan.s_max)
+    if plan.reference:
+        confidence = confidence_lookup_reference(lp_block, plan.table, plan.lp_min, plan.lp_max)
+    else:
+        confidence = confidence_lookup(lp_block, plan.table, plan.edges)
+    if plan.nlrc_limit is not None:
+        scale = recalibrate_noise_level(scale, plan.nlrc_limit)
+    return {"scale": scale, "confidence": confidence, "lowpass": lp_block}
+
+
+def _fused_task(plan: LocalPlan, sources, start, stop):
+    halo = tuple(k // 2 for k in plan.kernel.shape)
+    scale_padded = read_with_halo(sources["scale"], start, stop, halo)
+    region = _region(start, stop)
+    lp_block = sources["lp"][region]
+    raw_block = sources["raw"][region]
+    results = local_outputs(plan, scale_padded, lp_block, raw_block)
+    core = tuple(slice(h, h + (b - a)) for h, a, b in zip(halo, start, stop))
+    scale_data = scale_padded[core]
+    full = results["scale"] == 1.0
+    stats = {"variability": (int(full.sum()), float(scale_data[full].astype(np.float64).sum()))}
+    arrays = []
+    for name in plan.outputs:
+        block = results[name]
+        arrays.append(block)
+        stats[name] = _Sums.of(block)
+    return np.stack(arrays), stats
+
+
+def _fused_graph(plan: LocalPlan, sources, chunks):
+    """Lazy stacked outputs ``(n_outputs, *shape)`` and a lazy list of per-chunk statistics;
+    each chunk's fused task runs once however many of its outputs are used."""
+    token = dask.base.tokenize(plan.shape, chunks, plan.s_max, plan.outputs, uuid.uuid4().hex)
+    fused, out, stats, gather = (f"occupy-{kind}-{token}" for kind in ("fused", "out", "stats", "gather"))
+    fused_layer, array_layer, stats_layer = {}, {}, {}
+    for index, start, stop in block_grid(plan.shape, chunks):
+        fused_layer[(fused, *index)] = (_fused_task, plan, sources, start, stop)
+        for c in range(len(plan.outputs)):
+            array_layer[(out, c, *index)] = (_take_output, (fused, *index), c)
+        stats_layer[(stats, *index)] = (operator.getitem, (fused, *index), 1)
+    graph = HighLevelGraph(
+        {
+            fused: fused_layer,
+            out: array_layer,
+            stats: stats_layer,
+            gather: {gather: (list, list(stats_layer))},
+        },
+        {fused: set(), out: {fused}, stats: {fused}, gather: {stats}},
+    )
+    dim_chunks = tuple(tuple(min(c, n - s) for s in range(0, n, c)) for n, c in zip(plan.shape, chunks))
+    stacked = da.Array(graph, out, ((1,) * len(plan.outputs), *dim_chunks), dtype=np.float32)
+    return stacked, Delayed(gather, graph)
+
+
+def _take_output(result, channel):
+    return result[0][channel : channel + 1]
+
+
+# --------------------------------------------------------------------------- the result
+
+
+@dataclass
+class Estimate:
+    """Result of :func:`estimate`: global numbers computed, per-voxel maps lazy (dask arrays).
+
+    Arrays are in stored axis order; ``scale`` and ``confidence`` are float32 in [0, 1].
+    """
+
+    settings: Settings
+    info: MapInfo
+    s_max: float
+    best_tile: tuple[int, int, int]
+    best_tile_centre: tuple[float, float, float]
+    n_tiles: int
+    solvent_model: SolventModel
+    solvent_region: str
+    solvent_edge: float
+    content_1pct: float
+    confidence: ConfidenceTable
+    raw_range: tuple[float, float]
+    lp_range: tuple[float, float]
+    outputs: da.Array  # stacked (n_outputs, *shape)
+    output_names: tuple[str, ...]
+    block_stats: object  # lazy list of per-chunk statistics
+    warnings: list[str] = field(default_factory=list)
+    cleanup: list = field(default_factory=list, repr=False)  # callables run by close()
+
+    def __getitem__(self, name: str) -> da.Array:
+        return self.outputs[self.output_names.index(name)]
+
+    @property
+    def scale(self) -> da.Array:
+        return self["scale"]
+
+    @property
+    def confidence_map(self) -> da.Array:
+        return self["confidence"]
+
+    @property
+    def confidence_limit(self) -> float:
+        """Scale below which the solvent model gives content less than half the voxels."""
+        return self.confidence.limit_value / self.s_max
+
+    def close(self) -> None:
+        """Remove temporary files and stores (a spilled low-passed map); lazy maps that read
+        them cannot be computed afterwards."""
+        while self.cleanup:
+            self.cleanup.pop()()
+
+    def __enter__(self) -> Estimate:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _as_float32_dask(source, chunks) -> da.Array:
+    name = f"occupy-input-{uuid.uuid4().hex}"
+    return da.from_array(source, chunks=chunks, name=name, lock=False, asarray=False, meta=np.empty((0, 0, 0), np.float32))
+
+
+def _materialise(array: da.Array, spill: bool, temp_dir: str | None, run, label: str):
+    """Compute a lazy map into memory or, when ``spill``, into a temporary zarr store."""
+    if not spill:
+        target = np.empty(array.shape, dtype=np.float32)
+        run(da.store(array, target, lock=False, compute=False), label=label)
+        return ArraySource(target), None
+    import zarr
+
+    folder = Path(tempfile.mkdtemp(prefix="occupy_dask_", dir=temp_dir))
+    path = folder / "lowpass.zarr"
+    chunks = tuple(c[0] for c in array.chunks)
+    z = zarr.create_array(str(path), shape=array.shape, chunks=chunks, dtype="float32", fill_value=0.0)
+    run(da.store(array, z, lock=False, compute=False), label=label)
+    return ZarrSource(str(path), tuple(array.shape)), folder
+
+
+def _default_run(*objs, label: str = ""):
+    return dask.compute(*objs)
+
+
+def estimate(
+    raw_source,
+    info: MapInfo,
+    settings: Settings,
+    solvent_def_source=None,
+    *,
+    run=_default_run,
+    spill_lowpass: bool | None = None,
+    temp_dir: str | None = None,
+    extra_outputs: tuple[str, ...] = (),
+) -> Estimate:
+    """Run the global reductions and return the lazy per-voxel outputs (sections 3-7).
+
+    ``raw_source`` is a source (``shape`` + ``__getitem__``) in stored order; ``run(*objs,
+    label=...)`` computes dask objects (progress and scheduler are the caller's).
+    """
+    s = settings
+    temp_dirs: list[Path] = []
+    sources = {"raw": raw_source}
+    if s.lowpass_applied:
+        lp_lazy = lowpass_stage.lowpass(
+            _as_float32_dask(raw_source, (s.chunk_edge, -1, -1)),
+            s.voxel_size,
+            s.lowpass_angstrom,
+            reference=s.reference_compatible,
+        )
+        if spill_lowpass is None:
+            spill_lowpass = lp_lazy.nbytes > IN_MEMORY_LOWPASS_BYTES
+        lp_source, folder = _materialise(lp_lazy, spill_lowpass, temp_dir, run, "low-pass")
+        if folder is not None:
+            temp_dirs.append(folder)
+        sources["lp"] = lp_source
+    else:
+        sources["lp"] = raw_source
+    if solvent_def_source is not None:
+        sources["solvent_def"] = solvent_def_source
+    sources["scale"] = sources["lp"] if s.scale_mode == "occ" else sources["raw"]
+
+    try:
+        return _estimate_from_sources(sources, info, s, run, temp_dirs, extra_outputs)
+    except BaseException:
+        for path in temp_dirs:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def _estimate_from_sources(sources, info, s: Settings, run, temp_dirs, extra_outputs) -> Estimate:
+    shape, chunks = s.shape, s.chunks
+    grid = list(block_grid(shape, chunks))
+    warnings: list[str] = []
+
+    # pass 1: ranges, solvent-region statistics, tile quantiles
+    origins, tile_index = tile_layout(shape, s.tile_size, s.tile_grid)
+    if len(origins) == 0:
+        raise ProcessingError(f"no tile of {s.tile_size} voxels fits inside the box {shape}; use a smaller --tile-size")
+    owner = {index: [] for index, _, _ in grid}
+    block_of = np.stack([origins[:, d] // chunks[d] for d in range(3)], axis=1)
+    for t, b in enumerate(map(tuple, block_of)):
+        owner[b].append(t)
+    tasks = []
+    for index, start, stop in grid:
+        ids = np.asarray(owner[index], dtype=np.int64)
+        tasks.append(dask.delayed(_pass_one, pure=False)(sources, shape, start, stop, ids, origins[ids], s.tile_size, s.tau))
+    results = run(*tasks, label="reductions")
+    totals = {}
+    quantiles = np.full(len(origins), -np.inf, dtype=np.float32)
+    for res in results:
+        for key, value in res.items():
+            if key == "tiles":
+                ids, values = value
+                quantiles[ids] = values
+            else:
+                totals[key] = totals[key] + value if key in totals else value
+    raw_range = (totals["raw"].lo, totals["raw"].hi)
+    lp_range = (totals["lp"].lo, totals["lp"].hi)
+    if not np.all(np.isfinite(raw_range)) or raw_range[0] == raw_range[1]:
+        raise ProcessingError(f"the map is constant ({raw_range[0]:.6g} everywhere): there is no scale to estimate")
+    best = int(np.argmax(quantiles))
+    s_max = float(quantiles[best])
+    if not s_max > 0:
+        raise ProcessingError(f"the full-scale reference is {s_max:.4g} (no positive density in the central tiles); is the map inverted or empty?")
+
+    zeros, n_inside = totals["flat"]
+    if n_inside and zeros / n_inside > FLATTENED_FRACTION:
+        raise SolventModelError(
+            f"the map looks solvent-flattened or masked: {100 * zeros / n_inside:.0f}% of the voxels inside the "
+            "inscribed sphere are exactly 0, so there is no solvent noise to model; use the unmasked, "
+            "unflattened map from refinement (e.g. the average of the half maps)"
+        )
+    if "inside" in totals:
+        region_kind = "inside"
+    else:
+        region_kind = "R" if totals["R"].variance <= totals["R'"].variance else "R'"
+    region = totals[region_kind]
+    if region.n < 2 or region.lo == region.hi:
+        raise SolventModelError(f"the solvent region holds no variation ({region.n} voxels); {SOLVENT_ADVICE}")
+
+    # pass 2: histograms of the whole low-passed map and of the solvent region
+    tasks = [
+        dask.delayed(_pass_two, pure=False)(sources, shape, start, stop, lp_range, region_kind, (region.lo, region.hi)) for _, start, stop in grid
+    ]
+    results = run(*tasks, label="histograms")
+    lp_counts = sum(r[0] for r in results)
+    region_counts = sum(r[1] for r in results)
+    lp_edges = histogram_edges(*lp_range)
+    region_edges = histogram_edges(region.lo, region.hi)
+    lp_density = density_from_counts(lp_counts, lp_edges)
+    region_density = density_from_counts(region_counts, region_edges)
+
+    # solvent model and confidence table
+    if s.reference_compatible:
+        fit_x = np.linspace(np.float32(region.lo), np.float32(region.hi), N_BINS)
+    else:
+        fit_x = region_edges[:-1].astype(np.float64)
+    model = fit_solvent_model(fit_x, region_density, region_edges)
+    table = confidence_table(model, lp_density, lp_edges, s.hedge_confidence)
+    edge = solvent_edge(model, region_edges)
+    content = content_one_percent(model, region_edges)
+    if table.suspicious:
+        warnings.append(
+            f"potentially bad solvent model: {table.n_unconfident} of {N_BINS} histogram bins are "
+            f"mostly solvent (lowest confident scale {table.limit_value / s_max:.2f}); check --plot and "
+            "consider --solvent-def <mask.mrc> or a stronger --lowpass"
+        )
+    if np.count_nonzero(table.fraction > 0) == 0:
+        warnings.append(
+            f"the solvent model leaves no voxel with confident content (confidence is 0 everywhere; the scale is unaffected); {SOLVENT_ADVICE}"
+        )
+
+    outputs = ("scale", "confidence", *extra_outputs)
+    plan = LocalPlan(
+        shape=shape,
+        kernel=s.kernel,
+        s_max=s_max,
+        table=table.fraction.astype(np.float32),
+        edges=lp_edges,
+        lp_min=lp_range[0],
+        lp_max=lp_range[1],
+        reference=s.reference_compatible,
+        nlrc_limit=(table.limit_value / s_max) if s.nlrc else None,
+        outputs=outputs,
+    )
+    stacked, stats = _fused_graph(plan, sources, chunks)
+    tile = tuple(int(v) for v in tile_index[best])
+    centre = tuple(float(v) for v in origins[best] + s.tile_size / 2.0)
+    return Estimate(
+        settings=s,
+        info=info,
+        s_max=s_max,
+        best_tile=tile,
+        best_tile_centre=centre,
+        n_tiles=len(origins),
+        solvent_model=model,
+        solvent_region={
+            "inside": "inscribed ellipsoid",
+            "R": "solvent definition > 0.9",
+            "R'": "solvent definition <= 0.9",
+        }[region_kind],
+        solvent_edge=edge,
+        content_1pct=content,
+        confidence=table,
+        raw_range=raw_range,
+        lp_range=lp_range,
+        outputs=stacked,
+        output_names=outputs,
+        block_stats=stats,
+        warnings=warnings,
+        cleanup=[lambda path=path: shutil.rmtree(path, ignore_errors=True) for path in temp_dirs],
+    )

@@ -1,0 +1,279 @@
+"""Derived settings of the method (ALGORITHM.md section 2), computed once into one frozen object.
+
+Every array axis here is in *stored* order (sections, rows, columns) as ``mrcfile`` returns the
+data; ``voxel_size`` is given per stored axis in Å.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+
+import numpy as np
+from scipy.optimize import brentq
+
+ANISOTROPY_TOLERANCE = 1e-3
+DEFAULT_TILE_SIZE = 12
+REFERENCE_TILE_GRID = 20
+DEFAULT_CHUNK_EDGE = 256
+KERNEL_SIZE_RANGE = (3, 9)
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used with this map (a usage error)."""
+
+
+@lru_cache(maxsize=4096)
+def tau_for_kernel(n_voxels: int) -> float:
+    """Percentile for the full-scale reference: root in (0, 1) of ``x**n + x - 1``, 4 decimals."""
+    if n_voxels < 1:
+        raise SettingsError(f"kernel must contain at least one voxel, got {n_voxels}")
+    if n_voxels == 1:
+        return 0.5
+    root = brentq(lambda x: x**n_voxels + x - 1.0, 0.0, 1.0, xtol=1e-14, rtol=1e-15)
+    return round(root, 4)
+
+
+def odd_kernel_size(length_voxels: float) -> int:
+    """``2*(k//2)+1`` of ``k = floor(length)``: the odd size that the reference uses."""
+    k = int(math.floor(length_voxels + 1e-9))
+    return 2 * (k // 2) + 1
+
+
+def ball_kernel(size: tuple[int, int, int], radius: tuple[float, float, float]) -> np.ndarray:
+    """Boolean ellipsoid (a ball when isotropic) in a box of ``size`` voxels, centred.
+
+    A voxel is in when ``sum(((i - c) / r)**2) <= 1`` with ``c = (size - 1)/2`` per axis; for an
+    isotropic radius this is ``distance <= radius`` as in the reference.
+    """
+    grids = np.meshgrid(*[np.arange(s) - (s - 1) / 2 for s in size], indexing="ij")
+    if len(set(radius)) == 1:
+        dist2 = sum(g.astype(np.float64) ** 2 for g in grids)
+        return dist2 <= float(radius[0]) ** 2
+    return sum((g / r) ** 2 for g, r in zip(grids, radius)) <= 1.0 + 1e-12
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of one run of the method, derived once (ALGORITHM.md section 2).
+
+    Lengths named ``*_angstrom`` are in Å, ``*_voxels`` in voxels; 3-tuples are per stored axis.
+    """
+
+    shape: tuple[int, int, int]
+    voxel_size: tuple[float, float, float]
+    lowpass_angstrom: float
+    lowpass_applied: bool
+    kernel_size: tuple[int, int, int]
+    kernel_radius_voxels: tuple[float, float, float]
+    n_v: int
+    tau: float
+    tile_size: int
+    tile_grid: int | None
+    scale_mode: str  # "res" (raw input) or "occ" (low-passed input)
+    hedge_confidence: float | None = None
+    nlrc: bool = False
+    reference_compatible: bool = False
+    chunk_edge: int = DEFAULT_CHUNK_EDGE
+    resolution_angstrom: float | None = None
+    # modification (ALGORITHM.md section 8)
+    amplify_amount: float | None = None
+    sigmoid_power: float | None = None
+    sigmoid_pivot: float | None = None
+    scale_limit: float = 0.05
+    exclude_solvent: bool = False
+    lowpass_output_angstrom: float | None = None
+    seed: int = 0
+    user_set: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def isotropic(self) -> bool:
+        vs = self.voxel_size
+        return max(vs) / min(vs) - 1.0 <= ANISOTROPY_TOLERANCE
+
+    @property
+    def halo(self) -> tuple[int, int, int]:
+        """Voxels of context each side of a chunk: ``kernel_size // 2`` per axis."""
+        return tuple(k // 2 for k in self.kernel_size)
+
+    @property
+    def kernel(self) -> np.ndarray:
+        return ball_kernel(self.kernel_size, self.kernel_radius_voxels)
+
+    @property
+    def chunks(self) -> tuple[int, int, int]:
+        return tuple(min(self.chunk_edge, n) for n in self.shape)
+
+    @property
+    def modifies(self) -> bool:
+        return self.amplify_amount is not None or self.sigmoid_power is not None
+
+    @property
+    def writes_modified(self) -> bool:
+        return self.modifies or self.exclude_solvent
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("user_set")
+        d["halo"] = self.halo
+        return d
+
+
+def derive_settings(
+    shape: tuple[int, int, int],
+    voxel_size: float | tuple[float, float, float],
+    *,
+    resolution: float | None = None,
+    lowpass: float | None = None,
+    kernel_size: int | None = None,
+    kernel_radius: float | None = None,
+    tau: float | None = None,
+    tile_size: int | None = None,
+    tile_grid: int | None = None,
+    occupancy: bool | None = None,
+    hedge_confidence: float | None = None,
+    nlrc: bool = False,
+    reference_compatible: bool = False,
+    chunks: int | None = None,
+    amplify_amount: float | None = None,
+    sigmoid_power: float | None = None,
+    sigmoid_pivot: float | None = None,
+    scale_limit: float = 0.05,
+    exclude_solvent: bool = False,
+    lowpass_output: float | None = None,
+    seed: int = 0,
+) -> Settings:
+    """Derive every setting of ALGORITHM.md section 2 from the map geometry and user choices.
+
+    ``shape`` and ``voxel_size`` are in stored axis order; ``voxel_size`` in Å (a float means
+    isotropic). User lengths ``kernel_size``/``kernel_radius`` are in voxels of the fastest axis.
+    """
+    shape = tuple(int(n) for n in shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise SettingsError(f"the map must be a 3D volume, got shape {shape}")
+    if np.isscalar(voxel_size):
+        voxel_size = (float(voxel_size),) * 3
+    voxel_size = tuple(float(v) for v in voxel_size)
+    if min(voxel_size) <= 0 or not all(math.isfinite(v) for v in voxel_size):
+        raise SettingsError(f"voxel size must be positive, got {voxel_size} Å")
+    user_set = {
+        name
+        for name, value in dict(
+            resolution=resolution,
+            lowpass=lowpass,
+            kernel_size=kernel_size,
+            kernel_radius=kernel_radius,
+            tau=tau,
+            tile_size=tile_size,
+            tile_grid=tile_grid,
+            occupancy=occupancy,
+        ).items()
+        if value is not None
+    }
+    isotropic = max(voxel_size) / min(voxel_size) - 1.0 <= ANISOTROPY_TOLERANCE
+    if reference_compatible:
+        if not isotropic:
+            raise SettingsError(f"--reference-compatible needs isotropic voxels (the reference uses one voxel size), this map has {voxel_size} Å")
+        if len(set(shape)) != 1:
+            raise SettingsError(f"--reference-compatible needs a cubic box (as the reference), got {shape}")
+    apix_x = voxel_size[2]
+    apix_max = max(voxel_size)
+
+    for name, value in (("resolution", resolution), ("lowpass", lowpass)):
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise SettingsError(f"--{name} must be a positive length in Å, got {value}")
+    if lowpass is not None and resolution is not None:
+        lowpass_angstrom = max(lowpass, resolution)
+    elif lowpass is not None:
+        lowpass_angstrom = float(lowpass)
+    elif resolution is not None:
+        lowpass_angstrom = float(resolution)
+    else:
+        lowpass_angstrom = max(8.0, 3.0 * apix_max)
+    lowpass_applied = lowpass_angstrom > 2.0 * min(voxel_size)
+
+    if kernel_size is not None:
+        if kernel_size < 3 or kernel_size % 2 == 0:
+            raise SettingsError(f"--kernel-size must be odd and at least 3, got {kernel_size}")
+        sizes = tuple(max(3, odd_kernel_size(kernel_size * apix_x / v)) if not isotropic else kernel_size for v in voxel_size)
+    else:
+        lo, hi = KERNEL_SIZE_RANGE
+        sizes = tuple(int(np.clip(odd_kernel_size(lowpass_angstrom / v), lo, hi)) for v in voxel_size)
+    if kernel_radius is not None:
+        if not (kernel_radius > 0 and math.isfinite(kernel_radius)):
+            raise SettingsError(f"--kernel-radius must be positive, got {kernel_radius}")
+        radii = tuple(float(kernel_radius) if isotropic else kernel_radius * apix_x / v for v in voxel_size)
+    else:
+        radii = tuple(lowpass_angstrom / (2.0 * v) for v in voxel_size)
+    if isotropic:
+        radii = (radii[2],) * 3
+    kernel = ball_kernel(sizes, radii)
+    n_v = int(kernel.sum())
+    if n_v < 1:
+        raise SettingsError(f"the kernel (size {sizes}, radius {radii} voxels) holds no voxel")
+
+    if tau is not None:
+        if not 0.0 < tau < 1.0:
+            raise SettingsError(f"--tau must lie strictly between 0 and 1, got {tau}")
+        tau_value = float(tau)
+    else:
+        tau_value = tau_for_kernel(n_v)
+
+    if reference_compatible:
+        tile_grid = REFERENCE_TILE_GRID if tile_grid is None else tile_grid
+        tile_size = shape[0] // tile_grid if tile_size is None else tile_size
+    if tile_size is None:
+        tile_size = DEFAULT_TILE_SIZE if tile_grid is None else max(1, min(shape) // tile_grid)
+    if tile_size < 1:
+        raise SettingsError(f"--tile-size must be at least 1 voxel, got {tile_size}")
+    if tile_size > min(shape):
+        raise SettingsError(f"--tile-size {tile_size} is larger than the box {shape}")
+    if tile_grid is not None:
+        if tile_grid < 2:
+            raise SettingsError(f"--tile-grid must be at least 2, got {tile_grid}")
+        step = tile_size + (min(shape) - tile_grid * tile_size) // (tile_grid - 1)
+        if step < 1:
+            raise SettingsError(
+                f"--tile-grid {tile_grid} tiles of {tile_size} voxels do not fit in the box {shape} "
+                "(tiles may overlap, but not start at the same voxel)"
+            )
+
+    if occupancy is None:
+        occupancy = amplify_amount is not None or sigmoid_power is not None
+    scale_mode = "occ" if occupancy else "res"
+
+    if hedge_confidence is not None and not hedge_confidence > 1.0:
+        raise SettingsError(f"--hedge-confidence must be larger than 1, got {hedge_confidence}")
+
+    chunk_edge = DEFAULT_CHUNK_EDGE if chunks is None else int(chunks)
+    halo_max = max(k // 2 for k in sizes)
+    if chunk_edge < max(halo_max, 1):
+        raise SettingsError(f"--chunks {chunk_edge} is smaller than the kernel halo ({halo_max} voxels)")
+
+    return Settings(
+        shape=shape,
+        voxel_size=voxel_size,
+        lowpass_angstrom=float(lowpass_angstrom),
+        lowpass_applied=bool(lowpass_applied),
+        kernel_size=sizes,
+        kernel_radius_voxels=radii,
+        n_v=n_v,
+        tau=tau_value,
+        tile_size=int(tile_size),
+        tile_grid=None if tile_grid is None else int(tile_grid),
+        scale_mode=scale_mode,
+        hedge_confidence=hedge_confidence,
+        nlrc=bool(nlrc),
+        reference_compatible=bool(reference_compatible),
+        chunk_edge=chunk_edge,
+        resolution_angstrom=resolution,
+        amplify_amount=amplify_amount,
+        sigmoid_power=sigmoid_power,
+        sigmoid_pivot=sigmoid_pivot,
+        scale_limit=float(scale_limit),
+        exclude_solvent=bool(exclude_solvent),
+        lowpass_output_angstrom=lowpass_output,
+        seed=int(seed),
+        user_set=frozenset(user_set),
+    )

@@ -1,0 +1,122 @@
+import shutil
+import subprocess
+import sys
+
+import mrcfile
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from occupy_dask import __version__
+from occupy_dask.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def emd1832(data_dir, tmp_path):
+    path = tmp_path / "in put" / "emd_1832.map"  # a space in the path: the ChimeraX script must quote it
+    path.parent.mkdir()
+    shutil.copy(data_dir / "emd_1832.map", path)
+    return path
+
+
+def test_end_to_end_on_emd_1832(emd1832, tmp_path):
+    out = tmp_path / "out dir"
+    before = emd1832.read_bytes()
+    result = runner.invoke(app, ["-i", str(emd1832), "--output-dir", str(out), "--verbose"])
+    assert result.exit_code == 0, result.output
+    assert "Full scale s_max" in result.output and "Confidence limit" in result.output
+    assert emd1832.read_bytes() == before  # input untouched
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["chimX_emd_1832.cxc", "conf_emd_1832.mrc", "log_emd_1832.txt", "scale_res_emd_1832.mrc"]
+    with mrcfile.open(out / "scale_res_emd_1832.mrc") as scale, mrcfile.open(emd1832, permissive=True) as ref:
+        for key in ("nxstart", "nystart", "nzstart", "mapc", "mapr", "maps", "mx", "my", "mz"):
+            assert scale.header[key] == ref.header[key], key
+        assert scale.voxel_size == ref.voxel_size
+        labels = b"".join(scale.header.label[: scale.header.nlabl])
+        assert f"occupy_dask {__version__}".encode() in labels
+        data = scale.data
+        assert 0.0 <= data.min() and data.max() == 1.0
+        assert scale.header.dmax == pytest.approx(data.max()) and scale.header.dmin == pytest.approx(data.min())
+        assert scale.header.dmean == pytest.approx(data.mean(), rel=1e-5)
+        assert scale.header.rms == pytest.approx(data.std(), rel=1e-4)
+    script = (out / "chimX_emd_1832.cxc").read_text()
+    assert f'open "{emd1832.resolve()}"' in script
+    assert "color sample #1 map #2 palette" in script
+    log = (out / "log_emd_1832.txt").read_text()
+    for key in (
+        "Tau",
+        "Kernel n_v",
+        "Full scale s_max",
+        "Solvent peak mu",
+        "Solvent edge",
+        "Confidence limit",
+        "Variability limit",
+        "Best tile",
+    ):
+        assert key in log
+
+
+def test_outputs_independent_of_chunks_through_the_cli(emd1832, tmp_path):
+    for c in (16, 64):
+        assert runner.invoke(app, ["-i", str(emd1832), "-d", str(tmp_path / str(c)), "--chunks", str(c), "-q"]).exit_code == 0
+    for name in ("scale_res_emd_1832.mrc", "conf_emd_1832.mrc"):
+        assert np.array_equal(mrcfile.read(tmp_path / "16" / name), mrcfile.read(tmp_path / "64" / name))
+
+
+def test_anisotropic_non_standard_axis_order_emd_3001(data_dir, tmp_path):
+    result = runner.invoke(app, ["-i", str(data_dir / "emd_3001.map"), "-d", str(tmp_path), "--save-all-maps"])
+    assert result.exit_code == 0, result.output
+    with (
+        mrcfile.open(tmp_path / "scale_res_emd_3001.mrc") as out,
+        mrcfile.open(data_dir / "emd_3001.map", permissive=True) as ref,
+    ):
+        assert out.data.shape == (25, 43, 73)
+        for key in ("mapc", "mapr", "maps", "nxstart", "nystart", "nzstart", "mx", "my", "mz"):
+            assert out.header[key] == ref.header[key]
+        assert out.voxel_size == ref.voxel_size
+    assert (tmp_path / "lowpass_emd_3001.mrc").exists()
+
+
+def test_solvent_flattened_map_fails_clearly(data_dir, tmp_path):
+    result = runner.invoke(app, ["-i", str(data_dir / "emd_3488.mrc"), "-d", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "solvent-flattened" in result.output and "emd_3488.mrc" in result.output
+    assert "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []  # nothing half-written left behind
+
+
+def test_usage_errors_exit_2(emd1832, tmp_path):
+    assert runner.invoke(app, ["-i", str(emd1832), "--kernel-size", "4", "-d", str(tmp_path)]).exit_code == 2
+    assert runner.invoke(app, ["-i", str(emd1832), "--tau", "1.5", "-d", str(tmp_path)]).exit_code == 2
+    assert runner.invoke(app, ["--no-such-flag"]).exit_code == 2
+    assert runner.invoke(app, []).exit_code == 2
+
+
+def test_refuses_to_overwrite(emd1832, tmp_path):
+    assert runner.invoke(app, ["-i", str(emd1832), "-d", str(tmp_path)]).exit_code == 0
+    again = runner.invoke(app, ["-i", str(emd1832), "-d", str(tmp_path)])
+    assert again.exit_code == 1 and "--overwrite" in again.output
+    assert runner.invoke(app, ["-i", str(emd1832), "-d", str(tmp_path), "--overwrite"]).exit_code == 0
+
+
+def test_refuses_output_equal_to_input(tmp_path, data_dir):
+    victim = tmp_path / "conf_x.mrc"
+    shutil.copy(data_dir / "emd_1832.map", victim)
+    (tmp_path / "x.mrc").symlink_to(victim)
+    result = runner.invoke(app, ["-i", str(victim.parent / "x.mrc"), "-d", str(tmp_path), "--overwrite"])
+    assert result.exit_code == 1 and "overwrite an input" in result.output
+
+
+def test_bad_input_file(tmp_path):
+    bad = tmp_path / "notes.mrc"
+    bad.write_text("not a map\n" * 200)
+    result = runner.invoke(app, ["-i", str(bad), "-d", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "notes.mrc" in result.output and "not" in result.output
+
+
+def test_version_and_module_entry_point():
+    assert __version__ in runner.invoke(app, ["--version"]).output
+    proc = subprocess.run([sys.executable, "-m", "occupy_dask", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and __version__ in proc.stdout

@@ -1,0 +1,92 @@
+import gzip
+import shutil
+
+import mrcfile
+import numpy as np
+import pytest
+
+from occupy_dask.io.read import ArraySource, MapError, map_name, open_map, read_with_halo
+
+
+def test_lazy_source_reads_stored_order_and_header(data_dir):
+    with open_map(data_dir / "emd_3001.map") as m:
+        assert m.info.shape == (25, 43, 73)
+        assert m.info.axis_order == (3, 1, 2)
+        assert m.info.start == (0, -21, -12)
+        # stored axes are (sections=Y, rows=X, columns=Z) for mapc,mapr,maps = 3,1,2
+        assert m.info.voxel_size == pytest.approx((4.71 / 12, 17.93 / 40, 33.03 / 72))
+        with mrcfile.open(data_dir / "emd_3001.map", permissive=True) as ref:
+            assert np.array_equal(m.source[3:9, :, 5:20], ref.data[3:9, :, 5:20])
+        import pickle
+
+        assert len(pickle.dumps(m.source)) < 1000  # a small picklable source, never the array
+
+
+def test_gz_input_is_decompressed_to_a_temporary_file_removed_on_close(data_dir, tmp_path):
+    gz = tmp_path / "emd_1832.map.gz"
+    with open(data_dir / "emd_1832.map", "rb") as src, gzip.open(gz, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    m = open_map(gz, temp_dir=str(tmp_path))
+    assert m.info.name == "emd_1832"
+    temp = m._temp_path
+    assert temp.exists()
+    assert np.array_equal(m.source[:, :, :], mrcfile.read(data_dir / "emd_1832.map"))
+    m.close()
+    assert not temp.exists()
+
+
+def test_read_with_halo_mirrors_like_scipy_reflect():
+    a = np.arange(7 * 8 * 9, dtype=np.float32).reshape(7, 8, 9)
+    src = ArraySource(a)
+    padded = np.pad(a, 3, mode="symmetric")
+    assert np.array_equal(read_with_halo(src, (0, 0, 0), (7, 8, 9), (3, 3, 3)), padded)
+    assert np.array_equal(read_with_halo(src, (2, 4, 0), (5, 8, 4), (3, 3, 3)), padded[2:11, 4:14, 0:10])
+
+
+def test_map_name_strips_map_suffixes(tmp_path):
+    assert map_name(tmp_path / "emd_1.map.gz") == "emd_1"
+    assert map_name(tmp_path / "run_class001.mrc") == "run_class001"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"hello, this is text\n" * 100, "not an MRC map"),
+        (np.random.default_rng(0).bytes(4096), "not"),
+        (b"short", "shorter than an MRC header"),
+    ],
+)
+def test_not_an_mrc_file(tmp_path, content, message):
+    path = tmp_path / "bad.mrc"
+    path.write_bytes(content)
+    with pytest.raises(MapError, match=message):
+        open_map(path)
+
+
+def test_truncated_and_2d_and_mode(tmp_path, data_dir):
+    raw = (data_dir / "emd_1832.map").read_bytes()
+    (tmp_path / "trunc.mrc").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(MapError, match="truncated"):
+        open_map(tmp_path / "trunc.mrc")
+    with mrcfile.new(tmp_path / "flat.mrc") as m:
+        m.set_data(np.zeros((1, 16, 16), np.float32))
+    with pytest.raises(MapError, match="2D image"):
+        open_map(tmp_path / "flat.mrc")
+    with mrcfile.new(tmp_path / "c.mrc") as m:
+        m.set_data(np.zeros((4, 4, 4), np.complex64))
+    with pytest.raises(MapError, match="unsupported MRC data mode 4"):
+        open_map(tmp_path / "c.mrc")
+    with pytest.raises(MapError, match="no such"):
+        open_map(tmp_path / "missing.mrc")
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.uint16, np.float16, np.float32])
+def test_data_modes_read_as_float32(tmp_path, dtype):
+    data = (np.arange(6 * 7 * 8) % 100).reshape(6, 7, 8).astype(dtype)
+    with mrcfile.new(tmp_path / "m.mrc") as m:
+        m.set_data(data)
+        m.voxel_size = 1.5
+    with open_map(tmp_path / "m.mrc") as mi:
+        block = mi.source[:, :, :]
+        assert block.dtype == np.float32 and np.array_equal(block, data.astype(np.float32))
+        assert mi.info.voxel_size == pytest.approx((1.5, 1.5, 1.5))

@@ -1,0 +1,112 @@
+"""Parity with the reference implementation (OccuPy 0.1.13) on the golden cases.
+
+Reference-compatible mode must reproduce the reference's scale maps within 1e-5. In the default
+mode the low-pass and the confidence lookup differ by design, but raw-mode scale maps (A, G)
+use neither, so with the reference's tile grid they must agree within 1e-5 too.
+"""
+
+import shlex
+
+import mrcfile
+import numpy as np
+import pytest
+
+import occupy_dask
+
+CASES = ["A_default", "B_occ_amplify", "C_attenuate_exclude", "D_tile12_hedge", "E_soldef", "F_sigmoid", "G_kernel"]
+ESTIMATE_FLAGS = {
+    "--tile-size": ("tile_size", int),
+    "--hedge-confidence": ("hedge_confidence", float),
+    "--kernel-size": ("kernel_size", int),
+    "--kernel-radius": ("kernel_radius", float),
+    "--lowpass": ("lowpass", float),
+}
+MODIFY_FLAGS = {"--amplify", "--attenuate", "--sigmoid", "--pivot"}
+
+
+def parse_case(golden_dir, case):
+    words = shlex.split((golden_dir / case / "command.txt").read_text())
+    kwargs, soldef, i = {}, None, 1
+    while i < len(words):
+        flag = words[i]
+        if flag == "--occupancy":
+            kwargs["occupancy"] = True
+        elif flag == "--exclude-solvent":
+            pass
+        elif flag == "--solvent-def":
+            soldef = golden_dir / words[i + 1].replace("../", "")
+            i += 1
+        elif flag in MODIFY_FLAGS:
+            kwargs.setdefault("occupancy", True)
+            i += 1
+        else:
+            name, kind = ESTIMATE_FLAGS[flag]
+            kwargs[name] = kind(words[i + 1])
+            i += 1
+        i += 1
+    return golden_dir / words[0], soldef, kwargs
+
+
+def reference_stdout_value(golden_dir, case, label):
+    for line in (golden_dir / case / "stdout.txt").read_text().splitlines():
+        if line.strip().startswith(label):
+            return float(line.split(":")[-1])
+    raise KeyError(label)
+
+
+def run_case(golden_dir, case, **extra):
+    path, soldef, kwargs = parse_case(golden_dir, case)
+    kwargs.update(extra)
+    est = occupy_dask.estimate(path, solvent_def=soldef, chunks=40, **kwargs)
+    return est, est.scale.compute(), est.confidence_map.compute()
+
+
+def golden_map(golden_dir, case, prefix):
+    (path,) = sorted((golden_dir / case).glob(f"{prefix}_*.mrc.gz"))
+    return mrcfile.read(path)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_reference_compatible_scale_and_limits(golden_dir, case):
+    est, scale, conf = run_case(golden_dir, case, reference_compatible=True)
+    with est:
+        assert np.abs(scale - golden_map(golden_dir, case, "scale")).max() <= 1e-5
+        assert round(est.s_max, 3) == reference_stdout_value(golden_dir, case, "Full scale")
+        if case != "G_kernel":  # G's table differs in its steep part (see the xfail below)
+            assert round(est.confidence_limit, 3) == reference_stdout_value(golden_dir, case, "Primary conf. limit")
+        assert round(est.solvent_edge, 3) == reference_stdout_value(golden_dir, case, "Solvent drop to 0%")
+        assert round(est.content_1pct, 3) == reference_stdout_value(golden_dir, case, "Content at 1% of solvent")
+        assert round(est.solvent_model.mu, 3) == pytest.approx(reference_stdout_value(golden_dir, case, "Solvent peak"), abs=1e-3)
+        agree = np.mean(np.abs(conf - golden_map(golden_dir, case, "conf")) <= 1e-3)
+        # Measured 0.9907 (G) to 1.0 (A, B); see test_reference_compatible_confidence_target.
+        assert agree >= 0.99
+
+
+@pytest.mark.xfail(strict=True, reason="confidence parity reaches 99.07-100%, short of 99.9% in C-G (open)")
+def test_reference_compatible_confidence_target(golden_dir):
+    for case in CASES:
+        est, _, conf = run_case(golden_dir, case, reference_compatible=True)
+        est.close()
+        assert np.mean(np.abs(conf - golden_map(golden_dir, case, "conf")) <= 1e-3) >= 0.999, case
+
+
+@pytest.mark.parametrize("case", ["A_default", "G_kernel"])
+def test_default_mode_raw_scale_maps(golden_dir, case):
+    path, _, kwargs = parse_case(golden_dir, case)
+    n = mrcfile.open(path, header_only=True).header.nx
+    est, scale, conf = run_case(golden_dir, case, tile_grid=20, tile_size=int(n) // 20)
+    with est:
+        assert np.abs(scale - golden_map(golden_dir, case, "scale")).max() <= 1e-5
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_default_mode_confidence_close_to_reference(golden_dir, case):
+    # The exact low-pass (about one Fourier shell more than the reference's) and the direct
+    # histogram lookup (the reference looks one bin lower) differ on purpose; both shift voxels
+    # along the steep part of the confidence curve only. Measured: 98.2-98.8% of voxels within
+    # 0.05, mean confidence within 0.0045 of the reference's.
+    est, _, conf = run_case(golden_dir, case)
+    with est:
+        ref = golden_map(golden_dir, case, "conf")
+        assert np.mean(np.abs(conf - ref) <= 0.05) >= 0.98
+        assert abs(conf.mean() - ref.mean()) <= 0.01
