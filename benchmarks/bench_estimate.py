@@ -1,0 +1,87 @@
+"""Benchmark: occupy-dask (estimation) as a subprocess on synthetic maps of several box sizes.
+
+Prints wall time, peak RSS summed over the whole process tree (sampled with psutil) and the
+cost per voxel. Usage: python benchmarks/bench_estimate.py [--sizes 128 256 512] [--chunks 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import psutil
+
+
+def phantom(n: int, seed: int = 0) -> np.ndarray:
+    """Gaussian blobs at three occupancies inside a sphere, plus solvent noise (float32)."""
+    rng = np.random.default_rng(seed)
+    data = rng.normal(0.0, 0.05, size=(n, n, n)).astype(np.float32)
+    z, y, x = np.ogrid[:n, :n, :n]
+    for i in range(24):
+        centre = n / 2 + rng.uniform(-n / 5, n / 5, size=3)
+        occupancy = (1.0, 0.6, 0.3)[i % 3]
+        r2 = (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2
+        data += (occupancy * np.exp(-r2 / (2 * (n / 40) ** 2))).astype(np.float32)
+    return data
+
+
+def run_measured(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (GB) summed over the process and all its children."""
+    start = time.perf_counter()
+    proc = psutil.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            procs = [proc] + proc.children(recursive=True)
+            peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.read().decode()}")
+    return wall, peak / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512])
+    parser.add_argument("--chunks", type=int, default=256)
+    parser.add_argument("--extra", default="", help="extra occupy-dask flags, e.g. '--occupancy'")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.sizes:
+            path = Path(tmp) / f"phantom{n}.mrc"
+            with mrcfile.new(path, overwrite=True) as m:
+                m.set_data(phantom(n))
+                m.voxel_size = 1.0
+            cmd = [
+                sys.executable,
+                "-m",
+                "occupy_dask",
+                "-i",
+                str(path),
+                "-d",
+                str(Path(tmp) / f"out{n}"),
+                "--chunks",
+                str(args.chunks),
+                "-q",
+                *args.extra.split(),
+            ]
+            wall, peak = run_measured(cmd)
+            rows.append((n, wall, peak, wall / n**3 * 1e9))
+            path.unlink()
+    print(f"{'box':>6} {'wall [s]':>9} {'peak RSS [GB]':>14} {'ns/voxel':>9}")
+    for n, wall, peak, per_voxel in rows:
+        print(f"{n:>5}^3 {wall:>9.2f} {peak:>14.2f} {per_voxel:>9.1f}")
+
+
+if __name__ == "__main__":
+    main()
