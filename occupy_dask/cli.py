@@ -5,7 +5,6 @@ Exit codes: 0 success, 2 usage error, 1 processing error (one line; traceback wi
 
 from __future__ import annotations
 
-import sys
 import traceback
 from pathlib import Path
 
@@ -90,15 +89,16 @@ def main_command(
         "--reference-compatible",
         help="Use every convention of the reference OccuPy 0.1.13 (tiles, low-pass mask, fit, lookup) to check numbers against it.",
     ),
-    verbose: bool = typer.Option(
-        False,
+    verbose: bool | None = typer.Option(
+        None,
         "--verbose/--quiet",
         "-v/-q",
         help="Print the settings table and detected limits (and tracebacks on error); --quiet prints only errors.",
     ),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
-    quiet = "--quiet" in sys.argv or "-q" in sys.argv
+    quiet = verbose is False
+    verbose = bool(verbose)
 
     def settings_factory(info):
         return derive_settings(

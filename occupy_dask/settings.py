@@ -7,7 +7,7 @@ data; ``voxel_size`` is given per stored axis in Å.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -85,7 +85,6 @@ class Settings:
     exclude_solvent: bool = False
     lowpass_output_angstrom: float | None = None
     seed: int = 0
-    user_set: frozenset[str] = field(default_factory=frozenset)
 
     @property
     def isotropic(self) -> bool:
@@ -115,7 +114,6 @@ class Settings:
 
     def as_dict(self) -> dict:
         d = asdict(self)
-        d.pop("user_set")
         d["halo"] = self.halo
         return d
 
@@ -157,20 +155,6 @@ def derive_settings(
     voxel_size = tuple(float(v) for v in voxel_size)
     if min(voxel_size) <= 0 or not all(math.isfinite(v) for v in voxel_size):
         raise SettingsError(f"voxel size must be positive, got {voxel_size} Å")
-    user_set = {
-        name
-        for name, value in dict(
-            resolution=resolution,
-            lowpass=lowpass,
-            kernel_size=kernel_size,
-            kernel_radius=kernel_radius,
-            tau=tau,
-            tile_size=tile_size,
-            tile_grid=tile_grid,
-            occupancy=occupancy,
-        ).items()
-        if value is not None
-    }
     isotropic = max(voxel_size) / min(voxel_size) - 1.0 <= ANISOTROPY_TOLERANCE
     if reference_compatible:
         if not isotropic:
@@ -275,5 +259,4 @@ def derive_settings(
         exclude_solvent=bool(exclude_solvent),
         lowpass_output_angstrom=lowpass_output,
         seed=int(seed),
-        user_set=frozenset(user_set),
     )

@@ -120,3 +120,10 @@ def test_version_and_module_entry_point():
     assert __version__ in runner.invoke(app, ["--version"]).output
     proc = subprocess.run([sys.executable, "-m", "occupy_dask", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and __version__ in proc.stdout
+
+
+def test_quiet_prints_nothing_and_default_lists_outputs(emd1832, tmp_path):
+    quiet = runner.invoke(app, ["-i", str(emd1832), "-d", str(tmp_path / "q"), "--quiet"])
+    assert quiet.exit_code == 0 and quiet.output == ""
+    normal = runner.invoke(app, ["-i", str(emd1832), "-d", str(tmp_path / "n")])
+    assert normal.exit_code == 0 and "scale_res_emd_1832.mrc" in normal.output and "Full scale" not in normal.output
