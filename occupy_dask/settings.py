@@ -104,14 +104,6 @@ class Settings:
     def chunks(self) -> tuple[int, int, int]:
         return tuple(min(self.chunk_edge, n) for n in self.shape)
 
-    @property
-    def modifies(self) -> bool:
-        return self.amplify_amount is not None or self.sigmoid_power is not None
-
-    @property
-    def writes_modified(self) -> bool:
-        return self.modifies or self.exclude_solvent
-
     def as_dict(self) -> dict:
         d = asdict(self)
         d["halo"] = self.halo
