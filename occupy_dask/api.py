@@ -52,6 +52,13 @@ def estimate(
     ``confidence_map`` are lazy dask arrays. Use it as a context manager, or call ``close()``.
     """
     cleanups = []
+
+    def spilled(data):
+        source, folder = _array_source(data, temp_dir)
+        if folder is not None:
+            cleanups.append(lambda: shutil.rmtree(folder, ignore_errors=True))
+        return source
+
     if isinstance(data, (str, os.PathLike)):
         mapin = open_map(data, temp_dir=temp_dir)
         cleanups.append(mapin.close)
@@ -61,9 +68,7 @@ def estimate(
     else:
         if np.ndim(data) != 3:
             raise ValueError(f"a 3D volume is needed, got an array of shape {np.shape(data)}")
-        source, folder = _array_source(data, temp_dir)
-        if folder is not None:
-            cleanups.append(lambda: shutil.rmtree(folder, ignore_errors=True))
+        source = spilled(data)
         vs = 1.0 if voxel_size is None else voxel_size
         info = MapInfo(
             path=None,
@@ -78,7 +83,7 @@ def estimate(
             cleanups.append(soldef.close)
             soldef_source = soldef.source
         else:
-            soldef_source, folder = _array_source(solvent_def, temp_dir)
+            soldef_source = spilled(solvent_def)
     try:
         if settings is None:
             settings = derive_settings(info.shape, info.voxel_size, **options)

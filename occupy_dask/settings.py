@@ -7,7 +7,7 @@ data; ``voxel_size`` is given per stored axis in Å.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -54,6 +54,11 @@ def ball_kernel(size: tuple[int, int, int], radius: tuple[float, float, float]) 
     return sum((g / r) ** 2 for g, r in zip(grids, radius)) <= 1.0 + 1e-12
 
 
+def is_isotropic(voxel_size: tuple[float, float, float]) -> bool:
+    """Voxel sizes that differ by at most 0.1% count as one size (ALGORITHM.md section 2)."""
+    return max(voxel_size) / min(voxel_size) - 1.0 <= ANISOTROPY_TOLERANCE
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting of one run of the method, derived once (ALGORITHM.md section 2).
@@ -88,8 +93,7 @@ class Settings:
 
     @property
     def isotropic(self) -> bool:
-        vs = self.voxel_size
-        return max(vs) / min(vs) - 1.0 <= ANISOTROPY_TOLERANCE
+        return is_isotropic(self.voxel_size)
 
     @property
     def halo(self) -> tuple[int, int, int]:
@@ -103,11 +107,6 @@ class Settings:
     @property
     def chunks(self) -> tuple[int, int, int]:
         return tuple(min(self.chunk_edge, n) for n in self.shape)
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        d["halo"] = self.halo
-        return d
 
 
 def derive_settings(
@@ -147,7 +146,7 @@ def derive_settings(
     voxel_size = tuple(float(v) for v in voxel_size)
     if min(voxel_size) <= 0 or not all(math.isfinite(v) for v in voxel_size):
         raise SettingsError(f"voxel size must be positive, got {voxel_size} Å")
-    isotropic = max(voxel_size) / min(voxel_size) - 1.0 <= ANISOTROPY_TOLERANCE
+    isotropic = is_isotropic(voxel_size)
     if reference_compatible:
         if not isotropic:
             raise SettingsError(f"--reference-compatible needs isotropic voxels (the reference uses one voxel size), this map has {voxel_size} Å")

@@ -96,3 +96,18 @@ def test_spilled_lowpass_gives_the_same_numbers(phantom96, tmp_path):
         assert any(tmp_path.iterdir())
         assert np.array_equal(b.scale.compute(), expected)
     assert not any(tmp_path.iterdir())  # the temporary zarr store is removed on close
+
+
+def test_spilled_dask_inputs_are_removed_on_close(golden_dir, phantom96, tmp_path, monkeypatch):
+    import occupy_dask.api
+
+    monkeypatch.setattr(occupy_dask.api, "IN_MEMORY_LOWPASS_BYTES", 0)  # spill every dask array
+    soldef = mrcfile.read(golden_dir / "soldef96.mrc").astype(np.float32)
+    with occupy_dask.estimate(
+        da.from_array(phantom96, chunks=48), voxel_size=1.1, solvent_def=da.from_array(soldef, chunks=48), temp_dir=str(tmp_path)
+    ) as est:
+        assert len(list(tmp_path.iterdir())) == 2  # map and solvent definition, each in its own zarr store
+        with occupy_dask.estimate(phantom96, voxel_size=1.1, solvent_def=soldef) as ref:
+            assert est.s_max == ref.s_max
+            assert np.array_equal(est.confidence_map.compute(), ref.confidence_map.compute())
+    assert list(tmp_path.iterdir()) == []

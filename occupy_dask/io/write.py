@@ -62,16 +62,3 @@ def finish_mrc(path: Path, dmin: float, dmax: float, dmean: float, rms: float) -
         mrc.header.dmax = dmax
         mrc.header.dmean = dmean
         mrc.header.rms = rms
-
-
-def write_array_mrc(path: Path, data: np.ndarray, info: MapInfo, label: str) -> None:
-    """Write a whole in-memory array (small maps, tests) with the same header rules."""
-    target = create_mrc(path, info, label)
-    target[...] = data
-    finish_mrc(
-        path,
-        float(data.min()),
-        float(data.max()),
-        float(data.mean(dtype=np.float64)),
-        float(data.std(dtype=np.float64)),
-    )
