@@ -1,7 +1,15 @@
 """Chunked Fourier low-pass (ALGORITHM.md sections 3 and 11) as a pencil FFT.
 
-FFT the two fast axes on slabs, rechunk to pencils along the slow axis, FFT it, apply the
-spherical mask from global frequency coordinates, and back. complex64 throughout.
+The 1D transforms run in the order ``scipy.fft.rfftn``/``irfftn`` use for a whole array, each
+on whole lines, so the result is bit-identical to the unchunked transform whatever the
+blocks: forward ``rfft(x)``, ``fft(z)``, ``fft(y)``; mask; inverse ``ifft(z)``, ``ifft(y)``,
+``irfft(x)`` unnormalised and one final multiplication by the float32 ``1/N`` (where pocketfft
+applies its normalisation). Three stages, complex64 throughout:
+
+1. y-slabs ``(nz, sy, nx)``: rfft along x, fft along z;
+2. x-pencils ``(nz, ny, sx)`` of the half spectrum: fft along y, mask from global frequency
+   coordinates, ifft along z and y;
+3. z-slabs ``(sz, ny, nxh)``: irfft along x.
 """
 
 from __future__ import annotations
@@ -15,38 +23,34 @@ from .kernels.fourier import exact_lowpass_mask, reference_lowpass_mask
 TARGET_BLOCK_BYTES = 64 << 20
 
 
-def _slab_edge(shape: tuple[int, int, int], itemsize: int = 8) -> int:
-    plane = shape[1] * (shape[2] // 2 + 1) * itemsize
-    return int(max(1, min(shape[0], TARGET_BLOCK_BYTES // max(plane, 1))))
+def _edge(n: int, line_bytes: int) -> int:
+    """How many lines of ``line_bytes`` make a block of about TARGET_BLOCK_BYTES (1..n)."""
+    return int(max(1, min(n, TARGET_BLOCK_BYTES // max(line_bytes, 1))))
 
 
-def _pencil_edges(shape: tuple[int, int, int], itemsize: int = 8) -> tuple[int, int]:
-    nxh = shape[2] // 2 + 1
-    columns = max(1, TARGET_BLOCK_BYTES // (shape[0] * itemsize))
-    py = int(max(1, min(shape[1], np.sqrt(columns))))
-    px = int(max(1, min(nxh, columns // py)))
-    return py, px
-
-
-def _forward_yx(block: np.ndarray) -> np.ndarray:
-    spec = scipy.fft.rfft(np.asarray(block, dtype=np.float32), axis=2, workers=1)
-    return scipy.fft.fft(spec, axis=1, overwrite_x=True, workers=1)
-
-
-def _filter_z(block: np.ndarray, shape, voxel_size, lowpass_angstrom, reference, block_info=None):
-    region = tuple(slice(a, b) for a, b in block_info[0]["array-location"])
+def _mask(shape, voxel_size, lowpass_angstrom, reference, region):
     if reference:
-        mask = reference_lowpass_mask(shape, voxel_size[0], lowpass_angstrom, region)
-    else:
-        mask = exact_lowpass_mask(shape, voxel_size, lowpass_angstrom, region)
-    spec = scipy.fft.fft(block, axis=0, workers=1)
-    spec *= mask
-    return scipy.fft.ifft(spec, axis=0, overwrite_x=True, workers=1)
+        return reference_lowpass_mask(shape, voxel_size[0], lowpass_angstrom, region)
+    return exact_lowpass_mask(shape, voxel_size, lowpass_angstrom, region)
 
 
-def _inverse_yx(block: np.ndarray, nx: int) -> np.ndarray:
-    spec = scipy.fft.ifft(block, axis=1, workers=1)
-    return scipy.fft.irfft(spec, n=nx, axis=2, overwrite_x=True, workers=1).astype(np.float32, copy=False)
+def _forward_xz(block: np.ndarray) -> np.ndarray:
+    spec = scipy.fft.rfft(np.asarray(block, dtype=np.float32), axis=2, workers=1)
+    return scipy.fft.fft(spec, axis=0, overwrite_x=True, workers=1)
+
+
+def _filter_yz(block: np.ndarray, shape, voxel_size, lowpass_angstrom, reference, block_info=None):
+    region = tuple(slice(a, b) for a, b in block_info[0]["array-location"])
+    spec = scipy.fft.fft(block, axis=1, workers=1)
+    spec *= _mask(shape, voxel_size, lowpass_angstrom, reference, region)
+    spec = scipy.fft.ifft(spec, axis=0, norm="forward", overwrite_x=True, workers=1)
+    return scipy.fft.ifft(spec, axis=1, norm="forward", overwrite_x=True, workers=1)
+
+
+def _inverse_x(block: np.ndarray, shape) -> np.ndarray:
+    out = scipy.fft.irfft(block, n=shape[2], axis=2, norm="forward", workers=1)
+    out *= np.float32(1.0 / (shape[0] * shape[1] * shape[2]))
+    return out.astype(np.float32, copy=False)
 
 
 def lowpass(
@@ -63,18 +67,18 @@ def lowpass(
     shape = tuple(int(n) for n in data.shape)
     nz, ny, nx = shape
     nxh = nx // 2 + 1
-    slab = _slab_edge(shape)
-    py, px = _pencil_edges(shape)
-    slabs = data.rechunk((slab, ny, nx))
+    sy = _edge(ny, nz * nxh * 8)
+    sx = _edge(nxh, nz * ny * 8)
+    sz = _edge(nz, ny * nxh * 8)
+    slabs = data.rechunk((nz, sy, nx))
     spec = slabs.map_blocks(
-        _forward_yx,
+        _forward_xz,
         dtype=np.complex64,
-        chunks=(slabs.chunks[0], (ny,), (nxh,)),
+        chunks=((nz,), slabs.chunks[1], (nxh,)),
         meta=np.empty((0, 0, 0), np.complex64),
     )
-    pencils = spec.rechunk((nz, py, px))
-    filtered = pencils.map_blocks(
-        _filter_z,
+    filtered = spec.rechunk((nz, ny, sx)).map_blocks(
+        _filter_yz,
         shape=shape,
         voxel_size=tuple(voxel_size),
         lowpass_angstrom=float(lowpass_angstrom),
@@ -82,10 +86,10 @@ def lowpass(
         dtype=np.complex64,
         meta=np.empty((0, 0, 0), np.complex64),
     )
-    back = filtered.rechunk((slab, ny, nxh))
+    back = filtered.rechunk((sz, ny, nxh))
     return back.map_blocks(
-        _inverse_yx,
-        nx=nx,
+        _inverse_x,
+        shape=shape,
         dtype=np.float32,
         chunks=(back.chunks[0], (ny,), (nx,)),
         meta=np.empty((0, 0, 0), np.float32),
@@ -96,10 +100,6 @@ def lowpass_numpy(data: np.ndarray, voxel_size, lowpass_angstrom: float, referen
     """Whole-array version of :func:`lowpass` (tests, the unchunked benchmark baseline)."""
     data = np.asarray(data, dtype=np.float32)
     region = (slice(None),) * 3
-    if reference:
-        mask = reference_lowpass_mask(data.shape, voxel_size[0], lowpass_angstrom, region)
-    else:
-        mask = exact_lowpass_mask(data.shape, voxel_size, lowpass_angstrom, region)
     spec = scipy.fft.rfftn(data)
-    spec *= mask
+    spec *= _mask(data.shape, voxel_size, lowpass_angstrom, reference, region)
     return scipy.fft.irfftn(spec, s=data.shape).astype(np.float32, copy=False)

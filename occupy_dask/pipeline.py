@@ -415,11 +415,11 @@ def _estimate_from_sources(sources, info, s: Settings, run, temp_dirs, extra_out
 
     # solvent model and confidence table
     if s.reference_compatible:
-        fit_x = np.linspace(np.float32(region.lo), np.float32(region.hi), N_BINS)
+        fit_x = np.linspace(float(np.float32(region.lo)), float(np.float32(region.hi)), N_BINS)
     else:
         fit_x = region_edges[:-1].astype(np.float64)
     model = fit_solvent_model(fit_x, region_density, region_edges)
-    table = confidence_table(model, lp_density, lp_edges, s.hedge_confidence)
+    table = confidence_table(model, lp_density, lp_edges, s.hedge_confidence, reference=s.reference_compatible)
     edge = solvent_edge(model, region_edges)
     content = content_one_percent(model, region_edges)
     if table.suspicious:

@@ -25,6 +25,15 @@ def gaussian(x: np.ndarray, c: float, mu: float, sigma: float) -> np.ndarray:
     return c * np.exp(-((x - mu) ** 2) / (2.0 * sigma**2))
 
 
+def gaussian_float32(x: np.ndarray, c: float, mu: float, sigma: float) -> np.ndarray:
+    """The Gaussian evaluated on float32 ``x`` in single precision, each parameter rounded to
+    float32 where it meets the array: how the reference evaluates its model at the float32
+    histogram edges (numpy 1.x keeps a float32 array float32 against double scalars)."""
+    x = np.asarray(x, dtype=np.float32)
+    square = (x - np.float32(mu)) ** 2
+    return np.float32(c) * np.exp(-square / np.float32(2.0 * sigma**2))
+
+
 @dataclass(frozen=True)
 class SolventModel:
     """Gaussian ``c*exp(-(x-mu)^2/(2 sigma^2))`` fitted to the solvent-region histogram density."""
@@ -90,25 +99,43 @@ def content_one_percent(model: SolventModel, edges: np.ndarray) -> float:
     return float(edges[low[-1] + 1]) if low.size else float(edges[0])
 
 
-def raw_content_fraction(model: SolventModel, density: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Per-bin fraction of the histogram that is not solvent: ``(a + 0.01 - m)/(a + 0.01)``."""
-    m = np.clip(model(edges[:-1]), 0.0, None)
+def raw_content_fraction(model: SolventModel, density: np.ndarray, edges: np.ndarray, reference: bool = False) -> np.ndarray:
+    """Per-bin fraction of the histogram that is not solvent: ``(a + 0.01 - m)/(a + 0.01)``,
+    with the model ``m`` at the lower bin edges (in float32 arithmetic with ``reference``)."""
+    if reference:
+        m = gaussian_float32(edges[:-1], model.c, model.mu, model.sigma).astype(np.float64)
+    else:
+        m = model(edges[:-1])
+    m = np.clip(m, 0.0, None)
     return (density + 0.01 - m) / (density + 0.01)
 
 
 def monotone_from_top(raw: np.ndarray) -> np.ndarray:
     """Make the content fraction non-increasing walking down from the top bin, each step at
-    least as large as the one above it; from the first bin (walking down) whose raw fraction
-    is <= 0, that bin and all lower bins are 0."""
+    least as large as the one above it. At the first bin (walking down) whose raw fraction is
+    <= 0 the walk stops: that bin keeps its raw value and every bin below it is 0."""
     f = np.array(raw, dtype=np.float64)
     step = 0.0
     for i in range(f.size - 2, -1, -1):
         f[i] = min(f[i], f[i + 1], f[i + 1] - step)
         step = f[i + 1] - f[i]
         if i > 0 and raw[i - 1] <= 0.0:
-            f[:i] = 0.0
+            f[: i - 1] = 0.0
             break
     return f
+
+
+def hedged(fraction: np.ndarray, hedge: float | None, reference: bool = False) -> np.ndarray:
+    """``f**h`` of the content fraction. By default the fraction is clipped to [0, 1] first, so
+    hedging only ever lowers confidence. The reference hedges the unclipped fraction, which
+    turns the negative bins of the walk's linear tail positive for even ``h``
+    (``--reference-compatible`` copies that; where ``f**h`` is undefined it gives 0)."""
+    if hedge is None:
+        return fraction
+    if not reference:
+        return np.clip(fraction, 0.0, 1.0) ** hedge
+    with np.errstate(invalid="ignore"):
+        return np.nan_to_num(np.power(fraction, hedge), nan=0.0)
 
 
 @dataclass(frozen=True)
@@ -127,12 +154,13 @@ class ConfidenceTable:
         return self.n_unconfident > N_BINS // 2
 
 
-def confidence_table(model: SolventModel, density: np.ndarray, edges: np.ndarray, hedge: float | None = None) -> ConfidenceTable:
-    """Section 7: content fraction per bin, made monotone, optionally hedged (``f**h``)."""
-    raw = raw_content_fraction(model, density, edges)
-    f = monotone_from_top(raw)
-    if hedge is not None:
-        f = np.clip(f, 0.0, 1.0) ** hedge
+def confidence_table(
+    model: SolventModel, density: np.ndarray, edges: np.ndarray, hedge: float | None = None, reference: bool = False
+) -> ConfidenceTable:
+    """Section 7: content fraction per bin, made monotone, optionally hedged (``f**h``);
+    ``reference`` selects the reference's arithmetic (section 11)."""
+    raw = raw_content_fraction(model, density, edges, reference)
+    f = hedged(monotone_from_top(raw), hedge, reference)
     n_confident = int(np.count_nonzero(f > 0.5))
     limit_value = float(edges[N_BINS - n_confident]) if n_confident else float(edges[-1])
     return ConfidenceTable(

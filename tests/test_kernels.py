@@ -91,10 +91,13 @@ def test_tile_quantiles_against_sort():
 def test_histogram_counts_add_up_to_numpy_histogram():
     data = RNG.normal(size=(30, 40, 50)).astype(np.float32)
     lo, hi = data.min(), data.max()
+    edges = histogram_edges(lo, hi)
+    # float32 edges of a double-precision linspace (numpy 1.x's float32 histogram edges)
+    assert edges.dtype == np.float32 and edges[0] == lo and edges[-1] == hi
+    assert np.array_equal(edges, np.linspace(float(lo), float(hi), 1001).astype(np.float32))
     counts = sum(histogram_counts(data[i : i + 7], lo, hi) for i in range(0, 30, 7))
-    expected, edges = np.histogram(data, bins=1000)
+    expected, _ = np.histogram(data, bins=edges)
     assert np.array_equal(counts, expected)
-    assert np.array_equal(histogram_edges(lo, hi), edges)
     idx = bin_index(data, edges)
     assert np.array_equal(np.bincount(idx.ravel(), minlength=1000), expected)
     assert np.array_equal(idx, np.clip(np.searchsorted(edges, data, side="right") - 1, 0, 999))
@@ -133,3 +136,19 @@ def test_scale_and_ellipsoid():
     full = inscribed_ellipsoid((10, 12, 14), (0, 0, 0), (10, 12, 14))
     assert np.array_equal(inscribed_ellipsoid((10, 12, 14), (2, 3, 4), (7, 9, 11)), full[2:7, 3:9, 4:11])
     assert full[5, 6, 7] and not full[0, 0, 0]
+
+
+def test_monotone_walk_and_hedge():
+    from occupy_dask.solvent import hedged, monotone_from_top
+
+    raw = np.array([0.3, -0.2, 0.5, 0.4, 0.8, 0.9, 1.0])
+    walked = monotone_from_top(raw)
+    # walking down: never above the bin above, and each step at least the previous one
+    # (0.9, 0.8 step 0.1; 0.4 step 0.4; then 0.0 by the step); the first non-positive raw bin
+    # stops the walk: it keeps its raw value and everything below it is 0
+    assert np.allclose(walked, [0.0, -0.2, 0.0, 0.4, 0.8, 0.9, 1.0])
+    # default: hedging never raises confidence; the reference squares the negative bin
+    assert np.all(hedged(walked, 2.0) <= np.clip(walked, 0, 1))
+    assert hedged(walked, 2.0)[1] == 0.0
+    assert hedged(walked, 2.0, reference=True)[1] == pytest.approx(0.04)
+    assert hedged(walked, 2.5, reference=True)[1] == 0.0

@@ -1,7 +1,10 @@
 """Histogram counts and bin lookups on blocks (ALGORITHM.md sections 6 and 7).
 
-Counts of blocks add up to exactly ``np.histogram`` of the whole array when every block uses
-the same ``(lo, hi)`` range, so global histograms are exact whatever the chunking.
+The 1000 equal bins over ``[lo, hi]`` have float32 edges computed in double precision and
+rounded once (the way numpy 1.x builds the edges of a float32 histogram; numpy 2 accumulates
+them in float32, which moves some edges by an ulp). A voxel's bin is decided by comparing it
+with those edges, so per-block counts over a common range add up to the exact whole-array
+histogram whatever the chunking.
 """
 
 from __future__ import annotations
@@ -12,14 +15,17 @@ N_BINS = 1000
 
 
 def histogram_edges(lo: float, hi: float, n_bins: int = N_BINS) -> np.ndarray:
-    """Bin edges exactly as ``np.histogram(x, bins=n_bins, range=(lo, hi))`` makes them for float32 x."""
-    return np.histogram(np.zeros(0, np.float32), bins=n_bins, range=(np.float32(lo), np.float32(hi)))[1]
+    """``n_bins + 1`` float32 edges of equal bins over ``[lo, hi]``."""
+    return np.linspace(float(np.float32(lo)), float(np.float32(hi)), n_bins + 1).astype(np.float32)
 
 
 def histogram_counts(values: np.ndarray, lo: float, hi: float, n_bins: int = N_BINS) -> np.ndarray:
-    """Counts (int64) of float32 ``values`` in ``n_bins`` equal bins over ``[lo, hi]``."""
-    values = np.asarray(values, dtype=np.float32)
-    return np.histogram(values, bins=n_bins, range=(np.float32(lo), np.float32(hi)))[0].astype(np.int64)
+    """Counts (int64) of float32 ``values`` in the bins of :func:`histogram_edges`; values outside
+    ``[lo, hi]`` are not counted."""
+    values = np.asarray(values, dtype=np.float32).ravel()
+    edges = histogram_edges(lo, hi, n_bins)
+    values = values[(values >= edges[0]) & (values <= edges[-1])]
+    return np.bincount(bin_index(values, edges), minlength=n_bins).astype(np.int64)
 
 
 def density_from_counts(counts: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -29,8 +35,8 @@ def density_from_counts(counts: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 
 def bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """The ``np.histogram`` bin of each value (``edges[i] <= v < edges[i+1]``, last bin closed),
-    clipped to ``[0, n_bins - 1]``."""
+    """The bin of each value by its edges (``edges[i] <= v < edges[i+1]``, last bin closed),
+    clipped to ``[0, n_bins - 1]``: a float32 guess, then corrected against the edges."""
     n = edges.size - 1
     values = np.asarray(values, dtype=np.float32)
     lo = edges[0]
