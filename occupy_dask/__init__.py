@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from .api import estimate, write  # noqa: E402
+from .api import estimate, modify, write  # noqa: E402
 from .settings import Settings, derive_settings  # noqa: E402
 
-__all__ = ["Settings", "__version__", "derive_settings", "estimate", "write"]
+__all__ = ["Settings", "__version__", "derive_settings", "estimate", "modify", "write"]

@@ -11,10 +11,10 @@ import dask.array as da
 import numpy as np
 
 from .io.read import ArraySource, MapInfo, ZarrSource, open_map
-from .pipeline import IN_MEMORY_LOWPASS_BYTES, Estimate
+from .pipeline import IN_MEMORY_LOWPASS_BYTES, Estimate, modify_lazy
 from .pipeline import estimate as _estimate
 from .run import check_outputs, output_paths, write_maps
-from .settings import Settings, derive_settings
+from .settings import Settings, SettingsError, derive_settings, modifications_from_options
 
 
 def _array_source(data, temp_dir: str | None):
@@ -97,11 +97,59 @@ def estimate(
     return est
 
 
-def write(est: Estimate, output_dir: str | os.PathLike = ".", *, overwrite: bool = False, run=None) -> dict[str, Path]:
-    """Write the scale and confidence maps of ``est`` as MRC files (headers from the input)."""
+def modify(
+    est: Estimate,
+    *,
+    amount: float | None = None,
+    gamma: float | None = None,
+    attenuate: bool = False,
+    sigmoid: float | None = None,
+    pivot: float | None = None,
+    exclude_solvent: bool | None = None,
+    scale_limit: float | None = None,
+    lowpass_output: float | None = None,
+    seed: int | None = None,
+) -> da.Array:
+    """The input map modified by its local scale (ALGORITHM.md section 8), lazily.
+
+    Give one modification: ``amount`` (amplify with ``a`` in [-1, 1]; negative attenuates),
+    ``gamma`` (with ``attenuate=True`` for attenuation), ``attenuate=True`` alone (amount -1),
+    ``sigmoid`` with ``pivot``, or only ``exclude_solvent=True``. Unset options keep the
+    estimate's settings. Returns a float32 dask array in stored axis order, clipped to the
+    input's range; compute it while ``est`` is open.
+    """
+    s = est.settings
+    exclude = s.exclude_solvent if exclude_solvent is None else bool(exclude_solvent)
+    mods = modifications_from_options(
+        amplify=(amount is not None or gamma is not None) and not attenuate,
+        attenuate=attenuate,
+        amplify_amount=amount,
+        gamma=gamma,
+        sigmoid=sigmoid,
+        pivot=pivot,
+        exclude_solvent=exclude,
+    )
+    if len(mods) != 1:
+        raise SettingsError("give exactly one modification: amount, gamma, attenuate, sigmoid with pivot, or exclude_solvent")
+    limit = s.scale_limit if scale_limit is None else float(scale_limit)
+    if not 0.0 <= limit < 1.0:
+        raise SettingsError(f"scale_limit must lie in [0, 1), got {limit}")
+    return modify_lazy(
+        est,
+        mods[0],
+        exclude_solvent=exclude,
+        scale_limit=limit,
+        lowpass_output=lowpass_output,
+        seed=s.seed if seed is None else int(seed),
+    )
+
+
+def write(est: Estimate, output_dir: str | os.PathLike = ".", *, output_map: str | None = None, overwrite: bool = False, run=None) -> dict[str, Path]:
+    """Write the scale and confidence maps of ``est`` (and its modified maps) as MRC files,
+    headers from the input."""
     from .cluster import Runner
 
-    paths = output_paths(est.info, est.settings.scale_mode, Path(output_dir), False, False)
+    paths = output_paths(est.info, est.settings, Path(output_dir), output_map=output_map, chimerax=False)
     paths = {k: v for k, v in paths.items() if k in est.output_names}
     inputs = [est.info.path] if est.info.path is not None else []
     check_outputs(paths, inputs, overwrite)

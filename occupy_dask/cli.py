@@ -37,7 +37,12 @@ def _fail(message: str, verbose: bool, code: int = 1) -> None:
 
 @app.command(help="Estimate the local map scale (occupancy proxy) of a cryo-EM map, chunked with dask.")
 def main_command(
-    input_map: Path = typer.Option(..., "--input-map", "-i", help="Input map (.mrc/.map/.ccp4, optionally .gz)."),
+    input_map: Path | None = typer.Option(None, "--input-map", "-i", help="Input map (.mrc/.map/.ccp4, optionally .gz)."),
+    relion_classes: Path | None = typer.Option(
+        None,
+        "--relion-classes",
+        help="RELION run_itNNN_model.star: estimate and modify every class map (default: amplify, amount 1) and write a new _model.star.",
+    ),
     resolution: float | None = typer.Option(
         None, "--resolution", "-r", help="Map resolution [Å]; low-pass at this unless --lowpass-input is larger."
     ),
@@ -76,8 +81,47 @@ def main_command(
     ),
     hedge_confidence: float | None = typer.Option(None, "--hedge-confidence", help="Raise the confidence to this power (> 1). Default: off."),
     nlrc: bool = typer.Option(False, "--nlrc", help="Noise-level recalibration: stretch [confidence limit, 1] of the scale onto [0, 1]."),
+    amplify: bool = typer.Option(
+        False, "--amplify/--no-amplify", help="Amplify confident partial occupancies by the local scale (amount from --amplify-amount or --gamma)."
+    ),
+    amplify_amount: float | None = typer.Option(
+        None,
+        "--amplify-amount",
+        help="Exponent a of the modification, data x S^-a: 1 raises every confident partial occupancy to full, 0 < a < 1 partly, "
+        "a < 0 attenuates (-1: data x S). Range [-1, 1]. Default: 1 with --amplify, -1 with --attenuate.",
+    ),
+    attenuate: bool = typer.Option(False, "--attenuate", help="Attenuate partial occupancies (amount -1, or 1 - G with --gamma)."),
+    gamma: float | None = typer.Option(
+        None, "--gamma", help="Later OccuPy spelling (G > 1): --amplify means amount 1 - 1/G, --attenuate amount 1 - G."
+    ),
+    scale_limit: float = typer.Option(
+        0.05, "--amplify-limit", "--scale-limit", help="Scale at or below which nothing is modified [0-1]. Default: 0.05."
+    ),
+    sigmoid: float | None = typer.Option(None, "--sigmoid", help="Sigmoid modification of the scale with this power (>= 1); needs --pivot."),
+    pivot: float | None = typer.Option(None, "--pivot", help="Scale (0-1) that the sigmoid keeps fixed."),
+    exclude_solvent: bool = typer.Option(
+        False,
+        "--exclude-solvent/--retain-solvent",
+        help="Flatten solvent to 0 in modified maps (alone: write the solvent-excluded input). Default: retain.",
+    ),
+    lowpass_output: float | None = typer.Option(
+        None, "--lowpass-amplified", "--lowpass-output", help="Low-pass the modified maps at this resolution [Å]. Default: off."
+    ),
+    output_map: str | None = typer.Option(
+        None,
+        "--output-map",
+        "-o",
+        help="Modified map name (in --output-dir). Default: out_<name>.mrc; several modifications get ampl_/attn_/sigm_ prefixes on it.",
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic solvent added where attenuation removed signal. Default: 0."),
+    target_mask: Path | None = typer.Option(
+        None, "--target-mask", help="Mask (> 0.5 inside) of a region whose occupancy is reported (printed and logged)."
+    ),
+    plot: bool = typer.Option(False, "--plot", help="Write solModel_<name>.png (and modification_<name>.png when modifying)."),
     save_chimerax: bool = typer.Option(True, "--save-chimerax/--no-save-chimerax", help="Write the ChimeraX script chimX_<name>.cxc."),
-    save_all_maps: bool = typer.Option(False, "--save-all-maps", help="Also write the low-passed input lowpass_<name>.mrc."),
+    save_all_maps: bool = typer.Option(
+        False, "--save-all-maps", help="Also write the low-passed input lowpass_<name>.mrc and each modification factor modfactor_*.mrc."
+    ),
     chunks: int | None = typer.Option(None, "--chunks", help="Chunk edge [voxels]. Default: 256 (64 MB float32 blocks)."),
     output_dir: Path = typer.Option(Path("."), "--output-dir", "-d", help="Directory for all outputs. Default: current directory."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
@@ -99,6 +143,10 @@ def main_command(
 ) -> None:
     quiet = verbose is False
     verbose = bool(verbose)
+    if (input_map is None) == (relion_classes is None):
+        _fail("give one input: --input-map/-i MAP or --relion-classes MODEL.star", verbose, code=2)
+    if relion_classes is not None and not (amplify or attenuate or amplify_amount is not None or sigmoid is not None or exclude_solvent):
+        amplify = True  # classes are diversified by amplification unless told otherwise
 
     def settings_factory(info):
         return derive_settings(
@@ -116,29 +164,59 @@ def main_command(
             nlrc=nlrc,
             reference_compatible=reference_compatible,
             chunks=chunks,
+            amplify=amplify,
+            attenuate=attenuate,
+            amplify_amount=amplify_amount,
+            gamma=gamma,
+            sigmoid=sigmoid,
+            pivot=pivot,
+            scale_limit=scale_limit,
+            exclude_solvent=exclude_solvent,
+            lowpass_output=lowpass_output,
+            seed=seed,
         )
 
     runner = Runner(quiet=quiet)
+    source = input_map or relion_classes
     try:
+        if relion_classes is not None:
+            _relion(
+                relion_classes,
+                settings_factory,
+                runner,
+                quiet,
+                output_dir,
+                solvent_def,
+                target_mask,
+                save_all_maps,
+                save_chimerax,
+                plot,
+                overwrite,
+                temp_dir,
+            )
+            return
         result = run_map(
             input_map,
             settings_factory,
             output_dir=output_dir,
+            output_map=output_map,
             solvent_def=solvent_def,
+            target_mask=target_mask,
             save_all_maps=save_all_maps,
             save_chimerax=save_chimerax,
+            plot=plot,
             overwrite=overwrite,
             temp_dir=str(temp_dir) if temp_dir else None,
             runner=runner,
         )
     except SettingsError as exc:
-        _fail(f"{input_map}: {exc}", verbose, code=2)
+        _fail(f"{source}: {exc}", verbose, code=2)
     except (MapError, OutputError) as exc:
         _fail(str(exc), verbose)
     except (SolventModelError, ProcessingError) as exc:
-        _fail(f"{input_map}: {exc}", verbose)
+        _fail(f"{source}: {exc}", verbose)
     except MemoryError:
-        _fail(f"{input_map}: out of memory; try a smaller --chunks", verbose)
+        _fail(f"{source}: out of memory; try a smaller --chunks", verbose)
     except KeyboardInterrupt:
         typer.echo("occupy-dask: interrupted; no output was left half-written", err=True)
         raise typer.Exit(130) from None
@@ -155,9 +233,46 @@ def main_command(
         for row in limits(est, result.variability_limit):
             table.add_row(*row)
         Console(stderr=False).print(table)
+    if est.target_occupancy is not None and not quiet:
+        t = est.target_occupancy
+        typer.echo(f"target occupancy {t.occupancy:.4f} ({t.n_voxels} voxels in {target_mask.name}, tau {t.tau:.4f})")
     if not quiet:
         for kind, path in result.outputs.items():
             typer.echo(f"wrote {kind:<10} {path}")
+
+
+def _relion(star, settings_factory, runner, quiet, output_dir, solvent_def, target_mask, save_all_maps, save_chimerax, plot, overwrite, temp_dir):
+    from .relion import run_relion_classes
+
+    results, new_star = run_relion_classes(
+        star,
+        settings_factory,
+        output_dir=output_dir,
+        runner=runner,
+        solvent_def=solvent_def,
+        target_mask=target_mask,
+        save_all_maps=save_all_maps,
+        save_chimerax=save_chimerax,
+        plot=plot,
+        overwrite=overwrite,
+        temp_dir=str(temp_dir) if temp_dir else None,
+    )
+    for r in results:
+        for message in r.run.estimate.warnings:
+            typer.echo(f"occupy-dask: warning: class {r.index} ({r.source.name}): {message}", err=True)
+    if quiet:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{star.name}: median scale inside each class's confident region (confidence > 0.5)")
+    for col in ("class", "map", "median scale", "confident voxels", "modified map"):
+        table.add_column(col)
+    for r in results:
+        median = "n/a" if r.median_scale is None else f"{r.median_scale:.3f}"
+        table.add_row(str(r.index), r.source.name, median, str(r.confident_voxels), r.modified.name)
+    Console().print(table)
+    typer.echo(f"wrote model    {new_star}")
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import operator
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import dask
@@ -34,8 +34,9 @@ from .kernels.histogram import (
     histogram_edges,
 )
 from .kernels.local import inscribed_ellipsoid, local_scale, recalibrate_noise_level
+from .kernels.modify import power_factor, sigmoid_factor, suppress, synthetic_solvent
 from .kernels.tiles import tile_layout, tile_quantiles
-from .settings import Settings
+from .settings import Modification, Settings, tau_for_kernel
 from .solvent import (
     SOLVENT_ADVICE,
     ConfidenceTable,
@@ -48,6 +49,7 @@ from .solvent import (
 )
 
 SOLVENT_THRESHOLD = 0.9
+TARGET_THRESHOLD = 0.5
 IN_MEMORY_LOWPASS_BYTES = 2 << 30
 FLATTENED_FRACTION = 0.2  # exact zeros inside the inscribed sphere that mean 'no solvent noise'
 
@@ -121,6 +123,10 @@ def _pass_one(sources, shape, start, stop, tile_ids, tile_origins, tile_size, ta
         out["R'"] = _Sums.of(lp[~solvent & inside])
     else:
         out["inside"] = _Sums.of(lp[inside])
+    if "target_mask" in sources:
+        target = sources["target_mask"][_region(start, stop)] > TARGET_THRESHOLD
+        scale_data = lp if sources["scale"] is sources["lp"] else raw
+        out["target"] = _Sums.of(scale_data[target])
     if len(tile_ids):
         reach = np.maximum(np.asarray(stop), tile_origins.max(axis=0) + tile_size)
         scale_src = sources["scale"]
@@ -129,7 +135,7 @@ def _pass_one(sources, shape, start, stop, tile_ids, tile_origins, tile_size, ta
     return out
 
 
-def _pass_two(sources, shape, start, stop, lp_range, region_kind, region_range):
+def _pass_two(sources, shape, start, stop, lp_range, region_kind, region_range, target_tiles=None):
     lp = sources["lp"][_region(start, stop)]
     counts = histogram_counts(lp, *lp_range)
     inside = inscribed_ellipsoid(shape, start, stop)
@@ -139,7 +145,14 @@ def _pass_two(sources, shape, start, stop, lp_range, region_kind, region_range):
         solvent = sources["solvent_def"][_region(start, stop)] > SOLVENT_THRESHOLD
         mask = (solvent if region_kind == "R" else ~solvent) & inside
     region_counts = histogram_counts(lp[mask], *region_range)
-    return counts, region_counts
+    target_quantiles = None
+    if target_tiles is not None:  # the full-scale reference again, at the target mask's tau
+        tile_ids, tile_origins, tile_size, tau = target_tiles
+        if len(tile_ids):
+            reach = np.maximum(np.asarray(stop), tile_origins.max(axis=0) + tile_size)
+            block = sources["scale"][_region(start, reach)]
+            target_quantiles = (tile_ids, tile_quantiles(block, start, tile_origins, tile_size, tau))
+    return counts, region_counts, target_quantiles
 
 
 # --------------------------------------------------------------------------- fused pass
@@ -159,10 +172,48 @@ class LocalPlan:
     reference: bool
     nlrc_limit: float | None
     outputs: tuple[str, ...]
+    modifications: tuple[Modification, ...] = ()
+    scale_limit: float = 0.05
+    exclude_solvent: bool = False
+    raw_range: tuple[float, float] | None = None  # clip modified maps to it (None: a later stage clips)
+    solvent_mu: float = 0.0
+    solvent_sigma: float = 0.0
+    seed: int = 0
 
 
-def local_outputs(plan: LocalPlan, scale_padded, lp_block, raw_block) -> dict[str, np.ndarray]:
-    """All per-voxel results of one chunk from its scale data (with halo), low-passed and raw data."""
+def modified_name(i: int) -> str:
+    return f"modified_{i}"
+
+
+def factor_name(i: int) -> str:
+    return f"factor_{i}"
+
+
+def modification_factor(plan: LocalPlan, mod: Modification, scale: np.ndarray) -> np.ndarray:
+    """Per-voxel factor of one modification (float32)."""
+    if mod.kind == "sigmoid":
+        return sigmoid_factor(scale, mod.power, mod.pivot, plan.reference)
+    if mod.kind == "exclude":
+        return np.ones_like(scale)
+    return power_factor(scale, mod.exponent, plan.scale_limit)
+
+
+def modified_map(plan: LocalPlan, mod: Modification, factor, raw_block, confidence, start, stop) -> np.ndarray:
+    """Section 8 on one block: raw data times the factor, synthetic solvent where attenuation
+    removed signal (solvent retained), suppression by the confidence, clipped to the input range."""
+    modified = raw_block * factor
+    if mod.kind == "attenuate" and not plan.exclude_solvent:
+        removed = np.clip(np.float32(1.0) - factor, 0.0, 1.0)
+        modified += synthetic_solvent(start, stop, plan.seed, plan.solvent_mu, plan.solvent_sigma) * removed
+    out = suppress(modified, raw_block, confidence, plan.exclude_solvent)
+    if plan.raw_range is not None:
+        np.clip(out, np.float32(plan.raw_range[0]), np.float32(plan.raw_range[1]), out=out)
+    return out.astype(np.float32, copy=False)
+
+
+def local_outputs(plan: LocalPlan, scale_padded, lp_block, raw_block, start, stop) -> dict[str, np.ndarray]:
+    """All per-voxel results of one chunk ``[start, stop)`` from its scale data (with halo),
+    low-passed and raw data: scale, confidence, and each modification's map and factor."""
     scale = local_scale(ball_max_valid(scale_padded, plan.kernel), plan.s_max)
     if plan.reference:
         confidence = confidence_lookup_reference(lp_block, plan.table, plan.lp_min, plan.lp_max)
@@ -170,7 +221,15 @@ def local_outputs(plan: LocalPlan, scale_padded, lp_block, raw_block) -> dict[st
         confidence = confidence_lookup(lp_block, plan.table, plan.edges)
     if plan.nlrc_limit is not None:
         scale = recalibrate_noise_level(scale, plan.nlrc_limit)
-    return {"scale": scale, "confidence": confidence, "lowpass": lp_block}
+    out = {"scale": scale, "confidence": confidence, "lowpass": lp_block}
+    raw_block = np.asarray(raw_block, dtype=np.float32)
+    for i, mod in enumerate(plan.modifications):
+        if modified_name(i) not in plan.outputs and factor_name(i) not in plan.outputs:
+            continue
+        factor = modification_factor(plan, mod, scale)
+        out[factor_name(i)] = factor
+        out[modified_name(i)] = modified_map(plan, mod, factor, raw_block, confidence, start, stop)
+    return out
 
 
 def _fused_task(plan: LocalPlan, sources, start, stop):
@@ -179,7 +238,7 @@ def _fused_task(plan: LocalPlan, sources, start, stop):
     region = _region(start, stop)
     lp_block = sources["lp"][region]
     raw_block = sources["raw"][region]
-    results = local_outputs(plan, scale_padded, lp_block, raw_block)
+    results = local_outputs(plan, scale_padded, lp_block, raw_block, start, stop)
     core = tuple(slice(h, h + (b - a)) for h, a, b in zip(halo, start, stop))
     scale_data = scale_padded[core]
     full = results["scale"] == 1.0
@@ -217,11 +276,60 @@ def _fused_graph(plan: LocalPlan, sources, chunks):
     return stacked, Delayed(gather, graph)
 
 
+def _lowpass_output(array: da.Array, s: Settings, raw_range) -> da.Array:
+    """``--lowpass-amplified``: low-pass a modified map (pencil FFT as the input's) and clip it
+    to the input's range."""
+    filtered = lowpass_stage.lowpass(array, s.voxel_size, s.lowpass_output_angstrom, reference=s.reference_compatible)
+    lo, hi = np.float32(raw_range[0]), np.float32(raw_range[1])
+    return filtered.rechunk(s.chunks).map_blocks(np.clip, lo, hi, dtype=np.float32)
+
+
+def modify_lazy(est: Estimate, mod: Modification, *, exclude_solvent: bool, scale_limit: float, lowpass_output: float | None, seed: int) -> da.Array:
+    """One more modification of an estimated map, as a lazy array (its own fused pass)."""
+    s = replace(
+        est.settings,
+        modifications=(mod,),
+        exclude_solvent=exclude_solvent,
+        scale_limit=scale_limit,
+        lowpass_output_angstrom=lowpass_output,
+        seed=seed,
+    )
+    plan = replace(
+        est.plan,
+        outputs=(modified_name(0),),
+        modifications=(mod,),
+        exclude_solvent=exclude_solvent,
+        scale_limit=scale_limit,
+        raw_range=None if lowpass_output else est.raw_range,
+        seed=seed,
+    )
+    stacked, _ = _fused_graph(plan, est.sources, s.chunks)
+    return _lowpass_output(stacked[0], s, est.raw_range) if lowpass_output else stacked[0]
+
+
 def _take_output(result, channel):
     return result[0][channel : channel + 1]
 
 
 # --------------------------------------------------------------------------- the result
+
+
+@dataclass(frozen=True)
+class TargetOccupancy:
+    """Section 9: the occupancy of the region a target mask selects."""
+
+    n_voxels: int
+    tau: float  # tau for n_voxels samples
+    value_max: float  # largest scale-data value inside the mask
+    s_max: float  # the full-scale reference at that tau
+    nlrc_limit: float | None = None
+
+    @property
+    def occupancy(self) -> float:
+        occ = self.value_max / self.s_max
+        if self.nlrc_limit is not None:
+            occ = float(np.clip((occ - self.nlrc_limit) / (1.0 - self.nlrc_limit), 0.0, 1.0))
+        return occ
 
 
 @dataclass
@@ -247,11 +355,25 @@ class Estimate:
     outputs: da.Array  # stacked (n_outputs, *shape)
     output_names: tuple[str, ...]
     block_stats: object  # lazy list of per-chunk statistics
+    plan: LocalPlan | None = None
+    sources: dict = field(default_factory=dict, repr=False)
+    final: dict = field(default_factory=dict, repr=False)  # outputs replaced by a later stage (low-passed modified maps)
+    target_occupancy: TargetOccupancy | None = None
     warnings: list[str] = field(default_factory=list)
     cleanup: list = field(default_factory=list, repr=False)  # callables run by close()
 
     def __getitem__(self, name: str) -> da.Array:
+        if name in self.final:
+            return self.final[name]
         return self.outputs[self.output_names.index(name)]
+
+    def has_block_stats(self, name: str) -> bool:
+        """Whether the fused pass's per-chunk statistics describe output ``name`` as written."""
+        return name in self.output_names and name not in self.final
+
+    def modified(self, i: int = 0) -> da.Array:
+        """The ``i``-th modified map of ``settings.modifications`` (lazy, float32)."""
+        return self[modified_name(i)]
 
     @property
     def scale(self) -> da.Array:
@@ -310,6 +432,7 @@ def estimate(
     settings: Settings,
     solvent_def_source=None,
     *,
+    target_mask_source=None,
     run=_default_run,
     spill_lowpass: bool | None = None,
     temp_dir: str | None = None,
@@ -340,6 +463,8 @@ def estimate(
         sources["lp"] = raw_source
     if solvent_def_source is not None:
         sources["solvent_def"] = solvent_def_source
+    if target_mask_source is not None:
+        sources["target_mask"] = target_mask_source
     sources["scale"] = sources["lp"] if s.scale_mode == "occ" else sources["raw"]
 
     try:
@@ -396,18 +521,35 @@ def _estimate_from_sources(sources, info, s: Settings, run, temp_dirs, extra_out
     if "inside" in totals:
         region_kind = "inside"
     else:
-        region_kind = "R" if totals["R"].variance <= totals["R'"].variance else "R'"
+        region_kind = "R" if totals["R"].variance < totals["R'"].variance else "R'"
     region = totals[region_kind]
     if region.n < 2 or region.lo == region.hi:
         raise SolventModelError(f"the solvent region holds no variation ({region.n} voxels); {SOLVENT_ADVICE}")
 
-    # pass 2: histograms of the whole low-passed map and of the solvent region
-    tasks = [
-        dask.delayed(_pass_two, pure=False)(sources, shape, start, stop, lp_range, region_kind, (region.lo, region.hi)) for _, start, stop in grid
-    ]
+    target_tau = None
+    if "target_mask" in sources:
+        target = totals.get("target", _Sums())
+        if target.n == 0:
+            raise ProcessingError("the target mask selects no voxel (none above 0.5)")
+        target_tau = tau_for_kernel(target.n)
+
+    # pass 2: histograms of the whole low-passed map and of the solvent region (and, with a
+    # target mask, the tile quantiles at its tau)
+    tasks = []
+    for index, start, stop in grid:
+        ids = np.asarray(owner[index], dtype=np.int64)
+        target_tiles = (ids, origins[ids], s.tile_size, target_tau) if target_tau is not None else None
+        tasks.append(dask.delayed(_pass_two, pure=False)(sources, shape, start, stop, lp_range, region_kind, (region.lo, region.hi), target_tiles))
     results = run(*tasks, label="histograms")
     lp_counts = sum(r[0] for r in results)
     region_counts = sum(r[1] for r in results)
+    target_occupancy = None
+    if target_tau is not None:
+        target_quantiles = np.full(len(origins), -np.inf, dtype=np.float32)
+        for r in results:
+            if r[2] is not None:
+                target_quantiles[r[2][0]] = r[2][1]
+        target_occupancy = TargetOccupancy(n_voxels=target.n, tau=target_tau, value_max=target.hi, s_max=float(target_quantiles.max()))
     lp_edges = histogram_edges(*lp_range)
     region_edges = histogram_edges(region.lo, region.hi)
     lp_density = density_from_counts(lp_counts, lp_edges)
@@ -433,7 +575,14 @@ def _estimate_from_sources(sources, info, s: Settings, run, temp_dirs, extra_out
             f"the solvent model leaves no voxel with confident content (confidence is 0 everywhere; the scale is unaffected); {SOLVENT_ADVICE}"
         )
 
-    outputs = ("scale", "confidence", *extra_outputs)
+    outputs = ["scale", "confidence", *[n for n in extra_outputs if n != "factor"]]
+    for i, mod in enumerate(s.modifications):
+        outputs.append(modified_name(i))
+        if "factor" in extra_outputs and mod.kind != "exclude":
+            outputs.append(factor_name(i))
+        if mod.kind != "exclude" and mod.amount < -1:
+            warnings.append(f"amplify amount {mod.amount:g} is below -1 (attenuation beyond the scale itself); this is untested")
+    outputs = tuple(outputs)
     plan = LocalPlan(
         shape=shape,
         kernel=s.kernel,
@@ -445,8 +594,22 @@ def _estimate_from_sources(sources, info, s: Settings, run, temp_dirs, extra_out
         reference=s.reference_compatible,
         nlrc_limit=(table.limit_value / s_max) if s.nlrc else None,
         outputs=outputs,
+        modifications=s.modifications,
+        scale_limit=s.scale_limit,
+        exclude_solvent=s.exclude_solvent,
+        raw_range=None if s.lowpass_output_angstrom else raw_range,
+        solvent_mu=model.mu,
+        solvent_sigma=model.sigma,
+        seed=s.seed,
     )
+    if target_occupancy is not None:
+        target_occupancy = replace(target_occupancy, nlrc_limit=plan.nlrc_limit)
     stacked, stats = _fused_graph(plan, sources, chunks)
+    final = {
+        modified_name(i): _lowpass_output(stacked[outputs.index(modified_name(i))], s, raw_range)
+        for i in range(len(s.modifications))
+        if s.lowpass_output_angstrom
+    }
     tile = tuple(int(v) for v in tile_index[best])
     centre = tuple(float(v) for v in origins[best] + s.tile_size / 2.0)
     return Estimate(
@@ -470,6 +633,10 @@ def _estimate_from_sources(sources, info, s: Settings, run, temp_dirs, extra_out
         outputs=stacked,
         output_names=outputs,
         block_stats=stats,
+        plan=plan,
+        sources=sources,
+        final=final,
+        target_occupancy=target_occupancy,
         warnings=warnings,
         cleanup=[lambda path=path: shutil.rmtree(path, ignore_errors=True) for path in temp_dirs],
     )

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from . import __version__
+from .kernels.modify import power_factor, sigmoid_factor
 from .pipeline import Estimate
+from .settings import Modification
+from .solvent import gaussian
 
 # ChimeraX palette over [min_vis_scale, 1]: low scale red through white to blue (full scale).
 PALETTE = ("#d73027", "#fc8d59", "#fee090", "#ffffff", "#91bfdb", "#4575b4")
@@ -43,7 +48,33 @@ def limits(est: Estimate, variability_limit: float | None) -> list[tuple[str, st
         ("Reference-compatible", "", "yes" if s.reference_compatible else "no"),
         ("Chunk edge", "voxels", str(s.chunk_edge)),
     ]
+    for mod in s.modifications:
+        rows.append(("Modification", "", describe_modification(mod)))
+    if s.modifications:
+        rows += [
+            ("Amplify limit", "scale", f"{s.scale_limit:.3f}"),
+            ("Solvent", "", "excluded (flattened to 0)" if s.exclude_solvent else "retained"),
+            ("Low-pass of modified maps", "Å", "off" if s.lowpass_output_angstrom is None else f"{s.lowpass_output_angstrom:.2f}"),
+        ]
+        if any(m.kind == "attenuate" for m in s.modifications) and not s.exclude_solvent:
+            rows.append(("Synthetic solvent seed", "", str(s.seed)))
+    t = est.target_occupancy
+    if t is not None:
+        rows += [
+            ("Target mask voxels", "voxels", str(t.n_voxels)),
+            ("Target tau", "0-1", f"{t.tau:.4f}"),
+            ("Target full scale", "map units", f"{t.s_max:.6g}"),
+            ("Target occupancy", "0-1", f"{t.occupancy:.4f}" + (" (nlrc)" if t.nlrc_limit is not None else "")),
+        ]
     return rows
+
+
+def describe_modification(mod: Modification) -> str:
+    if mod.kind == "sigmoid":
+        return f"sigmoid, power {mod.power:g}, pivot {mod.pivot:g}"
+    if mod.kind == "exclude":
+        return "solvent exclusion only"
+    return f"{mod.kind}, amount {mod.amount:.4g} (factor scale^{mod.exponent:.4g}), file tag {mod.tag}"
 
 
 def write_log(path: Path, est: Estimate, variability_limit: float | None, outputs: dict[str, Path]) -> None:
@@ -85,3 +116,93 @@ def chimerax_script(est: Estimate, input_path: Path, scale_path: Path, modified:
         ]
     lines += ["view", "lighting soft"]
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def solvent_plot_data(est: Estimate) -> dict[str, np.ndarray]:
+    """What ``solModel_<name>.png`` shows, in map units: the solvent-region histogram density,
+    the initial guess and the fitted solvent model at the fit positions, the whole low-passed
+    map's histogram, and the confidence (content fraction) per bin of it."""
+    model, table = est.solvent_model, est.confidence
+    return {
+        "x": np.asarray(model.x, dtype=np.float64),
+        "density": model.density,
+        "guess": gaussian(np.asarray(model.x, dtype=np.float64), *model.guess),
+        "fit": model(model.x),
+        "map_x": table.edges[:-1].astype(np.float64),
+        "map_density": table.density,
+        "confidence": np.clip(table.fraction, 0.0, 1.0),
+        "solvent_edge": np.float64(est.solvent_edge),
+        "content_1pct": np.float64(est.content_1pct),
+        "confidence_limit_value": np.float64(est.confidence.limit_value),
+    }
+
+
+def modification_curve_data(est: Estimate, n: int = 1000) -> dict[str, np.ndarray]:
+    """What ``modification_<name>.png`` shows: for scale S on [0, 1], the scale after each
+    modification, ``S * factor(S)`` (the identity line means unchanged)."""
+    s = est.settings
+    scale = np.linspace(0.0, 1.0, n).astype(np.float32)
+    curves = {}
+    for mod in s.modifications:
+        if mod.kind == "sigmoid":
+            factor = sigmoid_factor(scale, mod.power, mod.pivot, s.reference_compatible)
+        elif mod.kind == "exclude":
+            continue
+        else:
+            factor = power_factor(scale, mod.exponent, s.scale_limit)
+        curves[describe_modification(mod)] = scale.astype(np.float64) * factor
+    return {"scale": scale.astype(np.float64), "curves": curves}
+
+
+def save_plots(est: Estimate, paths: dict[str, Path]) -> dict[str, Path]:
+    """Write the solvent-model plot (and the modification curve when modifying) as PNG."""
+    from matplotlib.figure import Figure
+
+    written = {}
+    d = solvent_plot_data(est)
+    fig = Figure(figsize=(13, 5), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    positive = d["density"] > 0
+    ax.semilogy(d["x"][positive], d["density"][positive], color="black", lw=1, label="solvent region histogram")
+    if est.solvent_region != "inscribed ellipsoid":
+        shown = d["map_density"] > 0
+        ax.semilogy(d["map_x"][shown], d["map_density"][shown], color="0.6", lw=1, label="whole map histogram")
+    ax.semilogy(d["x"], d["guess"], color="tab:blue", alpha=0.5, lw=1, label="solvent model: initial guess")
+    ax.semilogy(d["x"], d["fit"], color="tab:green", lw=2, label="solvent model: fit")
+    floor = d["density"][positive].min() * 0.5
+    ax.set_ylim(floor, d["density"].max() * 2)
+    ax.axvline(d["solvent_edge"], color="tab:green", ls=":", label=f"solvent edge {d['solvent_edge']:.3g}")
+    ax.axvline(d["content_1pct"], color="tab:green", ls="--", label=f"content 1% of solvent {d['content_1pct']:.3g}")
+    ax.set_xlabel("low-passed map value (map units)")
+    ax.set_ylabel("histogram density (log)")
+    conf_ax = ax.twinx()
+    conf_ax.plot(d["map_x"], d["confidence"], color="tab:red", lw=2, label="confidence")
+    conf_ax.axvline(d["confidence_limit_value"], color="tab:red", ls="--", lw=1, label=f"confidence 0.5 at {d['confidence_limit_value']:.3g}")
+    conf_ax.set_ylim(-0.02, 1.02)
+    conf_ax.set_ylabel("confidence (content fraction)", color="tab:red")
+    handles = ax.get_legend_handles_labels()
+    more = conf_ax.get_legend_handles_labels()
+    ax.legend(handles[0] + more[0], handles[1] + more[1], loc="upper left", bbox_to_anchor=(1.08, 1.0), fontsize=8)
+    ax.set_title(f"{est.info.name}: solvent model (mu {est.solvent_model.mu:.3g}, sigma {est.solvent_model.sigma:.3g}), s_max {est.s_max:.3g}")
+    fig.savefig(paths["plot"])
+    written["plot"] = paths["plot"]
+
+    if "plot_modification" in paths:
+        m = modification_curve_data(est)
+        fig = Figure(figsize=(6, 6), dpi=100, layout="constrained")
+        ax = fig.add_subplot()
+        ax.plot(m["scale"], m["scale"], color="0.6", ls="--", label="unchanged")
+        for label, curve in m["curves"].items():
+            ax.plot(m["scale"], curve, lw=2, label=label)
+        ax.axvline(est.settings.scale_limit, color="0.3", ls=":", label=f"amplify limit {est.settings.scale_limit:g}")
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("estimated local scale S")
+        ax.set_ylabel("scale after modification, S x factor(S)")
+        ax.set_title(f"{est.info.name}: modification by local scale")
+        ax.legend(loc="lower right", fontsize=8)
+        fig.savefig(paths["plot_modification"])
+        written["plot_modification"] = paths["plot_modification"]
+    return written

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,8 +16,9 @@ import numpy as np
 
 from .io.read import MapError, MapInfo, open_map
 from .io.write import create_mrc, finish_mrc, partial_path
-from .pipeline import Estimate, estimate
+from .pipeline import Estimate, estimate, factor_name, modified_name
 from .report import chimerax_script, write_log
+from .settings import Settings
 
 
 class OutputError(RuntimeError):
@@ -33,18 +35,75 @@ class RunResult:
     timings: list[tuple[str, float]] = field(default_factory=list)
 
 
-def output_paths(info: MapInfo, est_mode: str, output_dir: Path, save_all: bool, chimerax: bool) -> dict[str, Path]:
+MAP_SUFFIXES = (".mrc", ".map", ".ccp4")
+
+
+def modified_paths(settings: Settings, name: str, output_dir: Path, output_map: str | os.PathLike | None) -> list[Path]:
+    """Where each modified map goes: one modification writes ``-o`` (default ``out_<name>.mrc``);
+    several get the reference's prefixes on that name (``ampl_2.0_``, ``attn_2.0_``,
+    ``sigm_2.0-0.30_``, and ``solExcl_`` when solvent is excluded)."""
+    mods = settings.modifications
+    target = Path(output_map) if output_map else Path(f"out_{name}.mrc")
+    if target.suffix.lower() not in MAP_SUFFIXES:
+        target = target.with_name(target.name + ".mrc")
+    if not target.is_absolute() and target.parent == Path("."):
+        target = output_dir / target
+    if len(mods) <= 1:
+        return [target] * len(mods)
+    excluded = "solExcl_" if settings.exclude_solvent else ""
+    return [target.with_name(f"{m.tag}_{excluded}{target.name}") for m in mods]
+
+
+def output_paths(
+    info: MapInfo,
+    settings: Settings,
+    output_dir: Path,
+    *,
+    output_map: str | os.PathLike | None = None,
+    save_all: bool = False,
+    chimerax: bool = True,
+    plot: bool = False,
+) -> dict[str, Path]:
+    """Every file a run writes, keyed by output name (``modified_<i>``, ``factor_<i>``, ...)."""
     name = info.name
     paths = {
-        "scale": output_dir / f"scale_{est_mode}_{name}.mrc",
+        "scale": output_dir / f"scale_{settings.scale_mode}_{name}.mrc",
         "confidence": output_dir / f"conf_{name}.mrc",
     }
+    mods = settings.modifications
+    for i, path in enumerate(modified_paths(settings, name, output_dir, output_map)):
+        paths[modified_name(i)] = path
     if save_all:
         paths["lowpass"] = output_dir / f"lowpass_{name}.mrc"
+        for i, mod in enumerate(mods):
+            if mod.kind != "exclude":
+                tag = f"{mod.tag}_" if len(mods) > 1 else ""
+                paths[factor_name(i)] = output_dir / f"modfactor_{tag}{name}.mrc"
     paths["log"] = output_dir / f"log_{name}.txt"
     if chimerax:
         paths["chimerax"] = output_dir / f"chimX_{name}.cxc"
+    if plot:
+        paths["plot"] = output_dir / f"solModel_{name}.png"
+        if any(m.kind != "exclude" for m in mods):
+            paths["plot_modification"] = output_dir / f"modification_{name}.png"
     return paths
+
+
+def _label(est: Estimate, name: str) -> str:
+    """Header label of an output map."""
+    fixed = {"scale": f"local scale ({est.settings.scale_mode})", "confidence": "confidence", "lowpass": "low-passed input"}
+    if name in fixed:
+        return fixed[name]
+    kind, i = name.rsplit("_", 1)
+    mod = est.settings.modifications[int(i)]
+    what = {"amplify": f"amplified, amount {mod.amount:.3g}", "attenuate": f"attenuated, amount {mod.amount:.3g}"}.get(mod.kind)
+    if mod.kind == "sigmoid":
+        what = f"sigmoid power {mod.power:g} pivot {mod.pivot:g}"
+    elif mod.kind == "exclude":
+        what = "input"
+    if kind == "factor":
+        return f"modification factor: {what}"
+    return f"{what}, solvent {'excluded' if est.settings.exclude_solvent else 'retained'}"
 
 
 def check_outputs(paths: dict[str, Path], inputs: list[Path], overwrite: bool) -> None:
@@ -76,25 +135,29 @@ def _combine(stats: list[dict], key: str):
     return total
 
 
+def _reduction_stats(array: da.Array):
+    """Lazy (min, max, mean, mean of squares) of a map that the fused pass's statistics do not cover."""
+    as64 = array.astype(np.float64)
+    return (array.min(), array.max(), as64.mean(), (as64 * as64).mean())
+
+
 def write_maps(est: Estimate, paths: dict[str, Path], run) -> tuple[dict[str, Path], float | None]:
     """Write every per-voxel output of ``est`` that has a path, blockwise, to temporary names;
     fill header statistics; rename into place. Returns the written paths and the variability limit."""
     names = [n for n in est.output_names if n in paths]
-    labels = {
-        "scale": f"local scale ({est.settings.scale_mode})",
-        "confidence": "confidence",
-        "lowpass": "low-passed input",
-    }
     partial = {n: partial_path(paths[n]) for n in names}
     try:
-        targets = [create_mrc(partial[n], est.info, labels.get(n, n)) for n in names]
+        targets = [create_mrc(partial[n], est.info, _label(est, n)) for n in names]
         store = da.store([est[n] for n in names], targets, lock=False, compute=False)
-        _, stats = run(store, est.block_stats, label="local scale")
+        reductions = {n: _reduction_stats(est[n]) for n in names if not est.has_block_stats(n)}
+        _, stats, reduced = run(store, est.block_stats, reductions, label="local scale")
         for n in names:
-            sums = _combine(stats, n)
-            mean = sums.total / sums.n
-            rms = math.sqrt(max(sums.squares / sums.n - mean * mean, 0.0))
-            finish_mrc(partial[n], sums.lo, sums.hi, mean, rms)
+            if n in reduced:
+                lo, hi, mean, squares = (float(v) for v in reduced[n])
+            else:
+                sums = _combine(stats, n)
+                lo, hi, mean, squares = sums.lo, sums.hi, sums.total / sums.n, sums.squares / sums.n
+            finish_mrc(partial[n], lo, hi, mean, math.sqrt(max(squares - mean * mean, 0.0)))
         for n in names:
             os.replace(partial[n], paths[n])
     finally:
@@ -111,14 +174,17 @@ def run_map(
     settings_factory,
     *,
     output_dir: str | os.PathLike = ".",
+    output_map: str | os.PathLike | None = None,
     solvent_def: str | os.PathLike | None = None,
+    target_mask: str | os.PathLike | None = None,
     save_all_maps: bool = False,
     save_chimerax: bool = True,
+    plot: bool = False,
     overwrite: bool = False,
     temp_dir: str | None = None,
     runner=None,
 ) -> RunResult:
-    """Estimate the local scale of one map file and write every output.
+    """Estimate the local scale of one map file, modify it as the settings ask, write every output.
 
     ``settings_factory(info)`` derives the :class:`Settings` from the opened map's geometry.
     """
@@ -126,36 +192,42 @@ def run_map(
 
     runner = runner or Runner(quiet=True)
     output_dir = Path(output_dir)
-    with open_map(input_map, temp_dir=temp_dir) as mapin:
+    with ExitStack() as stack:
+        mapin = stack.enter_context(open_map(input_map, temp_dir=temp_dir))
         info = mapin.info
         settings = settings_factory(info)
-        soldef = None
-        if solvent_def is not None:
-            soldef = open_map(solvent_def, temp_dir=temp_dir, role="solvent definition")
-            _check_same_grid(soldef.info, info, "solvent definition")
-        try:
-            paths = output_paths(info, settings.scale_mode, output_dir, save_all_maps, save_chimerax)
-            check_outputs(paths, [Path(input_map), Path(solvent_def) if solvent_def else None], overwrite)
-            extra = ("lowpass",) if save_all_maps else ()
-            with estimate(
+        masks = {}
+        for role, path in (("solvent definition", solvent_def), ("target mask", target_mask)):
+            if path is not None:
+                masks[role] = stack.enter_context(open_map(path, temp_dir=temp_dir, role=role))
+                _check_same_grid(masks[role].info, info, role)
+        paths = output_paths(info, settings, output_dir, output_map=output_map, save_all=save_all_maps, chimerax=save_chimerax, plot=plot)
+        check_outputs(paths, [Path(input_map), *(Path(p) for p in (solvent_def, target_mask) if p)], overwrite)
+        extra = ("lowpass", "factor") if save_all_maps else ()
+        est = stack.enter_context(
+            estimate(
                 mapin.source,
                 info,
                 settings,
-                soldef.source if soldef else None,
+                masks["solvent definition"].source if solvent_def else None,
+                target_mask_source=masks["target mask"].source if target_mask else None,
                 run=runner,
                 temp_dir=temp_dir,
                 extra_outputs=extra,
-            ) as est:
-                written, variability = write_maps(est, paths, runner)
-                write_log(paths["log"], est, variability, written)
-                written["log"] = paths["log"]
-                if save_chimerax:
-                    paths["chimerax"].write_text(chimerax_script(est, Path(input_map), written["scale"], []), encoding="utf-8")
-                    written["chimerax"] = paths["chimerax"]
-                return RunResult(est, written, variability, list(runner.timings))
-        finally:
-            if soldef is not None:
-                soldef.close()
+            )
+        )
+        written, variability = write_maps(est, paths, runner)
+        modified = [written[modified_name(i)] for i in range(len(settings.modifications))]
+        if plot:
+            from .report import save_plots
+
+            written.update(save_plots(est, paths))
+        write_log(paths["log"], est, variability, {**written, "log": paths["log"]})
+        written["log"] = paths["log"]
+        if save_chimerax:
+            paths["chimerax"].write_text(chimerax_script(est, Path(input_map), written["scale"], modified), encoding="utf-8")
+            written["chimerax"] = paths["chimerax"]
+        return RunResult(est, written, variability, list(runner.timings))
 
 
 def _check_same_grid(other: MapInfo, info: MapInfo, role: str) -> None:

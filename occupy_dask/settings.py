@@ -54,6 +54,98 @@ def ball_kernel(size: tuple[int, int, int], radius: tuple[float, float, float]) 
     return sum((g / r) ** 2 for g, r in zip(grids, radius)) <= 1.0 + 1e-12
 
 
+@dataclass(frozen=True)
+class Modification:
+    """One way of changing the map by its local scale (ALGORITHM.md section 8).
+
+    ``kind`` is "amplify" or "attenuate" (factor ``S_t**exponent``, ``exponent = -amount``),
+    "sigmoid" (factor ``f(S)/S``) or "exclude" (solvent exclusion alone, factor 1).
+    ``tag`` names its output file when several are written (the reference's prefixes).
+    """
+
+    kind: str
+    exponent: float = 0.0
+    power: float | None = None
+    pivot: float | None = None
+    tag: str = ""
+
+    @property
+    def amount(self) -> float:
+        return -self.exponent
+
+
+def _gamma_tag(prefix: str, gamma: float) -> str:
+    return f"{prefix}_{gamma:.1f}"
+
+
+def modifications_from_options(
+    *,
+    amplify: bool = False,
+    attenuate: bool = False,
+    amplify_amount: float | None = None,
+    gamma: float | None = None,
+    sigmoid: float | None = None,
+    pivot: float | None = None,
+    exclude_solvent: bool = False,
+) -> tuple[Modification, ...]:
+    """The modifications that the seed's and the later OccuPy's flags ask for.
+
+    ``--amplify`` uses ``amplify_amount`` (default 1; in [-1, 1], below -1 allowed) or, with
+    ``gamma`` G > 1, the amount ``1 - 1/G``; ``--attenuate`` uses amount -1, ``1 - G`` with
+    ``gamma``, or a negative ``amplify_amount``. Conflicting flags raise SettingsError.
+    """
+    if amplify_amount is not None and not amplify and not attenuate:
+        amplify = True  # an amount asks for the modification it names
+    if gamma is not None:
+        if not (gamma > 1 and math.isfinite(gamma)):
+            raise SettingsError(f"--gamma must be larger than 1, got {gamma}")
+        if amplify_amount is not None:
+            raise SettingsError("--gamma and --amplify-amount are two spellings of the same setting; give one")
+        if not (amplify or attenuate):
+            raise SettingsError("--gamma needs --amplify or --attenuate")
+    if amplify_amount is not None:
+        if not math.isfinite(amplify_amount):
+            raise SettingsError(f"--amplify-amount must be a number, got {amplify_amount}")
+        if amplify_amount > 1:
+            raise SettingsError(f"--amplify-amount must be at most 1 (1 raises every confident partial occupancy to full), got {amplify_amount}")
+        if amplify and attenuate:
+            raise SettingsError("--amplify-amount with both --amplify and --attenuate is ambiguous; use --gamma or two runs")
+        if attenuate and amplify_amount > 0:
+            raise SettingsError(f"--attenuate needs a negative --amplify-amount, got {amplify_amount}")
+    out: list[Modification] = []
+    if amplify:
+        if gamma is not None:
+            amount, tag = 1.0 - 1.0 / gamma, _gamma_tag("ampl", gamma)
+        else:
+            amount = 1.0 if amplify_amount is None else float(amplify_amount)
+            tag = _gamma_tag("ampl", 1.0 / (1.0 - amount)) if amount < 1 else "ampl_inf"
+            if amount < 0:
+                tag = _gamma_tag("attn", 1.0 - amount)
+        exponent = (1.0 / gamma - 1.0) if gamma is not None else -amount
+        out.append(Modification("amplify" if amount >= 0 else "attenuate", exponent=exponent, tag=tag))
+    if attenuate:
+        if gamma is not None:
+            exponent, tag = gamma - 1.0, _gamma_tag("attn", gamma)
+        else:
+            amount = -1.0 if amplify_amount is None else float(amplify_amount)
+            exponent, tag = -amount, _gamma_tag("attn", 1.0 - amount)
+        out.append(Modification("attenuate", exponent=exponent, tag=tag))
+    if sigmoid is not None or pivot is not None:
+        if sigmoid is None or pivot is None:
+            raise SettingsError("--sigmoid P needs --pivot Q (and --pivot needs --sigmoid)")
+        if not (sigmoid >= 1 and math.isfinite(sigmoid)):
+            raise SettingsError(f"--sigmoid must be at least 1, got {sigmoid}")
+        if not 0 < pivot < 1:
+            raise SettingsError(f"--pivot must lie strictly between 0 and 1, got {pivot}")
+        out.append(Modification("sigmoid", power=float(sigmoid), pivot=float(pivot), tag=f"sigm_{sigmoid:.1f}-{pivot:.2f}"))
+    if not out and exclude_solvent:
+        out.append(Modification("exclude"))
+    tags = [m.tag for m in out]
+    if len(set(tags)) != len(tags):
+        raise SettingsError(f"two modifications would write the same map ({', '.join(tags)})")
+    return tuple(out)
+
+
 def is_isotropic(voxel_size: tuple[float, float, float]) -> bool:
     """Voxel sizes that differ by at most 0.1% count as one size (ALGORITHM.md section 2)."""
     return max(voxel_size) / min(voxel_size) - 1.0 <= ANISOTROPY_TOLERANCE
@@ -83,9 +175,7 @@ class Settings:
     chunk_edge: int = DEFAULT_CHUNK_EDGE
     resolution_angstrom: float | None = None
     # modification (ALGORITHM.md section 8)
-    amplify_amount: float | None = None
-    sigmoid_power: float | None = None
-    sigmoid_pivot: float | None = None
+    modifications: tuple[Modification, ...] = ()
     scale_limit: float = 0.05
     exclude_solvent: bool = False
     lowpass_output_angstrom: float | None = None
@@ -125,9 +215,12 @@ def derive_settings(
     nlrc: bool = False,
     reference_compatible: bool = False,
     chunks: int | None = None,
+    amplify: bool = False,
+    attenuate: bool = False,
     amplify_amount: float | None = None,
-    sigmoid_power: float | None = None,
-    sigmoid_pivot: float | None = None,
+    gamma: float | None = None,
+    sigmoid: float | None = None,
+    pivot: float | None = None,
     scale_limit: float = 0.05,
     exclude_solvent: bool = False,
     lowpass_output: float | None = None,
@@ -214,8 +307,21 @@ def derive_settings(
                 "(tiles may overlap, but not start at the same voxel)"
             )
 
+    modifications = modifications_from_options(
+        amplify=amplify,
+        attenuate=attenuate,
+        amplify_amount=amplify_amount,
+        gamma=gamma,
+        sigmoid=sigmoid,
+        pivot=pivot,
+        exclude_solvent=exclude_solvent,
+    )
+    if not (0.0 <= scale_limit < 1.0):
+        raise SettingsError(f"--amplify-limit must lie in [0, 1), got {scale_limit}")
+    if lowpass_output is not None and not (lowpass_output > 2.0 * max(voxel_size) and math.isfinite(lowpass_output)):
+        raise SettingsError(f"--lowpass-amplified must be longer than 2 voxels ({2.0 * max(voxel_size):.3g} Å), got {lowpass_output}")
     if occupancy is None:
-        occupancy = amplify_amount is not None or sigmoid_power is not None
+        occupancy = any(m.kind != "exclude" for m in modifications)
     scale_mode = "occ" if occupancy else "res"
 
     if hedge_confidence is not None and not hedge_confidence > 1.0:
@@ -243,9 +349,7 @@ def derive_settings(
         reference_compatible=bool(reference_compatible),
         chunk_edge=chunk_edge,
         resolution_angstrom=resolution,
-        amplify_amount=amplify_amount,
-        sigmoid_power=sigmoid_power,
-        sigmoid_pivot=sigmoid_pivot,
+        modifications=modifications,
         scale_limit=float(scale_limit),
         exclude_solvent=bool(exclude_solvent),
         lowpass_output_angstrom=lowpass_output,

@@ -1,0 +1,101 @@
+"""Map modification by local scale on numpy blocks (ALGORITHM.md section 8).
+
+Everything here is float32 and works voxel by voxel, except the synthetic solvent, which is
+drawn from a random stream fixed per global noise tile so that it does not depend on chunking.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+NOISE_TILE = 64  # edge of the global tiles that own one random stream each
+SIGMOID_TABLE_SIZE = 100  # entries of the reference's sigmoid table
+
+
+def thresholded_scale(scale: np.ndarray, limit: float) -> np.ndarray:
+    """``S_t``: the scale where it exceeds ``limit``, else 1 (below the limit nothing changes)."""
+    scale = np.asarray(scale, dtype=np.float32)
+    return np.where(scale > np.float32(limit), scale, np.float32(1.0))
+
+
+def power_factor(scale: np.ndarray, exponent: float, limit: float) -> np.ndarray:
+    """Amplify/attenuate factor ``S_t ** exponent`` (exponent ``-a`` for amount ``a``)."""
+    return np.power(thresholded_scale(scale, limit), np.float32(exponent))
+
+
+def sigmoid_mu(pivot: float, power: float) -> float:
+    """The ``mu`` of the sigmoid that keeps ``f(pivot) = pivot``."""
+    return 1.0 / (1.0 + (pivot / (1.0 - pivot)) ** (1.0 / power - 1.0))
+
+
+def sigmoid(x: np.ndarray, power: float, pivot: float) -> np.ndarray:
+    """``f(x) = 1/(1 + ((x(1-mu))/(mu(1-x)))^-p)`` on [0, 1], with ``f(0)=0``, ``f(1)=1`` and
+    ``f(pivot) = pivot``; float64."""
+    x = np.clip(np.asarray(x, dtype=np.float64), 0.0, 1.0)
+    mu = sigmoid_mu(pivot, power)
+    out = np.zeros_like(x)
+    inner = (x > 0) & (x < 1)
+    xi = x[inner]
+    out[inner] = 1.0 / (1.0 + (mu * (1.0 - xi) / (xi * (1.0 - mu))) ** power)
+    out[x >= 1] = 1.0
+    return out
+
+
+def sigmoid_table_reference(power: float, pivot: float, n: int = SIGMOID_TABLE_SIZE) -> np.ndarray:
+    """The reference's sigmoid table (ALGORITHM.md 11): ``f`` on ``linspace(0, 1, n)`` in float32,
+    ``f(0) = 0``, made non-decreasing."""
+    x = np.linspace(0.0, 1.0, n).astype(np.float32)
+    mu = sigmoid_mu(pivot, power)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        ratio = np.float32(mu) * (np.float32(1.0) - x) / (x * np.float32(1.0 - mu))
+        out = np.float32(1.0) / (np.power(ratio, np.float32(power)) + np.float32(1.0))
+    out = np.clip(np.nan_to_num(out, nan=0.0), 0.0, 1.0).astype(np.float32)
+    out[x == 0] = 0.0
+    return np.maximum.accumulate(out)
+
+
+def sigmoid_factor(scale: np.ndarray, power: float, pivot: float, reference: bool = False) -> np.ndarray:
+    """Sigmoid factor ``f(S)/S`` where ``S > 0``, 1 where ``S = 0``. With ``reference`` ``f``
+    comes from the 100-entry table at index ``int(|S|*100 - 1)`` (-1 wraps to the last entry)."""
+    scale = np.asarray(scale, dtype=np.float32)
+    if reference:
+        table = sigmoid_table_reference(power, pivot)
+        mapped = table[(np.abs(scale) * np.float32(table.size) - np.float32(1.0)).astype(np.intp)]
+    else:
+        mapped = sigmoid(scale, power, pivot).astype(np.float32)
+    factor = np.ones_like(scale)
+    positive = scale > 0
+    factor[positive] = mapped[positive] / scale[positive]
+    return factor
+
+
+def synthetic_solvent(start, stop, seed: int, mu: float, sigma: float) -> np.ndarray:
+    """Gaussian noise ``N(mu, sigma)`` (float32) for the block ``[start, stop)`` of the map.
+
+    Each global ``NOISE_TILE``^3 tile has its own stream seeded by ``(seed, tile index)``, so
+    a voxel gets the same value whatever block it is computed in.
+    """
+    start = tuple(int(v) for v in start)
+    stop = tuple(int(v) for v in stop)
+    out = np.empty(tuple(b - a for a, b in zip(start, stop)), dtype=np.float32)
+    tiles = [range(a // NOISE_TILE, (b - 1) // NOISE_TILE + 1) for a, b in zip(start, stop)]
+    for tz in tiles[0]:
+        for ty in tiles[1]:
+            for tx in tiles[2]:
+                rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), tz, ty, tx])))
+                tile = rng.standard_normal((NOISE_TILE,) * 3, dtype=np.float32)
+                lo = [max(t * NOISE_TILE, a) for t, a in zip((tz, ty, tx), start)]
+                hi = [min((t + 1) * NOISE_TILE, b) for t, b in zip((tz, ty, tx), stop)]
+                src = tuple(slice(lo_ - t * NOISE_TILE, hi_ - t * NOISE_TILE) for lo_, hi_, t in zip(lo, hi, (tz, ty, tx)))
+                dst = tuple(slice(lo_ - a, hi_ - a) for lo_, hi_, a in zip(lo, hi, start))
+                out[dst] = tile[src]
+    return np.float32(mu) + np.float32(sigma) * out
+
+
+def suppress(modified: np.ndarray, data: np.ndarray, confidence: np.ndarray, exclude_solvent: bool) -> np.ndarray:
+    """Keep the modification only where content is confident: ``modified*C + data*(1-C)``, or
+    ``modified*C`` when excluding solvent (solvent flattened to 0)."""
+    out = modified * confidence
+    if not exclude_solvent:
+        out += data * (np.float32(1.0) - confidence)
+    return out
