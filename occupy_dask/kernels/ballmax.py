@@ -52,36 +52,60 @@ def _ball_max_valid(padded, dz, dy, width_index, widths, hz, hy, hx, out):  # pr
     z_n, y_n, x_n = out.shape
     n_w = widths.size
     depth = 2 * hz + 1
-    # ring buffer of row maxima: for each of the last `depth` padded planes and each width
+    wmax = widths[n_w - 1]
+    store = np.full(wmax + 1, -1, np.int64)  # ring slot of each stored half-width
+    for wi in range(n_w):
+        store[widths[wi]] = wi
+    # ring buffer of x-run maxima of the last `depth` padded planes, one per half-width
     ring = np.empty((depth, n_w, yp_n, x_n), dtype=padded.dtype)
+    # two row buffers: writing each maximum into the other buffer (never in place) lets LLVM
+    # vectorise the loops, which it does not do for a read-modify-write of a possibly aliased row
+    acc_a = np.empty(x_n, padded.dtype)
+    acc_b = np.empty(x_n, padded.dtype)
     for zp in range(zp_n):
         slot = zp % depth
-        for wi in range(n_w):
-            w = widths[wi]
-            for y in range(yp_n):
+        for y in range(yp_n):
+            row = padded[zp, y]
+            run = np.empty(x_n, padded.dtype)  # a fresh buffer: known not to alias `row`
+            for x in range(x_n):
+                run[x] = row[x + hx]
+            if store[0] >= 0:
+                dst = ring[slot, store[0], y]
                 for x in range(x_n):
-                    c = x + hx
-                    m = padded[zp, y, c - w]
-                    for t in range(c - w + 1, c + w + 1):
-                        v = padded[zp, y, t]
-                        if v > m:
-                            m = v
-                    ring[slot, wi, y, x] = m
+                    dst[x] = run[x]
+            for w in range(1, wmax + 1):  # widen the run by one voxel each side
+                for x in range(x_n):
+                    a = row[x + hx - w]
+                    b = row[x + hx + w]
+                    c = a if a > b else b
+                    run[x] = c if c > run[x] else run[x]
+                if store[w] >= 0:
+                    dst = ring[slot, store[w], y]
+                    for x in range(x_n):
+                        dst[x] = run[x]
         if zp < depth - 1:
             continue
         z = zp - (depth - 1)
         for y in range(y_n):
+            src = ring[(z + hz + dz[0]) % depth, width_index[0], y + hy + dy[0]]
             for x in range(x_n):
-                out[z, y, x] = -np.inf
-        for r in range(dz.size):
-            s = (z + hz + dz[r]) % depth
-            wi = width_index[r]
-            for y in range(y_n):
-                yy = y + hy + dy[r]
-                for x in range(x_n):
-                    v = ring[s, wi, yy, x]
-                    if v > out[z, y, x]:
-                        out[z, y, x] = v
+                acc_a[x] = src[x]
+            for r in range(1, dz.size):
+                src = ring[(z + hz + dz[r]) % depth, width_index[r], y + hy + dy[r]]
+                if r % 2 == 1:
+                    for x in range(x_n):
+                        a = acc_a[x]
+                        b = src[x]
+                        acc_b[x] = b if b > a else a
+                else:
+                    for x in range(x_n):
+                        a = acc_b[x]
+                        b = src[x]
+                        acc_a[x] = b if b > a else a
+            last = acc_a if dz.size % 2 == 1 else acc_b
+            o = out[z, y]
+            for x in range(x_n):
+                o[x] = last[x]
     return out
 
 
