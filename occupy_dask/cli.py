@@ -139,6 +139,7 @@ def main_command(
         "-v/-q",
         help="Print the settings table and detected limits (and tracebacks on error); --quiet prints only errors.",
     ),
+    profile: bool = typer.Option(False, "--profile", help="Print a table of stage timings (reductions, low-pass, fused pass and writes)."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     quiet = verbose is False
@@ -236,9 +237,24 @@ def main_command(
     if est.target_occupancy is not None and not quiet:
         t = est.target_occupancy
         typer.echo(f"target occupancy {t.occupancy:.4f} ({t.n_voxels} voxels in {target_mask.name}, tau {t.tau:.4f})")
+    if profile:
+        _print_profile(result.timings)
     if not quiet:
         for kind, path in result.outputs.items():
             typer.echo(f"wrote {kind:<10} {path}")
+
+
+def _print_profile(timings) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="stage timings")
+    table.add_column("stage")
+    table.add_column("wall (s)", justify="right")
+    for label, seconds in timings:
+        table.add_row(label, f"{seconds:.2f}")
+    table.add_row("total", f"{sum(t for _, t in timings):.2f}")
+    Console().print(table)
 
 
 def _relion(star, settings_factory, runner, quiet, output_dir, solvent_def, target_mask, save_all_maps, save_chimerax, plot, overwrite, temp_dir):

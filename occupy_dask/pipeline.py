@@ -33,7 +33,7 @@ from .kernels.histogram import (
     histogram_counts,
     histogram_edges,
 )
-from .kernels.local import inscribed_ellipsoid, local_scale, recalibrate_noise_level
+from .kernels.local import inscribed_ellipsoid, local_scale, moments, recalibrate_noise_level
 from .kernels.modify import power_factor, sigmoid_factor, suppress, synthetic_solvent
 from .kernels.tiles import tile_layout, tile_quantiles
 from .settings import Modification, Settings, tau_for_kernel
@@ -88,8 +88,8 @@ class _Sums:
     def of(cls, values: np.ndarray) -> _Sums:
         if values.size == 0:
             return cls()
-        v = values.astype(np.float64)
-        return cls(int(v.size), float(v.sum()), float((v * v).sum()), float(values.min()), float(values.max()))
+        total, squares, lo, hi = moments(np.ascontiguousarray(values).ravel())
+        return cls(int(values.size), total, squares, lo, hi)
 
     def __add__(self, other: _Sums) -> _Sums:
         return _Sums(

@@ -9,6 +9,7 @@ histogram whatever the chunking.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 N_BINS = 1000
@@ -19,13 +20,60 @@ def histogram_edges(lo: float, hi: float, n_bins: int = N_BINS) -> np.ndarray:
     return np.linspace(float(np.float32(lo)), float(np.float32(hi)), n_bins + 1).astype(np.float32)
 
 
+@numba.njit(cache=True, nogil=True)
+def _bin_of(v, edges, scale):  # pragma: no cover
+    """Bin of one float32 value by the edges: a float32 guess, walked to the right bin."""
+    n = edges.size - 1
+    guess = (v - edges[0]) * scale
+    i = int(guess) if guess > 0 else 0
+    if i > n - 1:
+        i = n - 1
+    while i > 0 and v < edges[i]:
+        i -= 1
+    while i < n - 1 and v >= edges[i + 1]:
+        i += 1
+    return i
+
+
+@numba.njit(cache=True, nogil=True)
+def _count(values, edges, counts):  # pragma: no cover
+    scale = np.float32(edges.size - 1) / (edges[-1] - edges[0])
+    lo, hi = edges[0], edges[-1]
+    for v in values:
+        if v >= lo and v <= hi:
+            counts[_bin_of(v, edges, scale)] += 1
+    return counts
+
+
+@numba.njit(cache=True, nogil=True)
+def _lookup(values, edges, table, out):  # pragma: no cover
+    scale = np.float32(edges.size - 1) / (edges[-1] - edges[0])
+    for j in range(values.size):
+        f = table[_bin_of(values[j], edges, scale)]
+        out[j] = 0.0 if f < 0.0 else (1.0 if f > 1.0 else f)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _lookup_reference(values, lo_over_span, span, table, out):  # pragma: no cover
+    n = np.float32(table.size)
+    one = np.float32(1.0)
+    for j in range(values.size):
+        u = values[j] / span - lo_over_span
+        i = int(u * n - one)  # truncates toward zero; -1 (the minimum voxel) wraps to the last bin
+        f = table[i]
+        out[j] = 0.0 if f < 0.0 else (1.0 if f > 1.0 else f)
+    return out
+
+
 def histogram_counts(values: np.ndarray, lo: float, hi: float, n_bins: int = N_BINS) -> np.ndarray:
     """Counts (int64) of float32 ``values`` in the bins of :func:`histogram_edges`; values outside
     ``[lo, hi]`` are not counted."""
-    values = np.asarray(values, dtype=np.float32).ravel()
+    values = np.ascontiguousarray(values, dtype=np.float32).ravel()
     edges = histogram_edges(lo, hi, n_bins)
-    values = values[(values >= edges[0]) & (values <= edges[-1])]
-    return np.bincount(bin_index(values, edges), minlength=n_bins).astype(np.int64)
+    if edges[-1] <= edges[0]:
+        return np.bincount(np.zeros(np.count_nonzero(values == edges[0]), np.intp), minlength=n_bins).astype(np.int64)
+    return _count(values, edges, np.zeros(n_bins, np.int64))
 
 
 def density_from_counts(counts: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -53,15 +101,21 @@ def bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 def confidence_lookup(lp: np.ndarray, table: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Confidence per voxel: the content fraction of the voxel's histogram bin, in [0, 1]."""
-    return np.clip(table[bin_index(lp, edges)], 0.0, 1.0).astype(np.float32)
+    lp = np.ascontiguousarray(lp, dtype=np.float32)
+    table = np.ascontiguousarray(table, dtype=np.float32)
+    if edges[-1] <= edges[0]:
+        return np.full(lp.shape, np.clip(table[0], 0.0, 1.0), dtype=np.float32)
+    out = np.empty(lp.shape, dtype=np.float32)
+    _lookup(lp.ravel(), edges.astype(np.float32), table, out.ravel())
+    return out
 
 
 def confidence_lookup_reference(lp: np.ndarray, table: np.ndarray, lp_min: float, lp_max: float) -> np.ndarray:
     """The reference's lookup (ALGORITHM.md 11): ``int(u*1000 - 1)`` of the range-scaled map,
     where -1 (the minimum voxel) wraps to the last bin."""
-    lp = np.asarray(lp, dtype=np.float32)
+    lp = np.ascontiguousarray(lp, dtype=np.float32)
     span = np.float32(lp_max) - np.float32(lp_min)
-    u = lp / span
-    u -= np.float32(lp_min) / span
-    idx = (u * table.size - 1).astype(np.intp)
-    return np.clip(table[idx], 0.0, 1.0).astype(np.float32)
+    out = np.empty(lp.shape, dtype=np.float32)
+    table = np.ascontiguousarray(table, dtype=np.float32)
+    _lookup_reference(lp.ravel(), np.float32(lp_min) / span, span, table, out.ravel())
+    return out

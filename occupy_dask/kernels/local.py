@@ -3,7 +3,26 @@ geometry of the inscribed ellipsoid (ALGORITHM.md sections 5-7)."""
 
 from __future__ import annotations
 
+import numba
 import numpy as np
+
+
+@numba.njit(cache=True, nogil=True)
+def moments(values):  # pragma: no cover
+    """``(sum, sum of squares, min, max)`` of a 1D array in one pass, sums in float64."""
+    total = 0.0
+    squares = 0.0
+    lo = np.inf
+    hi = -np.inf
+    for v in values:
+        x = np.float64(v)
+        total += x
+        squares += x * x
+        if x < lo:
+            lo = x
+        if x > hi:
+            hi = x
+    return total, squares, lo, hi
 
 
 def local_scale(max_filtered: np.ndarray, s_max: float) -> np.ndarray:
