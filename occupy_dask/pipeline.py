@@ -34,7 +34,7 @@ from .kernels.histogram import (
     histogram_edges,
 )
 from .kernels.local import inscribed_ellipsoid, local_scale, moments, recalibrate_noise_level
-from .kernels.modify import power_factor, sigmoid_factor, suppress, synthetic_solvent
+from .kernels.modify import modify_into, power_factor, sigmoid_factor, synthetic_solvent
 from .kernels.tiles import tile_layout, tile_quantiles
 from .settings import Modification, Settings, tau_for_kernel
 from .solvent import (
@@ -189,47 +189,62 @@ def factor_name(i: int) -> str:
     return f"factor_{i}"
 
 
-def modification_factor(plan: LocalPlan, mod: Modification, scale: np.ndarray) -> np.ndarray:
-    """Per-voxel factor of one modification (float32)."""
-    if mod.kind == "sigmoid":
-        return sigmoid_factor(scale, mod.power, mod.pivot, plan.reference)
-    if mod.kind == "exclude":
-        return np.ones_like(scale)
-    return power_factor(scale, mod.exponent, plan.scale_limit)
-
-
-def modified_map(plan: LocalPlan, mod: Modification, factor, raw_block, confidence, start, stop) -> np.ndarray:
-    """Section 8 on one block: raw data times the factor, synthetic solvent where attenuation
-    removed signal (solvent retained), suppression by the confidence, clipped to the input range."""
-    modified = raw_block * factor
-    if mod.kind == "attenuate" and not plan.exclude_solvent:
-        removed = np.clip(np.float32(1.0) - factor, 0.0, 1.0)
-        modified += synthetic_solvent(start, stop, plan.seed, plan.solvent_mu, plan.solvent_sigma) * removed
-    out = suppress(modified, raw_block, confidence, plan.exclude_solvent)
-    if plan.raw_range is not None:
-        np.clip(out, np.float32(plan.raw_range[0]), np.float32(plan.raw_range[1]), out=out)
-    return out.astype(np.float32, copy=False)
-
-
-def local_outputs(plan: LocalPlan, scale_padded, lp_block, raw_block, start, stop) -> dict[str, np.ndarray]:
+def local_outputs(plan: LocalPlan, scale_padded, lp_block, raw_block, start, stop, out=None) -> dict[str, np.ndarray]:
     """All per-voxel results of one chunk ``[start, stop)`` from its scale data (with halo),
-    low-passed and raw data: scale, confidence, and each modification's map and factor."""
-    scale = local_scale(ball_max_valid(scale_padded, plan.kernel), plan.s_max)
-    if plan.reference:
-        confidence = confidence_lookup_reference(lp_block, plan.table, plan.lp_min, plan.lp_max)
-    else:
-        confidence = confidence_lookup(lp_block, plan.table, plan.edges)
+    low-passed and raw data: scale, confidence, and each modification's map and factor.
+
+    Each result asked for in ``plan.outputs`` is written into its slot of ``out`` (an
+    ``(n_outputs, *block)`` float32 array, allocated when not given): a chunk touches as little
+    fresh memory as it can.
+    """
+    shape = tuple(b - a for a, b in zip(start, stop))
+    if out is None:
+        out = np.empty((len(plan.outputs), *shape), dtype=np.float32)
+    slots = {name: out[i] for i, name in enumerate(plan.outputs)}
+    scratch = {}
+
+    def slot(name):
+        if name not in slots:
+            scratch[name] = np.empty(shape, dtype=np.float32)
+            slots[name] = scratch[name]
+        return slots[name]
+
+    scale = slot("scale")
+    ball_max_valid(scale_padded, plan.kernel, out=scale)
+    local_scale(scale, plan.s_max, out=scale)
     if plan.nlrc_limit is not None:
-        scale = recalibrate_noise_level(scale, plan.nlrc_limit)
-    out = {"scale": scale, "confidence": confidence, "lowpass": lp_block}
+        recalibrate_noise_level(scale, plan.nlrc_limit, out=scale)
+    confidence = slot("confidence")
+    if plan.reference:
+        confidence_lookup_reference(lp_block, plan.table, plan.lp_min, plan.lp_max, out=confidence)
+    else:
+        confidence_lookup(lp_block, plan.table, plan.edges, out=confidence)
+    if "lowpass" in plan.outputs:
+        slots["lowpass"][...] = lp_block
     raw_block = np.asarray(raw_block, dtype=np.float32)
     for i, mod in enumerate(plan.modifications):
         if modified_name(i) not in plan.outputs and factor_name(i) not in plan.outputs:
             continue
-        factor = modification_factor(plan, mod, scale)
-        out[factor_name(i)] = factor
-        out[modified_name(i)] = modified_map(plan, mod, factor, raw_block, confidence, start, stop)
-    return out
+        factor = slot(factor_name(i))
+        if mod.kind == "sigmoid":
+            factor[...] = sigmoid_factor(scale, mod.power, mod.pivot, plan.reference)
+        elif mod.kind == "exclude":
+            factor[...] = 1.0
+        else:
+            power_factor(scale, mod.exponent, plan.scale_limit, out=factor)
+        noise = None
+        if mod.kind == "attenuate" and not plan.exclude_solvent:
+            noise = synthetic_solvent(start, stop, plan.seed, plan.solvent_mu, plan.solvent_sigma)
+        modify_into(
+            raw_block,
+            factor,
+            confidence,
+            slot(modified_name(i)),
+            exclude_solvent=plan.exclude_solvent,
+            value_range=plan.raw_range,
+            noise=noise,
+        )
+    return slots
 
 
 def _fused_task(plan: LocalPlan, sources, start, stop):
@@ -238,17 +253,15 @@ def _fused_task(plan: LocalPlan, sources, start, stop):
     region = _region(start, stop)
     lp_block = sources["lp"][region]
     raw_block = sources["raw"][region]
-    results = local_outputs(plan, scale_padded, lp_block, raw_block, start, stop)
+    stacked = np.empty((len(plan.outputs), *(b - a for a, b in zip(start, stop))), dtype=np.float32)
+    results = local_outputs(plan, scale_padded, lp_block, raw_block, start, stop, out=stacked)
     core = tuple(slice(h, h + (b - a)) for h, a, b in zip(halo, start, stop))
     scale_data = scale_padded[core]
     full = results["scale"] == 1.0
     stats = {"variability": (int(full.sum()), float(scale_data[full].astype(np.float64).sum()))}
-    arrays = []
     for name in plan.outputs:
-        block = results[name]
-        arrays.append(block)
-        stats[name] = _Sums.of(block)
-    return np.stack(arrays), stats
+        stats[name] = _Sums.of(results[name])
+    return stacked, stats
 
 
 def _fused_graph(plan: LocalPlan, sources, chunks):

@@ -127,3 +127,10 @@ def test_quiet_prints_nothing_and_default_lists_outputs(emd1832, tmp_path):
     assert quiet.exit_code == 0 and quiet.output == ""
     normal = runner.invoke(app, ["-i", str(emd1832), "-d", str(tmp_path / "n")])
     assert normal.exit_code == 0 and "scale_res_emd_1832.mrc" in normal.output and "Full scale" not in normal.output
+
+
+def test_profile_prints_stage_timings(golden_dir, tmp_path):
+    result = runner.invoke(app, ["-i", str(golden_dir / "phantom64.mrc"), "-d", str(tmp_path), "--occupancy", "--profile"])
+    assert result.exit_code == 0, result.output
+    for stage in ("stage timings", "low-pass", "reductions", "histograms", "local scale", "total"):
+        assert stage in result.output

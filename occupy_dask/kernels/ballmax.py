@@ -109,11 +109,11 @@ def _ball_max_valid(padded, dz, dy, width_index, widths, hz, hy, hx, out):  # pr
     return out
 
 
-def ball_max_valid(padded: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+def ball_max_valid(padded: np.ndarray, kernel: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Maximum filter of ``padded`` with footprint ``kernel``, only where the kernel fits.
 
     ``padded`` (float32, shape ``(Z+2hz, Y+2hy, X+2hx)`` with ``h = kernel.shape // 2``) already
-    holds the halo; the result has shape ``(Z, Y, X)``.
+    holds the halo; the result has shape ``(Z, Y, X)`` (written into ``out`` when given).
     """
     dz, dy, width_index, widths = kernel_runs(kernel)
     hz, hy, hx = (s // 2 for s in kernel.shape)
@@ -121,7 +121,10 @@ def ball_max_valid(padded: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     out_shape = (padded.shape[0] - 2 * hz, padded.shape[1] - 2 * hy, padded.shape[2] - 2 * hx)
     if min(out_shape) < 1:
         raise ValueError(f"block {padded.shape} is smaller than the kernel {kernel.shape}")
-    out = np.empty(out_shape, dtype=np.float32)
+    if out is None:
+        out = np.empty(out_shape, dtype=np.float32)
+    elif out.shape != out_shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float32 array of shape {out_shape}")
     return _ball_max_valid(padded, dz, dy, width_index, widths, hz, hy, hx, out)
 
 

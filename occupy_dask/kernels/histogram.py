@@ -99,23 +99,31 @@ def bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return idx
 
 
-def confidence_lookup(lp: np.ndarray, table: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Confidence per voxel: the content fraction of the voxel's histogram bin, in [0, 1]."""
+def confidence_lookup(lp: np.ndarray, table: np.ndarray, edges: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Confidence per voxel: the content fraction of the voxel's histogram bin, in [0, 1]
+    (float32, into ``out`` when given)."""
     lp = np.ascontiguousarray(lp, dtype=np.float32)
     table = np.ascontiguousarray(table, dtype=np.float32)
+    if out is None:
+        out = np.empty(lp.shape, dtype=np.float32)
+    elif not (out.flags.c_contiguous and out.dtype == np.float32 and out.shape == lp.shape):
+        raise ValueError("out must be a C-contiguous float32 array shaped like the block")
     if edges[-1] <= edges[0]:
-        return np.full(lp.shape, np.clip(table[0], 0.0, 1.0), dtype=np.float32)
-    out = np.empty(lp.shape, dtype=np.float32)
-    _lookup(lp.ravel(), edges.astype(np.float32), table, out.ravel())
+        out[...] = np.clip(table[0], 0.0, 1.0)
+        return out
+    _lookup(lp.reshape(-1), edges.astype(np.float32), table, out.reshape(-1))
     return out
 
 
-def confidence_lookup_reference(lp: np.ndarray, table: np.ndarray, lp_min: float, lp_max: float) -> np.ndarray:
+def confidence_lookup_reference(lp: np.ndarray, table: np.ndarray, lp_min: float, lp_max: float, out: np.ndarray | None = None) -> np.ndarray:
     """The reference's lookup (ALGORITHM.md 11): ``int(u*1000 - 1)`` of the range-scaled map,
     where -1 (the minimum voxel) wraps to the last bin."""
     lp = np.ascontiguousarray(lp, dtype=np.float32)
     span = np.float32(lp_max) - np.float32(lp_min)
-    out = np.empty(lp.shape, dtype=np.float32)
+    if out is None:
+        out = np.empty(lp.shape, dtype=np.float32)
+    elif not (out.flags.c_contiguous and out.dtype == np.float32 and out.shape == lp.shape):
+        raise ValueError("out must be a C-contiguous float32 array shaped like the block")
     table = np.ascontiguousarray(table, dtype=np.float32)
-    _lookup_reference(lp.ravel(), np.float32(lp_min) / span, span, table, out.ravel())
+    _lookup_reference(lp.reshape(-1), np.float32(lp_min) / span, span, table, out.reshape(-1))
     return out

@@ -25,16 +25,18 @@ def moments(values):  # pragma: no cover
     return total, squares, lo, hi
 
 
-def local_scale(max_filtered: np.ndarray, s_max: float) -> np.ndarray:
-    """``clip(s_i / s_max, 0, 1)`` in float32."""
-    return np.clip(max_filtered / np.float32(s_max), np.float32(0.0), np.float32(1.0)).astype(np.float32, copy=False)
+def local_scale(max_filtered: np.ndarray, s_max: float, out: np.ndarray | None = None) -> np.ndarray:
+    """``clip(s_i / s_max, 0, 1)`` in float32 (into ``out``, which may be ``max_filtered``)."""
+    out = np.divide(max_filtered, np.float32(s_max), out=out, dtype=np.float32)
+    return np.clip(out, np.float32(0.0), np.float32(1.0), out=out)
 
 
-def recalibrate_noise_level(scale: np.ndarray, confidence_limit: float) -> np.ndarray:
-    """``--nlrc``: stretch ``[confidence_limit, 1]`` onto ``[0, 1]``."""
+def recalibrate_noise_level(scale: np.ndarray, confidence_limit: float, out: np.ndarray | None = None) -> np.ndarray:
+    """``--nlrc``: stretch ``[confidence_limit, 1]`` onto ``[0, 1]`` (into ``out``, may be ``scale``)."""
     lim = np.float32(confidence_limit)
-    out = (scale - lim) / (np.float32(1.0) - lim)
-    return np.clip(out, np.float32(0.0), np.float32(1.0)).astype(np.float32, copy=False)
+    out = np.subtract(scale, lim, out=out, dtype=np.float32)
+    np.divide(out, np.float32(1.0) - lim, out=out)
+    return np.clip(out, np.float32(0.0), np.float32(1.0), out=out)
 
 
 def inscribed_ellipsoid(shape, start, stop) -> np.ndarray:
