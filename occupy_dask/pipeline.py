@@ -461,7 +461,7 @@ def estimate(
     sources = {"raw": raw_source}
     if s.lowpass_applied:
         lp_lazy = lowpass_stage.lowpass(
-            _as_float32_dask(raw_source, (s.chunk_edge, -1, -1)),
+            _as_float32_dask(raw_source, (s.chunks[0], -1, -1)),
             s.voxel_size,
             s.lowpass_angstrom,
             reference=s.reference_compatible,

@@ -46,7 +46,7 @@ def limits(est: Estimate, variability_limit: float | None) -> list[tuple[str, st
         ("Hedge confidence", "", "off" if s.hedge_confidence is None else f"{s.hedge_confidence:g}"),
         ("Noise-level recalibration", "", "on" if s.nlrc else "off"),
         ("Reference-compatible", "", "yes" if s.reference_compatible else "no"),
-        ("Chunk edge", "voxels", str(s.chunk_edge)),
+        ("Chunks", "voxels", " x ".join(map(str, s.chunks)) + (" (automatic)" if s.chunk_edge is None else "")),
     ]
     for mod in s.modifications:
         rows.append(("Modification", "", describe_modification(mod)))

@@ -17,6 +17,8 @@ ANISOTROPY_TOLERANCE = 1e-3
 DEFAULT_TILE_SIZE = 12
 REFERENCE_TILE_GRID = 20
 DEFAULT_CHUNK_EDGE = 256
+SLAB_BYTES = 128 << 20  # default blocks: whole (y, x) planes, about this many bytes
+MIN_SLAB_PLANES = 32  # thinner slabs re-read too much halo; use cubes then
 KERNEL_SIZE_RANGE = (3, 9)
 
 
@@ -172,7 +174,7 @@ class Settings:
     hedge_confidence: float | None = None
     nlrc: bool = False
     reference_compatible: bool = False
-    chunk_edge: int = DEFAULT_CHUNK_EDGE
+    chunk_edge: int | None = None  # None: automatic (slabs of whole planes, or 256^3 cubes)
     resolution_angstrom: float | None = None
     # modification (ALGORITHM.md section 8)
     modifications: tuple[Modification, ...] = ()
@@ -196,7 +198,16 @@ class Settings:
 
     @property
     def chunks(self) -> tuple[int, int, int]:
-        return tuple(min(self.chunk_edge, n) for n in self.shape)
+        """Block shape of the fused pass. ``--chunks N``: cubes of edge N. By default slabs of
+        whole (y, x) planes of about 128 MB, which are contiguous in the file and so read and
+        written in one piece; cubes of 256 when a slab would be thinner than 32 planes."""
+        if self.chunk_edge is not None:
+            return tuple(min(self.chunk_edge, n) for n in self.shape)
+        nz, ny, nx = self.shape
+        planes = SLAB_BYTES // (4 * ny * nx)
+        if planes >= min(nz, MIN_SLAB_PLANES):
+            return (int(min(planes, nz)), ny, nx)
+        return tuple(min(DEFAULT_CHUNK_EDGE, n) for n in self.shape)
 
 
 def derive_settings(
@@ -327,9 +338,9 @@ def derive_settings(
     if hedge_confidence is not None and not hedge_confidence > 1.0:
         raise SettingsError(f"--hedge-confidence must be larger than 1, got {hedge_confidence}")
 
-    chunk_edge = DEFAULT_CHUNK_EDGE if chunks is None else int(chunks)
+    chunk_edge = None if chunks is None else int(chunks)
     halo_max = max(k // 2 for k in sizes)
-    if chunk_edge < max(halo_max, 1):
+    if chunk_edge is not None and chunk_edge < max(halo_max, 1):
         raise SettingsError(f"--chunks {chunk_edge} is smaller than the kernel halo ({halo_max} voxels)")
 
     return Settings(

@@ -25,6 +25,16 @@ class MrcTarget:
     offset: int = HEADER_BYTES
 
     def __setitem__(self, key, value) -> None:
+        key = key if isinstance(key, tuple) else (key,)
+        full_planes = len(key) == 3 and all(isinstance(k, slice) and k.indices(n) == (0, n, 1) for k, n in zip(key[1:], self.shape[1:]))
+        full_planes = full_planes and isinstance(key[0], slice)
+        if full_planes and key[0].step in (None, 1):
+            # a slab of whole planes is one contiguous run of the file: one positioned write
+            z0, _, _ = key[0].indices(self.shape[0])
+            block = np.ascontiguousarray(value, dtype="<f4")
+            with open(self.path, "r+b", buffering=0) as f:
+                os.pwrite(f.fileno(), memoryview(block.reshape(-1)).cast("B"), self.offset + 4 * z0 * self.shape[1] * self.shape[2])
+            return
         mm = np.memmap(self.path, dtype=np.float32, mode="r+", offset=self.offset, shape=self.shape)
         mm[key] = value
         mm.flush()
