@@ -1,7 +1,8 @@
 """Benchmark: occupy-dask (estimation) as a subprocess on synthetic maps of several box sizes.
 
 Prints wall time, peak RSS summed over the whole process tree (sampled with psutil) and the
-cost per voxel. Usage: python benchmarks/bench_estimate.py [--sizes 128 256 512] [--chunks 256]
+cost per voxel. Usage: python benchmarks/bench_estimate.py [--sizes 128 256 512] [--chunks N]
+[--extra=--amplify]
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def run_measured(cmd: list[str]) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512])
-    parser.add_argument("--chunks", type=int, default=256)
+    parser.add_argument("--chunks", type=int, default=None, help="chunk edge (default: occupy-dask's automatic slabs)")
     parser.add_argument("--extra", default="", help="extra occupy-dask flags, e.g. '--occupancy'")
     args = parser.parse_args()
     rows = []
@@ -70,8 +71,7 @@ def main() -> None:
                 str(path),
                 "-d",
                 str(Path(tmp) / f"out{n}"),
-                "--chunks",
-                str(args.chunks),
+                *(["--chunks", str(args.chunks)] if args.chunks else []),
                 "-q",
                 *args.extra.split(),
             ]

@@ -122,7 +122,11 @@ def main_command(
     save_all_maps: bool = typer.Option(
         False, "--save-all-maps", help="Also write the low-passed input lowpass_<name>.mrc and each modification factor modfactor_*.mrc."
     ),
-    chunks: int | None = typer.Option(None, "--chunks", help="Chunk edge [voxels]. Default: 256 (64 MB float32 blocks)."),
+    chunks: int | None = typer.Option(
+        None,
+        "--chunks",
+        help="Cubic chunks of this edge [voxels]. Default: slabs of whole planes of about 64 MB (cubes of 256 for very large planes).",
+    ),
     output_dir: Path = typer.Option(Path("."), "--output-dir", "-d", help="Directory for all outputs. Default: current directory."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
     temp_dir: Path | None = typer.Option(

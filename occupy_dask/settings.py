@@ -17,7 +17,7 @@ ANISOTROPY_TOLERANCE = 1e-3
 DEFAULT_TILE_SIZE = 12
 REFERENCE_TILE_GRID = 20
 DEFAULT_CHUNK_EDGE = 256
-SLAB_BYTES = 128 << 20  # default blocks: whole (y, x) planes, about this many bytes
+SLAB_BYTES = 64 << 20  # default blocks: whole (y, x) planes, about this many bytes
 MIN_SLAB_PLANES = 32  # thinner slabs re-read too much halo; use cubes then
 KERNEL_SIZE_RANGE = (3, 9)
 
@@ -199,7 +199,7 @@ class Settings:
     @property
     def chunks(self) -> tuple[int, int, int]:
         """Block shape of the fused pass. ``--chunks N``: cubes of edge N. By default slabs of
-        whole (y, x) planes of about 128 MB, which are contiguous in the file and so read and
+        whole (y, x) planes of about 64 MB, which are contiguous in the file and so read and
         written in one piece; cubes of 256 when a slab would be thinner than 32 planes."""
         if self.chunk_edge is not None:
             return tuple(min(self.chunk_edge, n) for n in self.shape)
