@@ -90,3 +90,27 @@ def test_data_modes_read_as_float32(tmp_path, dtype):
         block = mi.source[:, :, :]
         assert block.dtype == np.float32 and np.array_equal(block, data.astype(np.float32))
         assert mi.info.voxel_size == pytest.approx((1.5, 1.5, 1.5))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int16, np.float16])
+def test_block_reads_equal_the_whole_map(tmp_path, dtype):
+    data = (np.random.default_rng(5).normal(size=(13, 17, 19)) * 100).astype(dtype)
+    mrcfile.write(tmp_path / "m.mrc", data, voxel_size=1.0)
+    with open_map(tmp_path / "m.mrc") as m:
+        for key in [(slice(0, 13), slice(0, 17), slice(0, 19)), (slice(2, 9), slice(3, 17), slice(5, 11)), (slice(4, 5), slice(0, 17), slice(0, 19))]:
+            assert np.array_equal(m.source[key], data[key].astype(np.float32))
+        assert m.source[key].dtype == np.float32
+
+
+def test_blockwise_writer_whole_planes_and_sub_blocks(tmp_path):
+    from occupy_dask.io.read import MapInfo
+    from occupy_dask.io.write import create_mrc
+
+    data = np.random.default_rng(6).normal(size=(10, 12, 14)).astype(np.float32)
+    info = MapInfo(path=None, name="m", shape=data.shape, voxel_size=(1.0, 1.0, 1.0))
+    target = create_mrc(tmp_path / "out.mrc", info, "test")
+    target[0:4, 0:12, 0:14] = data[0:4]  # whole planes: one positioned write
+    target[4:10, 0:5, 0:14] = data[4:10, 0:5]  # whole rows
+    target[4:10, 5:12, 0:7] = data[4:10, 5:12, 0:7]  # general sub-block
+    target[4:10, 5:12, 7:14] = data[4:10, 5:12, 7:14]
+    assert np.array_equal(mrcfile.read(tmp_path / "out.mrc"), data)
