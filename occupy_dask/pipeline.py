@@ -419,8 +419,12 @@ def _as_float32_dask(source, chunks) -> da.Array:
     return da.from_array(source, chunks=chunks, name=name, lock=False, asarray=False, meta=np.empty((0, 0, 0), np.float32))
 
 
-def _materialise(array: da.Array, spill: bool, temp_dir: str | None, run, label: str):
-    """Compute a lazy map into memory or, when ``spill``, into a temporary zarr store."""
+def _materialise(array: da.Array, spill: bool, temp_dir: str | None, run, label: str, read_chunks=None):
+    """Compute a lazy map into memory or, when ``spill``, into a temporary zarr store.
+
+    The store is uncompressed (a scratch copy of noisy data) and chunked as the array's
+    z-slabs cut along y and x like ``read_chunks`` (the later block reads), so a block read
+    touches hardly more than its own data; every write covers whole zarr chunks."""
     if not spill:
         target = np.empty(array.shape, dtype=np.float32)
         run(da.store(array, target, lock=False, compute=False), label=label)
@@ -429,8 +433,12 @@ def _materialise(array: da.Array, spill: bool, temp_dir: str | None, run, label:
 
     folder = Path(tempfile.mkdtemp(prefix="occupy_dask_", dir=temp_dir))
     path = folder / "lowpass.zarr"
-    chunks = tuple(c[0] for c in array.chunks)
-    z = zarr.create_array(str(path), shape=array.shape, chunks=chunks, dtype="float32", fill_value=0.0)
+    chunks = [c[0] for c in array.chunks]
+    if read_chunks is not None:
+        for axis in (1, 2):
+            if len(array.chunks[axis]) == 1:  # blocks span the axis: any cut along it stays aligned
+                chunks[axis] = min(read_chunks[axis], array.shape[axis])
+    z = zarr.create_array(str(path), shape=array.shape, chunks=tuple(chunks), dtype="float32", fill_value=0.0, compressors=None)
     run(da.store(array, z, lock=False, compute=False), label=label)
     return ZarrSource(str(path), tuple(array.shape)), folder
 
@@ -468,7 +476,7 @@ def estimate(
         )
         if spill_lowpass is None:
             spill_lowpass = lp_lazy.nbytes > IN_MEMORY_LOWPASS_BYTES
-        lp_source, folder = _materialise(lp_lazy, spill_lowpass, temp_dir, run, "low-pass")
+        lp_source, folder = _materialise(lp_lazy, spill_lowpass, temp_dir, run, "low-pass", read_chunks=s.chunks)
         if folder is not None:
             temp_dirs.append(folder)
         sources["lp"] = lp_source
