@@ -58,18 +58,25 @@ def lowpass(
     voxel_size: tuple[float, float, float],
     lowpass_angstrom: float,
     reference: bool = False,
+    slab_planes: int | None = None,
+    spill=None,
 ) -> da.Array:
     """Low-pass a lazy float32 map: keep spatial frequencies up to ``1/lowpass_angstrom``.
 
     ``voxel_size`` per stored axis in Å; ``reference`` selects the reference's shifted mask.
-    Returns a lazy float32 array in slabs along axis 0.
+    Returns a lazy float32 array in slabs along axis 0 of ``slab_planes`` planes (default:
+    about TARGET_BLOCK_BYTES of half spectrum each).
+
+    ``spill(array, chunks, name)``, when given, computes an intermediate spectrum into a store
+    chunked ``chunks`` and returns a lazy array reading it back: the all-to-all rechunks between
+    stages then never hold the whole spectrum in memory.
     """
     shape = tuple(int(n) for n in data.shape)
     nz, ny, nx = shape
     nxh = nx // 2 + 1
     sy = _edge(ny, nz * nxh * 8)
     sx = _edge(nxh, nz * ny * 8)
-    sz = _edge(nz, ny * nxh * 8)
+    sz = _edge(nz, ny * nxh * 8) if slab_planes is None else int(min(max(slab_planes, 1), nz))
     slabs = data.rechunk((nz, sy, nx))
     spec = slabs.map_blocks(
         _forward_xz,
@@ -77,6 +84,8 @@ def lowpass(
         chunks=((nz,), slabs.chunks[1], (nxh,)),
         meta=np.empty((0, 0, 0), np.complex64),
     )
+    if spill is not None:
+        spec = spill(spec, (nz, slabs.chunks[1][0], sx), "spectrum")
     filtered = spec.rechunk((nz, ny, sx)).map_blocks(
         _filter_yz,
         shape=shape,
@@ -86,6 +95,8 @@ def lowpass(
         dtype=np.complex64,
         meta=np.empty((0, 0, 0), np.complex64),
     )
+    if spill is not None:
+        filtered = spill(filtered, (sz, ny, sx), "filtered")
     back = filtered.rechunk((sz, ny, nxh))
     return back.map_blocks(
         _inverse_x,

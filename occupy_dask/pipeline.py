@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import uuid
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import dask
@@ -443,6 +444,17 @@ def _materialise(array: da.Array, spill: bool, temp_dir: str | None, run, label:
     return ZarrSource(str(path), tuple(array.shape)), folder
 
 
+def _spill(array: da.Array, chunks, name: str, *, folder: Path, run) -> da.Array:
+    """Compute ``array`` into an uncompressed zarr store in ``folder`` chunked ``chunks`` (every
+    block of ``array`` covers whole store chunks) and return a lazy array reading it back."""
+    import zarr
+
+    path = str(folder / f"{name}.zarr")
+    store = zarr.create_array(path, shape=array.shape, chunks=tuple(chunks), dtype=array.dtype, fill_value=0, compressors=None)
+    run(da.store(array, store, lock=False, compute=False), label=f"low-pass ({name})")
+    return da.from_zarr(path)
+
+
 def _default_run(*objs, label: str = ""):
     return dask.compute(*objs)
 
@@ -468,15 +480,28 @@ def estimate(
     temp_dirs: list[Path] = []
     sources = {"raw": raw_source}
     if s.lowpass_applied:
+        nz, ny, nx = s.shape
+        spill_spectrum, fft_folder = None, None
+        if nz * ny * (nx // 2 + 1) * 8 > IN_MEMORY_LOWPASS_BYTES:
+            fft_folder = Path(tempfile.mkdtemp(prefix="occupy_dask_fft_", dir=temp_dir))
+            temp_dirs.append(fft_folder)
+            spill_spectrum = partial(_spill, folder=fft_folder, run=run)
         lp_lazy = lowpass_stage.lowpass(
             _as_float32_dask(raw_source, (s.chunks[0], -1, -1)),
             s.voxel_size,
             s.lowpass_angstrom,
             reference=s.reference_compatible,
+            slab_planes=s.chunks[0] if s.chunks[1:] == s.shape[1:] else None,  # slabs as the block reads
+            spill=spill_spectrum,
         )
         if spill_lowpass is None:
             spill_lowpass = lp_lazy.nbytes > IN_MEMORY_LOWPASS_BYTES
-        lp_source, folder = _materialise(lp_lazy, spill_lowpass, temp_dir, run, "low-pass", read_chunks=s.chunks)
+        try:
+            lp_source, folder = _materialise(lp_lazy, spill_lowpass, temp_dir, run, "low-pass", read_chunks=s.chunks)
+        finally:
+            if fft_folder is not None:  # the spectra are not needed once the low-passed map exists
+                shutil.rmtree(fft_folder, ignore_errors=True)
+                temp_dirs.remove(fft_folder)
         if folder is not None:
             temp_dirs.append(folder)
         sources["lp"] = lp_source

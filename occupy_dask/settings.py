@@ -18,7 +18,7 @@ DEFAULT_TILE_SIZE = 12
 REFERENCE_TILE_GRID = 20
 DEFAULT_CHUNK_EDGE = 256
 SLAB_BYTES = 64 << 20  # default blocks: whole (y, x) planes, about this many bytes
-MIN_SLAB_PLANES = 32  # thinner slabs re-read too much halo; use cubes then
+MIN_SLAB_PLANES = 16  # thinner slabs re-read too much halo; use cubes then
 KERNEL_SIZE_RANGE = (3, 9)
 
 

@@ -98,6 +98,32 @@ def test_spilled_lowpass_gives_the_same_numbers(phantom96, tmp_path):
     assert not any(tmp_path.iterdir())  # the temporary zarr store is removed on close
 
 
+def test_spilled_spectrum_gives_the_same_numbers(phantom96, tmp_path, monkeypatch):
+    from occupy_dask import lowpass as lowpass_stage
+    from occupy_dask import pipeline
+    from occupy_dask.io.read import ArraySource, MapInfo
+    from occupy_dask.settings import derive_settings
+
+    s = derive_settings(phantom96.shape, 1.1, occupancy=True, chunks=40)
+    info = MapInfo(path=None, name="p", shape=phantom96.shape, voxel_size=(1.1,) * 3)
+    with pipeline.estimate(ArraySource(phantom96), info, s) as a:
+        expected = a.scale.compute(), a.confidence_map.compute()
+    labels = []
+
+    def run(*objs, label=""):
+        labels.append(label)
+        return pipeline._default_run(*objs)
+
+    monkeypatch.setattr(pipeline, "IN_MEMORY_LOWPASS_BYTES", 100_000)  # spill the spectra and the low-passed map
+    monkeypatch.setattr(lowpass_stage, "TARGET_BLOCK_BYTES", 150_000)  # many slabs and pencils
+    with pipeline.estimate(ArraySource(phantom96), info, s, temp_dir=str(tmp_path), run=run) as b:
+        assert [p.name.startswith("occupy_dask_fft_") for p in tmp_path.iterdir()] == [False]  # spectra removed, lp kept
+        assert np.array_equal(b.scale.compute(), expected[0])
+        assert np.array_equal(b.confidence_map.compute(), expected[1])
+    assert "low-pass (spectrum)" in labels and "low-pass (filtered)" in labels
+    assert not any(tmp_path.iterdir())
+
+
 def test_spilled_dask_inputs_are_removed_on_close(golden_dir, phantom96, tmp_path, monkeypatch):
     import occupy_dask.api
 
