@@ -32,6 +32,13 @@ def phantom(n: int, seed: int = 0) -> np.ndarray:
     return data
 
 
+def write_phantom(path: Path, n: int) -> None:
+    """Write the :func:`phantom` of box ``n`` as a float32 MRC map with 1 Å voxels."""
+    with mrcfile.new(path, overwrite=True) as m:
+        m.set_data(phantom(n))
+        m.voxel_size = 1.0
+
+
 def run_measured(cmd: list[str]) -> tuple[float, float]:
     """Wall seconds and peak RSS (GB) summed over the process and all its children."""
     start = time.perf_counter()
@@ -60,9 +67,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.sizes:
             path = Path(tmp) / f"phantom{n}.mrc"
-            with mrcfile.new(path, overwrite=True) as m:
-                m.set_data(phantom(n))
-                m.voxel_size = 1.0
+            write_phantom(path, n)
             cmd = [
                 sys.executable,
                 "-m",

@@ -19,7 +19,7 @@ import mrcfile
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_estimate import phantom, run_measured  # noqa: E402
+from bench_estimate import run_measured, write_phantom  # noqa: E402
 
 
 def numpy_baseline(path: str, out_dir: str) -> None:
@@ -70,9 +70,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.sizes:
             path = Path(tmp) / f"phantom{n}.mrc"
-            with mrcfile.new(path, overwrite=True) as m:
-                m.set_data(phantom(n))
-                m.voxel_size = 1.0
+            write_phantom(path, n)
             ours_dir, base_dir = Path(tmp) / f"ours{n}", Path(tmp) / f"numpy{n}"
             base_dir.mkdir()
             ours = run_measured([sys.executable, "-m", "occupy_dask", "-i", str(path), "-d", str(ours_dir), "--amplify", "-q"])
