@@ -28,6 +28,13 @@ def _edge(n: int, line_bytes: int) -> int:
     return int(max(1, min(n, TARGET_BLOCK_BYTES // max(line_bytes, 1))))
 
 
+def input_chunks(shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Chunks ``(nz, sy, nx)`` of the first stage: give the input in these and it is read once,
+    with no all-to-all rechunk (which would hold the whole map in memory)."""
+    nz, ny, nx = shape
+    return (nz, _edge(ny, nz * (nx // 2 + 1) * 8), nx)
+
+
 def _mask(shape, voxel_size, lowpass_angstrom, reference, region):
     if reference:
         return reference_lowpass_mask(shape, voxel_size[0], lowpass_angstrom, region)
@@ -74,7 +81,7 @@ def lowpass(
     shape = tuple(int(n) for n in data.shape)
     nz, ny, nx = shape
     nxh = nx // 2 + 1
-    sy = _edge(ny, nz * nxh * 8)
+    sy = input_chunks(shape)[1]
     sx = _edge(nxh, nz * ny * 8)
     sz = _edge(nz, ny * nxh * 8) if slab_planes is None else int(min(max(slab_planes, 1), nz))
     slabs = data.rechunk((nz, sy, nx))

@@ -487,7 +487,7 @@ def estimate(
             temp_dirs.append(fft_folder)
             spill_spectrum = partial(_spill, folder=fft_folder, run=run)
         lp_lazy = lowpass_stage.lowpass(
-            _as_float32_dask(raw_source, (s.chunks[0], -1, -1)),
+            _as_float32_dask(raw_source, lowpass_stage.input_chunks(s.shape)),
             s.voxel_size,
             s.lowpass_angstrom,
             reference=s.reference_compatible,
