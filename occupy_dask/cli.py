@@ -16,7 +16,7 @@ from .io.read import MapError
 from .pipeline import ProcessingError
 from .report import limits
 from .run import OutputError, run_map
-from .settings import SettingsError, derive_settings
+from .settings import SettingsError, derive_settings, modifications_from_options
 from .solvent import SolventModelError
 
 app = typer.Typer(add_completion=False, context_settings={"help_option_names": ["-h", "--help"]})
@@ -152,6 +152,21 @@ def main_command(
         _fail("give one input: --input-map/-i MAP or --relion-classes MODEL.star", verbose, code=2)
     if relion_classes is not None and not (amplify or attenuate or amplify_amount is not None or sigmoid is not None or exclude_solvent):
         amplify = True  # classes are diversified by amplification unless told otherwise
+    if relion_classes is not None:
+        try:
+            requested = modifications_from_options(
+                amplify=amplify,
+                attenuate=attenuate,
+                amplify_amount=amplify_amount,
+                gamma=gamma,
+                sigmoid=sigmoid,
+                pivot=pivot,
+                exclude_solvent=exclude_solvent,
+            )
+        except SettingsError as exc:
+            _fail(f"{relion_classes}: {exc}", verbose, code=2)
+        if len(requested) != 1:
+            _fail(f"{relion_classes}: --relion-classes writes one modified map per class; ask for one modification", verbose, code=2)
 
     def settings_factory(info):
         return derive_settings(

@@ -16,6 +16,7 @@ import numpy as np
 from .io.read import MapError
 from .pipeline import modified_name
 from .run import RunResult, run_map
+from .settings import SettingsError
 
 CLASSES_BLOCK = "model_classes"
 IMAGE_COLUMN = "rlnReferenceImage"
@@ -90,7 +91,7 @@ def run_relion_classes(
     for i, path in enumerate(class_paths, start=1):
         run = run_map(path, settings_factory, output_dir=output_dir, runner=runner, **run_options)
         if len(run.estimate.settings.modifications) != 1:
-            raise ValueError("--relion-classes needs exactly one modification per class")
+            raise SettingsError("--relion-classes needs exactly one modification per class")
         median, count = _median_confident_scale(run)
         results.append(ClassResult(i, path, run.outputs[modified_name(0)], median, count, run))
     stem = star_path.name.removesuffix(".star").removesuffix("_model")

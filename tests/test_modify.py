@@ -324,3 +324,13 @@ def test_relion_star_without_classes_table(tmp_path):
     result = runner.invoke(app, ["--relion-classes", str(star), "-d", str(tmp_path / "o")])
     assert result.exit_code == 1
     assert "model_classes" in result.output
+
+
+def test_relion_classes_need_one_modification(tmp_path):
+    star = tmp_path / "run_model.star"
+    star.write_text("data_model_classes\n\nloop_\n_rlnReferenceImage #1\nmissing.mrc\n")
+    result = runner.invoke(app, ["--relion-classes", str(star), "-d", str(tmp_path / "o"), "--amplify", "--attenuate"])
+    assert result.exit_code == 2
+    assert "one modification" in result.output
+    result = runner.invoke(app, ["--relion-classes", str(star), "-d", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "missing.mrc" in result.output  # a class map that is not there
