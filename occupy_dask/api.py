@@ -10,7 +10,7 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 
-from .io.read import ArraySource, MapInfo, ZarrSource, open_map
+from .io.read import ArraySource, MapError, MapInfo, ZarrSource, open_map
 from .pipeline import IN_MEMORY_LOWPASS_BYTES, Estimate, modify_lazy
 from .pipeline import estimate as _estimate
 from .run import check_outputs, output_paths, write_maps
@@ -38,6 +38,7 @@ def estimate(
     *,
     voxel_size: float | tuple[float, float, float] | None = None,
     solvent_def=None,
+    target_mask=None,
     settings: Settings | None = None,
     temp_dir: str | None = None,
     run=None,
@@ -46,7 +47,9 @@ def estimate(
     """Estimate local scale and confidence (ALGORITHM.md sections 1-7).
 
     ``data`` is a map path (MRC/CCP4, optionally gzip), or a 3D numpy/dask array in (z, y, x)
-    order with ``voxel_size`` in Å. ``options`` are :func:`derive_settings` keywords
+    order with ``voxel_size`` in Å. ``solvent_def`` and ``target_mask`` (paths or arrays on the
+    same grid) are the solvent definition and the mask whose occupancy is reported as
+    ``target_occupancy`` (ALGORITHM.md section 9). ``options`` are :func:`derive_settings` keywords
     (``resolution``, ``lowpass``, ``kernel_size``, ``tile_size``, ``occupancy``, ``chunks``, ...).
     The global numbers (``s_max``, solvent model, limits) are computed now; ``scale`` and
     ``confidence_map`` are lazy dask arrays. Use it as a context manager, or call ``close()``.
@@ -76,19 +79,27 @@ def estimate(
             shape=tuple(int(n) for n in np.shape(data)),
             voxel_size=tuple(float(v) for v in np.broadcast_to(np.asarray(vs, float), (3,))),
         )
-    soldef_source = None
-    if solvent_def is not None:
-        if isinstance(solvent_def, (str, os.PathLike)):
-            soldef = open_map(solvent_def, temp_dir=temp_dir, role="solvent definition")
-            cleanups.append(soldef.close)
-            soldef_source = soldef.source
+
+    def mask_source(mask, role):
+        if mask is None:
+            return None
+        if isinstance(mask, (str, os.PathLike)):
+            opened = open_map(mask, temp_dir=temp_dir, role=role)
+            cleanups.append(opened.close)
+            source = opened.source
         else:
-            soldef_source = spilled(solvent_def)
+            source = spilled(mask)
+        if tuple(source.shape) != tuple(info.shape):
+            raise MapError(f"{role} has shape {tuple(source.shape)}, the map has {tuple(info.shape)}")
+        return source
+
     try:
+        soldef_source = mask_source(solvent_def, "solvent definition")
+        target_source = mask_source(target_mask, "target mask")
         if settings is None:
             settings = derive_settings(info.shape, info.voxel_size, **options)
         kwargs = {} if run is None else {"run": run}
-        est = _estimate(source, info, settings, soldef_source, temp_dir=temp_dir, **kwargs)
+        est = _estimate(source, info, settings, soldef_source, target_mask_source=target_source, temp_dir=temp_dir, **kwargs)
     except BaseException:
         for fn in cleanups:
             fn()

@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 import occupy_dask
 from occupy_dask.cli import app
+from occupy_dask.io.read import MapError
 from occupy_dask.kernels.modify import (
     NOISE_TILE,
     power_factor,
@@ -171,14 +172,12 @@ def test_api_modify_equals_the_estimate_s_own(phantom64):
 def test_target_occupancy_by_brute_force(phantom64, tmp_path):
     mask = np.zeros_like(phantom64)
     mask[20:30, 25:35, 30:40] = 1.0
-    with occupy_dask.estimate(phantom64, voxel_size=1.5, chunks=32, amplify=True) as est:
+    with occupy_dask.estimate(phantom64, voxel_size=1.5, chunks=32, amplify=True, target_mask=mask) as est:
         base = est
-    from occupy_dask.io.read import ArraySource
-    from occupy_dask.pipeline import estimate as pipeline_estimate
-
-    with pipeline_estimate(ArraySource(phantom64), base.info, base.settings, target_mask_source=ArraySource(mask)) as est:
         t = est.target_occupancy
         lp = est.sources["scale"][:, :, :]
+    with pytest.raises(MapError):
+        occupy_dask.estimate(phantom64, voxel_size=1.5, target_mask=mask[:-1])
     n = int(mask.sum())
     tau = tau_for_kernel(n)
     origins, _ = tile_layout(phantom64.shape, base.settings.tile_size, None)
