@@ -49,7 +49,8 @@ def _forward_xz(block: np.ndarray) -> np.ndarray:
 def _filter_yz(block: np.ndarray, shape, voxel_size, lowpass_angstrom, reference, block_info=None):
     region = tuple(slice(a, b) for a, b in block_info[0]["array-location"])
     spec = scipy.fft.fft(block, axis=1, workers=1)
-    spec *= _mask(shape, voxel_size, lowpass_angstrom, reference, region)
+    with np.errstate(invalid="ignore"):  # NaN/Inf input: reported once, after the first pass, with counts
+        spec *= _mask(shape, voxel_size, lowpass_angstrom, reference, region)
     spec = scipy.fft.ifft(spec, axis=0, norm="forward", overwrite_x=True, workers=1)
     return scipy.fft.ifft(spec, axis=1, norm="forward", overwrite_x=True, workers=1)
 

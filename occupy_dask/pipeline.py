@@ -117,6 +117,7 @@ def _pass_one(sources, shape, start, stop, tile_ids, tile_origins, tile_size, ta
         "raw": _Sums.of(raw),
         "lp": _Sums.of(lp),
         "flat": np.array([np.count_nonzero(raw[inside] == 0), inside.sum()]),
+        "nonfinite": np.array([np.count_nonzero(np.isnan(raw)), np.count_nonzero(np.isinf(raw))]),
     }
     if "solvent_def" in sources:
         solvent = sources["solvent_def"][_region(start, stop)] > SOLVENT_THRESHOLD
@@ -548,6 +549,12 @@ def _estimate_from_sources(sources, info, s: Settings, run, temp_dirs, extra_out
                 quantiles[ids] = values
             else:
                 totals[key] = totals[key] + value if key in totals else value
+    n_nan, n_inf = (int(v) for v in totals["nonfinite"])
+    if n_nan or n_inf:
+        raise ProcessingError(
+            f"the map has {n_nan} NaN and {n_inf} infinite voxels (of {int(np.prod(shape))}); "
+            "fix the map, or mask them to a finite value before estimating"
+        )
     raw_range = (totals["raw"].lo, totals["raw"].hi)
     lp_range = (totals["lp"].lo, totals["lp"].hi)
     if not np.all(np.isfinite(raw_range)) or raw_range[0] == raw_range[1]:

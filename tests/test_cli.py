@@ -134,3 +134,15 @@ def test_profile_prints_stage_timings(golden_dir, tmp_path):
     assert result.exit_code == 0, result.output
     for stage in ("stage timings", "low-pass", "reductions", "histograms", "local scale", "total"):
         assert stage in result.output
+
+
+def test_nonfinite_voxels_are_counted_in_a_clear_error(golden_dir, tmp_path):
+    data = mrcfile.read(golden_dir / "phantom64.mrc").copy()
+    data[1, 2, 3] = np.nan
+    data[4, 5, 6:8] = np.inf
+    path = tmp_path / "bad.mrc"
+    mrcfile.write(path, data, voxel_size=1.5)
+    result = runner.invoke(app, ["-i", str(path), "-d", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "1 NaN and 2 infinite voxels" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
