@@ -42,6 +42,7 @@ def estimate(
     settings: Settings | None = None,
     temp_dir: str | None = None,
     run=None,
+    allow_nonfinite: bool = False,
     **options,
 ) -> Estimate:
     """Estimate local scale and confidence (ALGORITHM.md sections 1-7).
@@ -99,7 +100,9 @@ def estimate(
         if settings is None:
             settings = derive_settings(info.shape, info.voxel_size, **options)
         kwargs = {} if run is None else {"run": run}
-        est = _estimate(source, info, settings, soldef_source, target_mask_source=target_source, temp_dir=temp_dir, **kwargs)
+        est = _estimate(
+            source, info, settings, soldef_source, target_mask_source=target_source, temp_dir=temp_dir, allow_nonfinite=allow_nonfinite, **kwargs
+        )
     except BaseException:
         for fn in cleanups:
             fn()

@@ -143,6 +143,9 @@ def main_command(
         "-v/-q",
         help="Print the settings table and detected limits (and tracebacks on error); --quiet prints only errors.",
     ),
+    allow_nonfinite: bool = typer.Option(
+        False, "--allow-nonfinite", help="Replace NaN and infinite voxels with the median of the finite ones (default: refuse the map)."
+    ),
     profile: bool = typer.Option(False, "--profile", help="Print a table of stage timings (reductions, low-pass, fused pass and writes)."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
@@ -225,6 +228,7 @@ def main_command(
             save_all_maps=save_all_maps,
             save_chimerax=save_chimerax,
             plot=plot,
+            allow_nonfinite=allow_nonfinite,
             overwrite=overwrite,
             temp_dir=str(temp_dir) if temp_dir else None,
             runner=runner,

@@ -24,7 +24,7 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from . import lowpass as lowpass_stage
-from .io.read import ArraySource, MapInfo, ZarrSource, read_with_halo
+from .io.read import ArraySource, FiniteSource, MapInfo, ZarrSource, read_with_halo
 from .kernels.ballmax import ball_max_valid
 from .kernels.histogram import (
     N_BINS,
@@ -456,6 +456,44 @@ def _spill(array: da.Array, chunks, name: str, *, folder: Path, run) -> da.Array
     return da.from_zarr(path)
 
 
+def _finite_stats(source, start, stop):
+    block = source[_region(start, stop)]
+    finite = block[np.isfinite(block)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (np.inf, -np.inf)
+    return finite.size, block.size - finite.size, lo, hi
+
+
+def _values_in(source, start, stop, lo, hi):
+    block = source[_region(start, stop)]
+    return block[(block >= lo) & (block <= hi)]
+
+
+def finite_median(source, shape, chunks, run) -> tuple[float, int]:
+    """Exact median of the finite voxels of ``source`` (numpy's definition) and the number of
+    non-finite voxels, in two passes: a histogram to find the bins that hold the middle ranks,
+    then the values inside them."""
+    grid = list(block_grid(shape, chunks))
+    stats = run(*[dask.delayed(_finite_stats, pure=False)(source, a, b) for _, a, b in grid], label="non-finite")
+    n = sum(st[0] for st in stats)
+    bad = sum(st[1] for st in stats)
+    if n == 0:
+        raise ProcessingError("the map has no finite voxel")
+    lo, hi = min(st[2] for st in stats), max(st[3] for st in stats)
+    if bad == 0 or lo == hi:
+        return lo, bad
+    counts = sum(run(*[dask.delayed(histogram_counts, pure=False)(dask.delayed(_values_in)(source, a, b, lo, hi), lo, hi) for _, a, b in grid]))
+    edges = histogram_edges(lo, hi)
+    ranks = sorted({(n - 1) // 2, n // 2})
+    cumulative = np.cumsum(counts)
+    bins = [int(np.searchsorted(cumulative, r, side="right")) for r in ranks]
+    b_lo, b_hi = edges[min(bins)], edges[max(bins) + 1]
+    inside = np.concatenate(run(*[dask.delayed(_values_in, pure=False)(source, a, b, b_lo, b_hi) for _, a, b in grid]))
+    inside = np.sort(inside[(inside >= b_lo) & ((inside < b_hi) | (max(bins) == len(counts) - 1))])
+    before = int(cumulative[min(bins) - 1]) if min(bins) > 0 else 0
+    middle = [float(inside[r - before]) for r in ranks]
+    return float(np.mean(np.array(middle, dtype=np.float64)).astype(np.float32)), bad
+
+
 def _default_run(*objs, label: str = ""):
     return dask.compute(*objs)
 
@@ -471,6 +509,7 @@ def estimate(
     spill_lowpass: bool | None = None,
     temp_dir: str | None = None,
     extra_outputs: tuple[str, ...] = (),
+    allow_nonfinite: bool = False,
 ) -> Estimate:
     """Run the global reductions and return the lazy per-voxel outputs (sections 3-7).
 
@@ -479,6 +518,12 @@ def estimate(
     """
     s = settings
     temp_dirs: list[Path] = []
+    notes = []
+    if allow_nonfinite:
+        median, bad = finite_median(raw_source, s.shape, s.chunks, run)
+        if bad:
+            raw_source = FiniteSource(raw_source, median)
+            notes.append(f"replaced {bad} NaN or infinite voxels with the median of the finite ones ({median:.6g})")
     sources = {"raw": raw_source}
     if s.lowpass_applied:
         nz, ny, nx = s.shape
@@ -515,7 +560,9 @@ def estimate(
     sources["scale"] = sources["lp"] if s.scale_mode == "occ" else sources["raw"]
 
     try:
-        return _estimate_from_sources(sources, info, s, run, temp_dirs, extra_outputs)
+        est = _estimate_from_sources(sources, info, s, run, temp_dirs, extra_outputs)
+        est.warnings[:0] = notes
+        return est
     except BaseException:
         for path in temp_dirs:
             shutil.rmtree(path, ignore_errors=True)
@@ -553,7 +600,7 @@ def _estimate_from_sources(sources, info, s: Settings, run, temp_dirs, extra_out
     if n_nan or n_inf:
         raise ProcessingError(
             f"the map has {n_nan} NaN and {n_inf} infinite voxels (of {int(np.prod(shape))}); "
-            "fix the map, or mask them to a finite value before estimating"
+            "use --allow-nonfinite to replace them with the median of the finite voxels"
         )
     raw_range = (totals["raw"].lo, totals["raw"].hi)
     lp_range = (totals["lp"].lo, totals["lp"].hi)

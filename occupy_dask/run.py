@@ -182,6 +182,7 @@ def run_map(
     plot: bool = False,
     overwrite: bool = False,
     temp_dir: str | None = None,
+    allow_nonfinite: bool = False,
     runner=None,
 ) -> RunResult:
     """Estimate the local scale of one map file, modify it as the settings ask, write every output.
@@ -214,6 +215,7 @@ def run_map(
                 run=runner,
                 temp_dir=temp_dir,
                 extra_outputs=extra,
+                allow_nonfinite=allow_nonfinite,
             )
         )
         written, variability = write_maps(est, paths, runner)

@@ -146,4 +146,9 @@ def test_nonfinite_voxels_are_counted_in_a_clear_error(golden_dir, tmp_path):
     result = runner.invoke(app, ["-i", str(path), "-d", str(tmp_path / "out")])
     assert result.exit_code == 1
     assert "1 NaN and 2 infinite voxels" in result.output and "Traceback" not in result.output
+    assert "--allow-nonfinite" in result.output
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    result = runner.invoke(app, ["-i", str(path), "-d", str(tmp_path / "out"), "--allow-nonfinite"])
+    assert result.exit_code == 0, result.output
+    assert "replaced 3 NaN or infinite voxels with the median" in result.output
+    assert np.isfinite(mrcfile.read(tmp_path / "out" / "scale_res_bad.mrc")).all()

@@ -137,3 +137,32 @@ def test_spilled_dask_inputs_are_removed_on_close(golden_dir, phantom96, tmp_pat
             assert est.s_max == ref.s_max
             assert np.array_equal(est.confidence_map.compute(), ref.confidence_map.compute())
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("shape", [(20, 21, 22), (21, 21, 21)])
+def test_finite_median_is_exact(shape):
+    from occupy_dask.io.read import ArraySource
+    from occupy_dask.pipeline import _default_run, finite_median
+
+    data = np.random.default_rng(4).normal(size=shape).astype(np.float32)
+    data[data > 2.5] = np.nan
+    data.flat[::997] = np.inf
+    finite = data[np.isfinite(data)]
+    median, bad = finite_median(ArraySource(data), shape, (8, 9, 10), _default_run)
+    assert bad == data.size - finite.size
+    assert median == pytest.approx(float(np.median(finite)), rel=1e-6, abs=1e-7)
+
+
+def test_allow_nonfinite_replaces_with_the_median(phantom96):
+    data = phantom96.copy()
+    data[3, 4, 5] = np.nan
+    data[10, 10, 10:12] = -np.inf
+    with occupy_dask.estimate(data, voxel_size=1.1, chunks=40, allow_nonfinite=True) as est:
+        scale = est.scale.compute()
+        assert "replaced 3 NaN or infinite voxels" in est.warnings[0]
+    fixed = data.copy()
+    fixed[~np.isfinite(fixed)] = np.median(phantom96[np.isfinite(data)])
+    with occupy_dask.estimate(fixed, voxel_size=1.1, chunks=40) as ref:
+        assert np.array_equal(scale, ref.scale.compute())
+    with pytest.raises(occupy_dask.pipeline.ProcessingError, match="1 NaN and 2 infinite"):
+        occupy_dask.estimate(data, voxel_size=1.1, chunks=40)

@@ -98,6 +98,26 @@ class ZarrSource:
         return np.asarray(zarr.open_array(self.path, mode="r")[key], dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class FiniteSource:
+    """Another source with its NaN and infinite voxels replaced by ``value`` on every read."""
+
+    source: object
+    value: float
+
+    ndim = 3
+    dtype = np.dtype(np.float32)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.source.shape)
+
+    def __getitem__(self, key) -> np.ndarray:
+        block = np.array(self.source[key], dtype=np.float32)
+        block[~np.isfinite(block)] = np.float32(self.value)
+        return block
+
+
 def read_with_halo(source, start, stop, halo) -> np.ndarray:
     """Read ``[start - halo, stop + halo)`` per axis; beyond the array, mirror the data
     (numpy ``symmetric`` = scipy ``reflect``)."""
