@@ -155,17 +155,18 @@ def main_command(
         _fail("give one input: --input-map/-i MAP or --relion-classes MODEL.star", verbose, code=2)
     if relion_classes is not None and not (amplify or attenuate or amplify_amount is not None or sigmoid is not None or exclude_solvent):
         amplify = True  # classes are diversified by amplification unless told otherwise
+    modification = {
+        "amplify": amplify,
+        "attenuate": attenuate,
+        "amplify_amount": amplify_amount,
+        "gamma": gamma,
+        "sigmoid": sigmoid,
+        "pivot": pivot,
+        "exclude_solvent": exclude_solvent,
+    }
     if relion_classes is not None:
         try:
-            requested = modifications_from_options(
-                amplify=amplify,
-                attenuate=attenuate,
-                amplify_amount=amplify_amount,
-                gamma=gamma,
-                sigmoid=sigmoid,
-                pivot=pivot,
-                exclude_solvent=exclude_solvent,
-            )
+            requested = modifications_from_options(**modification)
         except SettingsError as exc:
             _fail(f"{relion_classes}: {exc}", verbose, code=2)
         if len(requested) != 1:
@@ -187,14 +188,8 @@ def main_command(
             nlrc=nlrc,
             reference_compatible=reference_compatible,
             chunks=chunks,
-            amplify=amplify,
-            attenuate=attenuate,
-            amplify_amount=amplify_amount,
-            gamma=gamma,
-            sigmoid=sigmoid,
-            pivot=pivot,
+            **modification,
             scale_limit=scale_limit,
-            exclude_solvent=exclude_solvent,
             lowpass_output=lowpass_output,
             seed=seed,
         )
