@@ -21,10 +21,32 @@ def thresholded_scale(scale: np.ndarray, limit: float) -> np.ndarray:
 
 @numba.njit(cache=True, nogil=True)
 def _power_factor(scale, exponent, limit, out):  # pragma: no cover
+    # numpy's ``array ** scalar`` (which the reference uses) takes these exponents exactly as
+    # 1/s, sqrt(s), s*s, s and 1; every other exponent goes through powf
     one = np.float32(1.0)
-    for i in range(scale.size):
-        s = scale[i]
-        out[i] = s**exponent if s > limit else one
+    if exponent == -1.0:
+        for i in range(scale.size):
+            s = scale[i]
+            out[i] = one / s if s > limit else one
+    elif exponent == 0.5:
+        for i in range(scale.size):
+            s = scale[i]
+            out[i] = np.sqrt(s) if s > limit else one
+    elif exponent == 2.0:
+        for i in range(scale.size):
+            s = scale[i]
+            out[i] = s * s if s > limit else one
+    elif exponent == 1.0:
+        for i in range(scale.size):
+            s = scale[i]
+            out[i] = s if s > limit else one
+    elif exponent == 0.0:
+        for i in range(scale.size):
+            out[i] = one
+    else:
+        for i in range(scale.size):
+            s = scale[i]
+            out[i] = s**exponent if s > limit else one
     return out
 
 
@@ -110,25 +132,39 @@ def synthetic_solvent(start, stop, seed: int, mu: float, sigma: float) -> np.nda
 
 
 @numba.njit(cache=True, nogil=True)
-def _modify_into(raw, factor, confidence, noise, exclude_solvent, lo, hi, clip, out):  # pragma: no cover
+def _modify_retained(raw, factor, confidence, lo, hi, out):  # pragma: no cover
+    one = np.float32(1.0)
+    for i in range(raw.size):
+        d = raw[i]
+        c = confidence[i]
+        v = (d * factor[i]) * c + d * (one - c)
+        out[i] = lo if v < lo else (hi if v > hi else v)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _modify_excluded(raw, factor, confidence, lo, hi, out):  # pragma: no cover
+    for i in range(raw.size):
+        v = (raw[i] * factor[i]) * confidence[i]
+        out[i] = lo if v < lo else (hi if v > hi else v)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _modify_with_noise(raw, factor, confidence, noise, exclude_solvent, lo, hi, out):  # pragma: no cover
     one = np.float32(1.0)
     zero = np.float32(0.0)
-    with_noise = noise.size > 0
     for i in range(raw.size):
         d = raw[i]
         f = factor[i]
-        m = d * f
-        if with_noise:
-            removed = one - f
-            removed = zero if removed < zero else (one if removed > one else removed)
-            m = m + noise[i] * removed
+        removed = one - f
+        removed = zero if removed < zero else (one if removed > one else removed)
+        m = d * f + noise[i] * removed
         c = confidence[i]
         v = m * c
         if not exclude_solvent:
             v = v + d * (one - c)
-        if clip:
-            v = lo if v < lo else (hi if v > hi else v)
-        out[i] = v
+        out[i] = lo if v < lo else (hi if v > hi else v)
     return out
 
 
@@ -140,8 +176,15 @@ def modify_into(raw, factor, confidence, out, *, exclude_solvent: bool, value_ra
         raise ValueError("out must be a C-contiguous float32 array shaped like the block")
     arrays = [np.ascontiguousarray(a, dtype=np.float32).reshape(-1) for a in (raw, factor, confidence)]
     noise = np.zeros(0, np.float32) if noise is None else np.ascontiguousarray(noise, dtype=np.float32).reshape(-1)
-    lo, hi = (0.0, 0.0) if value_range is None else value_range
-    _modify_into(*arrays, noise, bool(exclude_solvent), np.float32(lo), np.float32(hi), value_range is not None, out.reshape(-1))
+    lo, hi = (-np.inf, np.inf) if value_range is None else value_range
+    lo, hi, flat = np.float32(lo), np.float32(hi), out.reshape(-1)
+    # one straight loop per case, so that LLVM can vectorise it
+    if noise.size:
+        _modify_with_noise(*arrays, noise, bool(exclude_solvent), lo, hi, flat)
+    elif exclude_solvent:
+        _modify_excluded(*arrays, lo, hi, flat)
+    else:
+        _modify_retained(*arrays, lo, hi, flat)
     return out
 
 
