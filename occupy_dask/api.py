@@ -14,7 +14,7 @@ from .io.read import ArraySource, MapError, MapInfo, ZarrSource, open_map
 from .pipeline import IN_MEMORY_LOWPASS_BYTES, Estimate, modify_lazy
 from .pipeline import estimate as _estimate
 from .run import check_outputs, output_paths, write_maps
-from .settings import Settings, SettingsError, derive_settings, modifications_from_options
+from .settings import Settings, SettingsError, check_scale_limit, derive_settings, modifications_from_options
 
 
 def _array_source(data, temp_dir: str | None):
@@ -146,8 +146,7 @@ def modify(
     if len(mods) != 1:
         raise SettingsError("give exactly one modification: amount, gamma, attenuate, sigmoid with pivot, or exclude_solvent")
     limit = s.scale_limit if scale_limit is None else float(scale_limit)
-    if not 0.0 <= limit < 1.0:
-        raise SettingsError(f"scale_limit must lie in [0, 1), got {limit}")
+    check_scale_limit(limit)
     return modify_lazy(
         est,
         mods[0],

@@ -130,11 +130,16 @@ def _pass_one(sources, shape, start, stop, tile_ids, tile_origins, tile_size, ta
         scale_data = lp if sources["scale"] is sources["lp"] else raw
         out["target"] = _Sums.of(scale_data[target])
     if len(tile_ids):
-        reach = np.maximum(np.asarray(stop), tile_origins.max(axis=0) + tile_size)
-        scale_src = sources["scale"]
-        block = scale_src[_region(start, reach)]
-        out["tiles"] = (tile_ids, tile_quantiles(block, start, tile_origins, tile_size, tau))
+        out["tiles"] = _owned_tile_quantiles(sources, start, stop, tile_ids, tile_origins, tile_size, tau)
     return out
+
+
+def _owned_tile_quantiles(sources, start, stop, tile_ids, tile_origins, tile_size, tau):
+    """``(tile_ids, tau-quantiles)`` of the tiles whose origin lies in the block; tiles that
+    reach past the block are read whole, from its start to their far edge."""
+    reach = np.maximum(np.asarray(stop), tile_origins.max(axis=0) + tile_size)
+    block = sources["scale"][_region(start, reach)]
+    return tile_ids, tile_quantiles(block, start, tile_origins, tile_size, tau)
 
 
 def _pass_two(sources, shape, start, stop, lp_range, region_kind, region_range, target_tiles=None):
@@ -151,9 +156,7 @@ def _pass_two(sources, shape, start, stop, lp_range, region_kind, region_range, 
     if target_tiles is not None:  # the full-scale reference again, at the target mask's tau
         tile_ids, tile_origins, tile_size, tau = target_tiles
         if len(tile_ids):
-            reach = np.maximum(np.asarray(stop), tile_origins.max(axis=0) + tile_size)
-            block = sources["scale"][_region(start, reach)]
-            target_quantiles = (tile_ids, tile_quantiles(block, start, tile_origins, tile_size, tau))
+            target_quantiles = _owned_tile_quantiles(sources, start, stop, tile_ids, tile_origins, tile_size, tau)
     return counts, region_counts, target_quantiles
 
 
@@ -191,6 +194,20 @@ def factor_name(i: int) -> str:
     return f"factor_{i}"
 
 
+def modification_factor(mod: Modification, scale: np.ndarray, scale_limit: float, reference: bool, out: np.ndarray | None = None) -> np.ndarray:
+    """Per-voxel factor (float32) that modification ``mod`` multiplies the map by, given the
+    scale: ``S_t**exponent``, the sigmoid's ``f(S)/S``, or 1 for solvent exclusion alone."""
+    if out is None:
+        out = np.empty(np.shape(scale), dtype=np.float32)
+    if mod.kind == "sigmoid":
+        out[...] = sigmoid_factor(scale, mod.power, mod.pivot, reference)
+    elif mod.kind == "exclude":
+        out[...] = 1.0
+    else:
+        power_factor(scale, mod.exponent, scale_limit, out=out)
+    return out
+
+
 def local_outputs(plan: LocalPlan, scale_padded, lp_block, raw_block, start, stop, out=None) -> dict[str, np.ndarray]:
     """All per-voxel results of one chunk ``[start, stop)`` from its scale data (with halo),
     low-passed and raw data: scale, confidence, and each modification's map and factor.
@@ -203,12 +220,10 @@ def local_outputs(plan: LocalPlan, scale_padded, lp_block, raw_block, start, sto
     if out is None:
         out = np.empty((len(plan.outputs), *shape), dtype=np.float32)
     slots = {name: out[i] for i, name in enumerate(plan.outputs)}
-    scratch = {}
 
-    def slot(name):
+    def slot(name):  # an output's slot, or a scratch block for an intermediate not asked for
         if name not in slots:
-            scratch[name] = np.empty(shape, dtype=np.float32)
-            slots[name] = scratch[name]
+            slots[name] = np.empty(shape, dtype=np.float32)
         return slots[name]
 
     scale = slot("scale")
@@ -227,13 +242,7 @@ def local_outputs(plan: LocalPlan, scale_padded, lp_block, raw_block, start, sto
     for i, mod in enumerate(plan.modifications):
         if modified_name(i) not in plan.outputs and factor_name(i) not in plan.outputs:
             continue
-        factor = slot(factor_name(i))
-        if mod.kind == "sigmoid":
-            factor[...] = sigmoid_factor(scale, mod.power, mod.pivot, plan.reference)
-        elif mod.kind == "exclude":
-            factor[...] = 1.0
-        else:
-            power_factor(scale, mod.exponent, plan.scale_limit, out=factor)
+        factor = modification_factor(mod, scale, plan.scale_limit, plan.reference, out=slot(factor_name(i)))
         noise = None
         if mod.kind == "attenuate" and not plan.exclude_solvent:
             noise = synthetic_solvent(start, stop, plan.seed, plan.solvent_mu, plan.solvent_sigma)
@@ -463,6 +472,10 @@ def _finite_stats(source, start, stop):
     return finite.size, block.size - finite.size, lo, hi
 
 
+def _finite_counts(source, start, stop, lo, hi):
+    return histogram_counts(source[_region(start, stop)], lo, hi)  # NaN and Inf fall outside [lo, hi]
+
+
 def _values_in(source, start, stop, lo, hi):
     block = source[_region(start, stop)]
     return block[(block >= lo) & (block <= hi)]
@@ -470,8 +483,8 @@ def _values_in(source, start, stop, lo, hi):
 
 def finite_median(source, shape, chunks, run) -> tuple[float, int]:
     """Exact median of the finite voxels of ``source`` (numpy's definition) and the number of
-    non-finite voxels, in two passes: a histogram to find the bins that hold the middle ranks,
-    then the values inside them."""
+    non-finite voxels, in three reads of the map: range and counts, a histogram to find the
+    bins that hold the middle ranks, then the values inside those bins."""
     grid = list(block_grid(shape, chunks))
     stats = run(*[dask.delayed(_finite_stats, pure=False)(source, a, b) for _, a, b in grid], label="non-finite")
     n = sum(st[0] for st in stats)
@@ -481,7 +494,7 @@ def finite_median(source, shape, chunks, run) -> tuple[float, int]:
     lo, hi = min(st[2] for st in stats), max(st[3] for st in stats)
     if bad == 0 or lo == hi:
         return lo, bad
-    counts = sum(run(*[dask.delayed(histogram_counts, pure=False)(dask.delayed(_values_in)(source, a, b, lo, hi), lo, hi) for _, a, b in grid]))
+    counts = sum(run(*[dask.delayed(_finite_counts, pure=False)(source, a, b, lo, hi) for _, a, b in grid]))
     edges = histogram_edges(lo, hi)
     ranks = sorted({(n - 1) // 2, n // 2})
     cumulative = np.cumsum(counts)
@@ -643,13 +656,6 @@ def _estimate_from_sources(sources, info, s: Settings, run, temp_dirs, extra_out
     results = run(*tasks, label="histograms")
     lp_counts = sum(r[0] for r in results)
     region_counts = sum(r[1] for r in results)
-    target_occupancy = None
-    if target_tau is not None:
-        target_quantiles = np.full(len(origins), -np.inf, dtype=np.float32)
-        for r in results:
-            if r[2] is not None:
-                target_quantiles[r[2][0]] = r[2][1]
-        target_occupancy = TargetOccupancy(n_voxels=target.n, tau=target_tau, value_max=target.hi, s_max=float(target_quantiles.max()))
     lp_edges = histogram_edges(*lp_range)
     region_edges = histogram_edges(region.lo, region.hi)
     lp_density = density_from_counts(lp_counts, lp_edges)
@@ -675,6 +681,17 @@ def _estimate_from_sources(sources, info, s: Settings, run, temp_dirs, extra_out
             f"the solvent model leaves no voxel with confident content (confidence is 0 everywhere; the scale is unaffected); {SOLVENT_ADVICE}"
         )
 
+    nlrc_limit = (table.limit_value / s_max) if s.nlrc else None
+    target_occupancy = None
+    if target_tau is not None:
+        target_quantiles = np.full(len(origins), -np.inf, dtype=np.float32)
+        for r in results:
+            if r[2] is not None:
+                target_quantiles[r[2][0]] = r[2][1]
+        target_occupancy = TargetOccupancy(
+            n_voxels=target.n, tau=target_tau, value_max=target.hi, s_max=float(target_quantiles.max()), nlrc_limit=nlrc_limit
+        )
+
     outputs = ["scale", "confidence", *[n for n in extra_outputs if n != "factor"]]
     for i, mod in enumerate(s.modifications):
         outputs.append(modified_name(i))
@@ -692,7 +709,7 @@ def _estimate_from_sources(sources, info, s: Settings, run, temp_dirs, extra_out
         lp_min=lp_range[0],
         lp_max=lp_range[1],
         reference=s.reference_compatible,
-        nlrc_limit=(table.limit_value / s_max) if s.nlrc else None,
+        nlrc_limit=nlrc_limit,
         outputs=outputs,
         modifications=s.modifications,
         scale_limit=s.scale_limit,
@@ -702,8 +719,6 @@ def _estimate_from_sources(sources, info, s: Settings, run, temp_dirs, extra_out
         solvent_sigma=model.sigma,
         seed=s.seed,
     )
-    if target_occupancy is not None:
-        target_occupancy = replace(target_occupancy, nlrc_limit=plan.nlrc_limit)
     stacked, stats = _fused_graph(plan, sources, chunks)
     final = {
         modified_name(i): _lowpass_output(stacked[outputs.index(modified_name(i))], s, raw_range)

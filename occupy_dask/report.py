@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .kernels.modify import power_factor, sigmoid_factor
-from .pipeline import Estimate
+from .pipeline import Estimate, modification_factor
 from .settings import Modification
 from .solvent import gaussian
 
@@ -147,13 +146,9 @@ def modification_curve_data(est: Estimate, n: int = 1000) -> dict[str, np.ndarra
     scale = np.linspace(0.0, 1.0, n).astype(np.float32)
     curves = {}
     for mod in s.modifications:
-        if mod.kind == "sigmoid":
-            factor = sigmoid_factor(scale, mod.power, mod.pivot, s.reference_compatible)
-        elif mod.kind == "exclude":
-            continue
-        else:
-            factor = power_factor(scale, mod.exponent, s.scale_limit)
-        curves[describe_modification(mod)] = scale.astype(np.float64) * factor
+        if mod.kind != "exclude":
+            factor = modification_factor(mod, scale, s.scale_limit, s.reference_compatible)
+            curves[describe_modification(mod)] = scale.astype(np.float64) * factor
     return {"scale": scale.astype(np.float64), "curves": curves}
 
 

@@ -148,6 +148,12 @@ def modifications_from_options(
     return tuple(out)
 
 
+def check_scale_limit(scale_limit: float) -> None:
+    """The amplify limit is a scale: it must lie in [0, 1)."""
+    if not (0.0 <= scale_limit < 1.0):
+        raise SettingsError(f"--amplify-limit must lie in [0, 1), got {scale_limit}")
+
+
 def is_isotropic(voxel_size: tuple[float, float, float]) -> bool:
     """Voxel sizes that differ by at most 0.1% count as one size (ALGORITHM.md section 2)."""
     return max(voxel_size) / min(voxel_size) - 1.0 <= ANISOTROPY_TOLERANCE
@@ -327,8 +333,7 @@ def derive_settings(
         pivot=pivot,
         exclude_solvent=exclude_solvent,
     )
-    if not (0.0 <= scale_limit < 1.0):
-        raise SettingsError(f"--amplify-limit must lie in [0, 1), got {scale_limit}")
+    check_scale_limit(scale_limit)
     if lowpass_output is not None and not (lowpass_output > 2.0 * max(voxel_size) and math.isfinite(lowpass_output)):
         raise SettingsError(f"--lowpass-amplified must be longer than 2 voxels ({2.0 * max(voxel_size):.3g} Å), got {lowpass_output}")
     if occupancy is None:

@@ -82,23 +82,6 @@ def density_from_counts(counts: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return counts / db / counts.sum()
 
 
-def bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """The bin of each value by its edges (``edges[i] <= v < edges[i+1]``, last bin closed),
-    clipped to ``[0, n_bins - 1]``: a float32 guess, then corrected against the edges."""
-    n = edges.size - 1
-    values = np.asarray(values, dtype=np.float32)
-    lo = edges[0]
-    span = edges[-1] - lo
-    if span <= 0:
-        return np.zeros(values.shape, dtype=np.intp)
-    guess = (values - lo) * (np.float32(n) / span)
-    idx = np.clip(np.nan_to_num(guess, nan=0.0), 0, n - 1).astype(np.intp)
-    idx -= values < edges[idx]
-    np.clip(idx, 0, n - 1, out=idx)
-    idx += (values >= edges[idx + 1]) & (idx != n - 1)
-    return idx
-
-
 def confidence_lookup(lp: np.ndarray, table: np.ndarray, edges: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Confidence per voxel: the content fraction of the voxel's histogram bin, in [0, 1]
     (float32, into ``out`` when given)."""

@@ -13,12 +13,6 @@ NOISE_TILE = 64  # edge of the global tiles that own one random stream each
 SIGMOID_TABLE_SIZE = 100  # entries of the reference's sigmoid table
 
 
-def thresholded_scale(scale: np.ndarray, limit: float) -> np.ndarray:
-    """``S_t``: the scale where it exceeds ``limit``, else 1 (below the limit nothing changes)."""
-    scale = np.asarray(scale, dtype=np.float32)
-    return np.where(scale > np.float32(limit), scale, np.float32(1.0))
-
-
 @numba.njit(cache=True, nogil=True)
 def _power_factor(scale, exponent, limit, out):  # pragma: no cover
     # numpy's ``array ** scalar`` (which the reference uses) takes these exponents exactly as
