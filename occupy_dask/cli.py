@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from . import __version__
-from .cluster import Runner
+from .cluster import ClusterError, ClusterSpec, connect, job_script, parse_adaptive
 from .io.read import MapError
 from .pipeline import ProcessingError
 from .report import limits
@@ -147,10 +147,55 @@ def main_command(
         False, "--allow-nonfinite", help="Replace NaN and infinite voxels with the median of the finite ones (default: refuse the map)."
     ),
     profile: bool = typer.Option(False, "--profile", help="Print a table of stage timings (reductions, low-pass, fused pass and writes)."),
+    output_format: str | None = typer.Option(
+        None, "--format", help="Map output format: mrc, zarr (zarr v3) or ome.zarr (OME-NGFF pyramid). Default: from -o's suffix, else mrc."
+    ),
+    cluster: str = typer.Option(
+        "local", "--cluster", help="Where to compute: local (threads, or --workers processes) or slurm (dask-jobqueue, needs --cluster-config)."
+    ),
+    workers: int | None = typer.Option(None, "--workers", help="Local: run on a LocalCluster of this many worker processes instead of threads."),
+    threads: int | None = typer.Option(None, "--threads", help="Threads (per worker with --workers). Default: all cores."),
+    memory_limit: str | None = typer.Option(
+        None, "--memory-limit", help="Memory limit, e.g. 4GB: per worker with --workers, else for the run; chunks that cannot fit are refused."
+    ),
+    scheduler_address: str | None = typer.Option(None, "--scheduler-address", help="Run on an existing dask scheduler, e.g. tcp://10.0.0.5:8786."),
+    scheduler_file: Path | None = typer.Option(None, "--scheduler-file", help="Run on the existing dask scheduler described by this file."),
+    scheduler_timeout: float = typer.Option(30.0, "--scheduler-timeout", help="Seconds to wait for an existing scheduler. Default: 30."),
+    cluster_config: Path | None = typer.Option(
+        None, "--cluster-config", help="dask-jobqueue configuration for --cluster slurm (see cluster_configs/slurm.yaml)."
+    ),
+    jobs: int | None = typer.Option(None, "--jobs", help="--cluster slurm: this many worker jobs. Default: 1."),
+    adaptive: str | None = typer.Option(None, "--adaptive", help="--cluster slurm: scale between MIN:MAX worker jobs with the load."),
+    dashboard: bool = typer.Option(False, "--dashboard", help="Run under a distributed scheduler and print its dashboard link."),
+    print_job_script: bool = typer.Option(False, "--print-job-script", help="Print the SLURM job script of --cluster-config and exit."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     quiet = verbose is False
     verbose = bool(verbose)
+    try:
+        spec = ClusterSpec(
+            mode=cluster,
+            workers=workers,
+            threads=threads,
+            memory_limit=memory_limit,
+            scheduler_address=scheduler_address,
+            scheduler_file=str(scheduler_file) if scheduler_file else None,
+            cluster_config=str(cluster_config) if cluster_config else None,
+            jobs=jobs,
+            adaptive=parse_adaptive(adaptive),
+            dashboard=dashboard,
+            timeout=scheduler_timeout,
+        )
+        if (spec.mode == "slurm" or print_job_script) and cluster_config is None:
+            raise ClusterError("--cluster slurm and --print-job-script need --cluster-config FILE (see cluster_configs/slurm.yaml)")
+    except ClusterError as exc:
+        _fail(str(exc), verbose, code=2)
+    if print_job_script:
+        try:
+            typer.echo(job_script(spec))
+        except ClusterError as exc:
+            _fail(str(exc), verbose)
+        raise typer.Exit()
     if (input_map is None) == (relion_classes is None):
         _fail("give one input: --input-map/-i MAP or --relion-classes MODEL.star", verbose, code=2)
     if relion_classes is not None and not (amplify or attenuate or amplify_amount is not None or sigmoid is not None or exclude_solvent):
@@ -194,43 +239,44 @@ def main_command(
             seed=seed,
         )
 
-    runner = Runner(quiet=quiet)
     source = input_map or relion_classes
     try:
-        if relion_classes is not None:
-            _relion(
-                relion_classes,
+        with connect(spec, quiet) as runner:
+            if relion_classes is not None:
+                _relion(
+                    relion_classes,
+                    settings_factory,
+                    runner,
+                    quiet,
+                    output_dir,
+                    solvent_def,
+                    target_mask,
+                    save_all_maps,
+                    save_chimerax,
+                    plot,
+                    overwrite,
+                    temp_dir,
+                )
+                return
+            result = run_map(
+                input_map,
                 settings_factory,
-                runner,
-                quiet,
-                output_dir,
-                solvent_def,
-                target_mask,
-                save_all_maps,
-                save_chimerax,
-                plot,
-                overwrite,
-                temp_dir,
+                output_dir=output_dir,
+                output_map=output_map,
+                solvent_def=solvent_def,
+                target_mask=target_mask,
+                save_all_maps=save_all_maps,
+                save_chimerax=save_chimerax,
+                plot=plot,
+                allow_nonfinite=allow_nonfinite,
+                overwrite=overwrite,
+                temp_dir=str(temp_dir) if temp_dir else None,
+                output_format=output_format,
+                runner=runner,
             )
-            return
-        result = run_map(
-            input_map,
-            settings_factory,
-            output_dir=output_dir,
-            output_map=output_map,
-            solvent_def=solvent_def,
-            target_mask=target_mask,
-            save_all_maps=save_all_maps,
-            save_chimerax=save_chimerax,
-            plot=plot,
-            allow_nonfinite=allow_nonfinite,
-            overwrite=overwrite,
-            temp_dir=str(temp_dir) if temp_dir else None,
-            runner=runner,
-        )
     except SettingsError as exc:
         _fail(f"{source}: {exc}", verbose, code=2)
-    except (MapError, OutputError) as exc:
+    except (MapError, OutputError, ClusterError) as exc:
         _fail(str(exc), verbose)
     except (SolventModelError, ProcessingError) as exc:
         _fail(f"{source}: {exc}", verbose)

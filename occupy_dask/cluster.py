@@ -1,19 +1,34 @@
 """Where the graph runs, and progress while it does.
 
-``Runner`` computes dask objects on the local threaded scheduler (the default) or on a
-distributed ``Client`` when one is given; progress uses rich for local schedulers and futures
-with ``as_completed`` under distributed (dask's ProgressBar shows nothing there).
+``ClusterSpec`` says where (the local threaded scheduler, a LocalCluster of processes, an existing
+scheduler, or SLURM jobs through dask-jobqueue); ``connect`` opens it and yields a ``Runner``,
+which computes dask objects there with progress (rich for local schedulers, futures under
+distributed, where dask's ProgressBar shows nothing) and records stage times.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import dask
 from dask.callbacks import Callback
+
+# A fused chunk task holds its block with halo, the low-passed and raw blocks, scratch for the
+# max filter, noise and factors, and its stacked outputs: about this many padded blocks of
+# float32 plus one per output (the low-pass stage's complex slabs need no more).
+TASK_BLOCKS = 8
+# dask pauses a worker at 80% of its memory limit; leave the rest for the interpreter and buffers.
+USABLE_FRACTION = 0.75
+
+
+class ClusterError(RuntimeError):
+    """A cluster that cannot be started or reached, or a run that would not fit its workers."""
 
 
 class _RichCallback(Callback):
@@ -39,46 +54,285 @@ class _RichCallback(Callback):
 
 @dataclass
 class Runner:
-    """Computes dask objects, with progress on a terminal unless ``quiet``; records stage times."""
+    """Computes dask objects on the threaded scheduler or, given a ``client``, on its cluster,
+    with progress on a terminal unless ``quiet``; records stage times."""
 
     client: object = None
     quiet: bool = False
     timings: list[tuple[str, float]] = field(default_factory=list)
+    limits: tuple[int | None, int, str] | None = None  # worker memory, threads per worker, where
 
-    def _progress(self):
-        if self.quiet or not sys.stderr.isatty():
-            return None
-        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+    def check_memory(self, chunks, halo, n_outputs: int) -> None:
+        """Refuse chunks too large for the workers (see :func:`check_task_memory`)."""
+        if self.limits is not None:
+            check_task_memory(chunks, halo, n_outputs, *self.limits)
 
-        return Progress(
-            TextColumn("{task.description:<12}"),
-            BarColumn(),
-            TaskProgressColumn(),
-            TimeElapsedColumn(),
-            transient=False,
-        )
+    @property
+    def distributed(self) -> bool:
+        """Whether tasks may run in other processes (so no task may write into this one's memory)."""
+        return self.client is not None
+
+    def describe(self) -> str:
+        """Where the work ran, for the log: threads, or the distributed workers (and the SLURM
+        jobs they ran in, from each worker's ``SLURM_JOB_ID``)."""
+        if self.client is None:
+            return f"local threaded scheduler, {dask.config.get('num_workers', None) or os.cpu_count()} thread(s)"
+        jobs = self.client.run(os.getenv, "SLURM_JOB_ID")  # os.environ.get would pickle our environment
+        threads = sum(w.get("nthreads", 0) for w in self.client.scheduler_info(n_workers=-1).get("workers", {}).values())
+        text = f"dask scheduler {self.client.scheduler.address}, {len(jobs)} worker(s), {threads} thread(s)"
+        ids = sorted({j for j in jobs.values() if j})
+        return text + (f", in SLURM job(s) {', '.join(ids)}" if ids else "")
+
+    def _show_progress(self) -> bool:
+        return not self.quiet and sys.stderr.isatty()
 
     def __call__(self, *objs, label: str = "compute"):
         start = time.perf_counter()
         try:
             if self.client is not None:
                 return self._distributed(objs, label)
-            progress = self._progress()
-            if progress is None:
+            if not self._show_progress():
                 return dask.compute(*objs, scheduler="threads")
+            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+            progress = Progress(TextColumn("{task.description:<12}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
             with progress, _RichCallback(progress, label):
                 return dask.compute(*objs, scheduler="threads")
         finally:
             self.timings.append((label, time.perf_counter() - start))
 
     def _distributed(self, objs, label):
-        from distributed import as_completed
-
         futures = self.client.compute(list(objs))
-        progress = self._progress()
-        with progress if progress is not None else nullcontext():
-            task = progress.add_task(label, total=len(futures)) if progress is not None else None
-            for _ in as_completed(futures):
-                if progress is not None:
-                    progress.advance(task)
-        return tuple(f.result() for f in futures)
+        if self._show_progress():
+            from distributed import progress
+
+            print(label, file=sys.stderr)
+            progress(futures, notebook=False)  # per-task bar from the scheduler's futures
+        return tuple(self.client.gather(futures))
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """Where to run: ``mode`` "local" (threads, or a LocalCluster of ``workers`` processes) or
+    "slurm" (``jobs`` fixed SLURM jobs or ``adaptive`` (min, max) from ``cluster_config``); an
+    existing scheduler by ``scheduler_address`` or ``scheduler_file`` overrides both."""
+
+    mode: str = "local"
+    workers: int | None = None
+    threads: int | None = None
+    memory_limit: str | None = None
+    scheduler_address: str | None = None
+    scheduler_file: str | None = None
+    cluster_config: str | None = None
+    jobs: int | None = None
+    adaptive: tuple[int, int] | None = None
+    dashboard: bool = False
+    timeout: float = 30.0
+
+    def __post_init__(self):
+        if self.mode not in ("local", "slurm"):
+            raise ClusterError(f"unknown --cluster {self.mode!r} (local or slurm)")
+        if self.scheduler_address and self.scheduler_file:
+            raise ClusterError("give --scheduler-address or --scheduler-file, not both")
+        if self.mode == "slurm" and (self.scheduler_address or self.scheduler_file):
+            raise ClusterError("--cluster slurm starts its own scheduler; --scheduler-address/--scheduler-file connect to a running one")
+        if self.jobs is not None and self.adaptive is not None:
+            raise ClusterError("give --jobs or --adaptive, not both")
+        for name in ("workers", "threads", "jobs"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ClusterError(f"--{name} must be at least 1 (got {value})")
+        if self.adaptive is not None and not (0 <= self.adaptive[0] <= self.adaptive[1] and self.adaptive[1] >= 1):
+            raise ClusterError(f"--adaptive MIN:MAX needs 0 <= MIN <= MAX, MAX >= 1 (got {self.adaptive[0]}:{self.adaptive[1]})")
+        if self.timeout <= 0:
+            raise ClusterError("--scheduler-timeout must be positive")
+
+    @property
+    def external(self) -> bool:
+        return bool(self.scheduler_address or self.scheduler_file)
+
+    @property
+    def distributed(self) -> bool:
+        """Whether the run goes through a distributed scheduler (anything but local threads)."""
+        return self.external or self.mode == "slurm" or self.workers is not None or self.dashboard
+
+
+def parse_adaptive(text: str | None) -> tuple[int, int] | None:
+    """``"MIN:MAX"`` -> (MIN, MAX)."""
+    if text is None:
+        return None
+    try:
+        lo, hi = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise ClusterError(f"--adaptive takes MIN:MAX job counts, e.g. 1:8 (got {text!r})") from None
+    return lo, hi
+
+
+def parse_memory(text: str | int | float | None) -> int | None:
+    """Bytes in a memory size such as ``"4GB"``, ``"3.5 GiB"`` or ``"2000MB"``."""
+    if text is None or isinstance(text, int | float):
+        return None if text is None else int(text)
+    from dask.utils import parse_bytes
+
+    try:
+        return int(parse_bytes(text))
+    except (ValueError, TypeError):
+        raise ClusterError(f"not a memory size: {text!r} (for example 4GB or 3.5GiB)") from None
+
+
+def physical_memory() -> int:
+    """Bytes of RAM of this machine."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def task_memory(chunks: tuple[int, int, int], halo: tuple[int, int, int], n_outputs: int) -> int:
+    """Bytes one fused chunk task needs at most (see ``TASK_BLOCKS``)."""
+    padded = math.prod(c + 2 * h for c, h in zip(chunks, halo)) * 4
+    return padded * (TASK_BLOCKS + n_outputs)
+
+
+def check_task_memory(chunks, halo, n_outputs: int, worker_memory: int | None, threads_per_worker: int, where: str) -> None:
+    """Refuse, before running, chunks whose tasks cannot all fit a worker's memory limit."""
+    if not worker_memory:
+        return
+    need = task_memory(chunks, halo, n_outputs)
+    per_thread = worker_memory * USABLE_FRACTION / max(threads_per_worker, 1)
+    if need > per_thread:
+        gib = 1 << 30
+        raise ClusterError(
+            f"chunks of {'x'.join(map(str, chunks))} voxels need about {need / gib:.2f} GiB per task, but {where} "
+            f"({worker_memory / gib:.2f} GiB per worker, {threads_per_worker} thread(s) each) leaves "
+            f"{per_thread / gib:.2f} GiB per task: use smaller --chunks, fewer threads per worker or more memory"
+        )
+
+
+def load_slurm_config(path: str | os.PathLike) -> dict:
+    """The ``jobqueue: slurm:`` mapping of a dask-jobqueue configuration file."""
+    import yaml
+
+    path = Path(path)
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ClusterError(f"{path}: cannot read the cluster configuration ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ClusterError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    slurm = content.get("jobqueue", {}).get("slurm") if isinstance(content, dict) else None
+    if not isinstance(slurm, dict):
+        raise ClusterError(f"{path}: no 'jobqueue: slurm:' section (see cluster_configs/slurm.yaml)")
+    for key in ("cores", "memory"):
+        if slurm.get(key) in (None, ""):
+            raise ClusterError(f"{path}: jobqueue.slurm.{key} must be set")
+    return slurm
+
+
+def _slurm_cluster(spec: ClusterSpec):
+    """A dask-jobqueue SLURMCluster from the config file's keys (as keyword arguments, so that
+    the job script renders the same later); dask-jobqueue's defaults fill the rest."""
+    from dask_jobqueue import SLURMCluster
+
+    config = load_slurm_config(spec.cluster_config)
+    kwargs = {("job_name" if key == "name" else key.replace("-", "_")): value for key, value in config.items() if value is not None}
+    kwargs.setdefault("python", sys.executable)
+    if not spec.dashboard:
+        kwargs["scheduler_options"] = {**kwargs.get("scheduler_options", {}), "dashboard_address": None}
+    try:
+        return SLURMCluster(**kwargs)
+    except (ValueError, TypeError, OSError) as exc:
+        raise ClusterError(f"{spec.cluster_config}: cannot start a SLURM cluster ({exc})") from None
+
+
+def slurm_worker_memory(spec: ClusterSpec) -> tuple[int, int]:
+    """(memory per worker process in bytes, threads per process) that the SLURM config gives."""
+    config = load_slurm_config(spec.cluster_config)
+    processes = int(config.get("processes") or 1)
+    cores = int(config["cores"])
+    return parse_memory(config["memory"]) // processes, max(cores // processes, 1)
+
+
+def job_script(spec: ClusterSpec) -> str:
+    """The sbatch script each SLURM worker job would run."""
+    cluster = _slurm_cluster(spec)
+    try:
+        return cluster.job_script()
+    finally:
+        cluster.close()
+
+
+def worker_limits(spec: ClusterSpec, client=None) -> tuple[int | None, int, str]:
+    """(memory per worker, threads per worker, a description) for the memory check."""
+    if client is not None:
+        workers = client.scheduler_info(n_workers=-1).get("workers", {}) if spec.external else {}
+        if workers:
+            memory = min((w.get("memory_limit") or 0) for w in workers.values()) or None
+            threads = max(w.get("nthreads", 1) for w in workers.values())
+            return memory, threads, "the scheduler's workers"
+    if spec.mode == "slurm":
+        memory, threads = slurm_worker_memory(spec)
+        return memory, threads, f"the SLURM jobs of {spec.cluster_config}"
+    if spec.workers is not None:
+        total = parse_memory(spec.memory_limit) or physical_memory() // spec.workers
+        return total, spec.threads or max((os.cpu_count() or 1) // spec.workers, 1), f"{spec.workers} local worker process(es)"
+    threads = spec.threads or os.cpu_count() or 1
+    return parse_memory(spec.memory_limit) or physical_memory(), threads, f"this machine with {threads} thread(s)"
+
+
+@contextmanager
+def connect(spec: ClusterSpec, quiet: bool = False):
+    """Open the cluster of ``spec`` (closing what it started on exit) and yield a ``Runner``."""
+    if not spec.distributed:
+        with dask.config.set(num_workers=spec.threads) if spec.threads else nullcontext():
+            yield Runner(quiet=quiet, limits=worker_limits(spec))
+        return
+    from distributed import Client
+
+    cluster = None
+    if spec.external:
+        target = spec.scheduler_address or spec.scheduler_file
+        try:
+            if spec.scheduler_file:
+                if not Path(spec.scheduler_file).exists():
+                    raise ClusterError(f"{spec.scheduler_file}: no such scheduler file")
+                client = Client(scheduler_file=spec.scheduler_file, timeout=spec.timeout)
+            else:
+                client = Client(spec.scheduler_address, timeout=spec.timeout)
+        except (OSError, TimeoutError) as exc:
+            raise ClusterError(f"cannot reach the dask scheduler at {target} within {spec.timeout:g} s ({type(exc).__name__})") from None
+    elif spec.mode == "slurm":
+        cluster = _slurm_cluster(spec)
+        if spec.adaptive is not None:
+            cluster.adapt(minimum_jobs=spec.adaptive[0], maximum_jobs=spec.adaptive[1])
+        else:
+            cluster.scale(jobs=spec.jobs or 1)
+        client = Client(cluster)
+        if spec.adaptive is None:  # start with every asked-for job if the queue allows it soon
+            expected = (spec.jobs or 1) * int(load_slurm_config(spec.cluster_config).get("processes") or 1)
+            if not quiet:
+                print(f"waiting up to {spec.timeout:g} s for {expected} SLURM worker(s)", file=sys.stderr)
+            try:
+                client.wait_for_workers(expected, timeout=spec.timeout)
+            except TimeoutError:
+                n = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+                if not quiet:
+                    print(f"{n} of {expected} SLURM worker(s) running; starting anyway, the rest join when their jobs start", file=sys.stderr)
+    else:
+        from distributed import LocalCluster
+
+        processes = spec.workers is not None
+        cluster = LocalCluster(
+            n_workers=spec.workers or 1,
+            threads_per_worker=spec.threads or (max((os.cpu_count() or 1) // spec.workers, 1) if processes else os.cpu_count()),
+            processes=processes,
+            memory_limit=spec.memory_limit or ("auto" if processes else 0),
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0" if spec.dashboard else None,
+        )
+        client = Client(cluster)
+    try:
+        if spec.dashboard and not quiet:
+            print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
+        yield Runner(client=client, quiet=quiet, limits=worker_limits(spec, client))
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

@@ -442,7 +442,7 @@ def _materialise(array: da.Array, spill: bool, temp_dir: str | None, run, label:
         return ArraySource(target), None
     import zarr
 
-    folder = Path(tempfile.mkdtemp(prefix="occupy_dask_", dir=temp_dir))
+    folder = Path(tempfile.mkdtemp(prefix="occupy_dask_", dir=temp_dir)).absolute()
     path = folder / "lowpass.zarr"
     chunks = [c[0] for c in array.chunks]
     if read_chunks is not None:
@@ -542,7 +542,7 @@ def estimate(
         nz, ny, nx = s.shape
         spill_spectrum, fft_folder = None, None
         if nz * ny * (nx // 2 + 1) * 8 > IN_MEMORY_LOWPASS_BYTES:
-            fft_folder = Path(tempfile.mkdtemp(prefix="occupy_dask_fft_", dir=temp_dir))
+            fft_folder = Path(tempfile.mkdtemp(prefix="occupy_dask_fft_", dir=temp_dir)).absolute()
             temp_dirs.append(fft_folder)
             spill_spectrum = partial(_spill, folder=fft_folder, run=run)
         lp_lazy = lowpass_stage.lowpass(
@@ -553,8 +553,8 @@ def estimate(
             slab_planes=s.chunks[0] if s.chunks[1:] == s.shape[1:] else None,  # slabs as the block reads
             spill=spill_spectrum,
         )
-        if spill_lowpass is None:
-            spill_lowpass = lp_lazy.nbytes > IN_MEMORY_LOWPASS_BYTES
+        if spill_lowpass is None:  # tasks in other processes cannot read this one's memory
+            spill_lowpass = lp_lazy.nbytes > IN_MEMORY_LOWPASS_BYTES or getattr(run, "distributed", False)
         try:
             lp_source, folder = _materialise(lp_lazy, spill_lowpass, temp_dir, run, "low-pass", read_chunks=s.chunks)
         finally:

@@ -76,9 +76,11 @@ def describe_modification(mod: Modification) -> str:
     return f"{mod.kind}, amount {mod.amount:.4g} (factor scale^{mod.exponent:.4g}), file tag {mod.tag}"
 
 
-def write_log(path: Path, est: Estimate, variability_limit: float | None, outputs: dict[str, Path]) -> None:
+def write_log(path: Path, est: Estimate, variability_limit: float | None, outputs: dict[str, Path], computed_on: str | None = None) -> None:
     width = max(len(r[0]) for r in limits(est, variability_limit))
     lines = [f"occupy_dask {__version__}: local map scale (OccuPy method)", ""]
+    if computed_on:
+        lines += [f"Computed on: {computed_on}", ""]
     for name, unit, value in limits(est, variability_limit):
         lines.append(f"{name:<{width}}  {('[' + unit + ']') if unit else '':<11} {value}")
     if est.warnings:

@@ -15,10 +15,10 @@ import dask.array as da
 import numpy as np
 
 from .io.read import MapError, MapInfo, open_map
-from .io.write import create_mrc, finish_mrc, partial_path
+from .io.write import FORMATS, format_of, open_output
 from .pipeline import Estimate, estimate, factor_name, modified_name
 from .report import chimerax_script, write_log
-from .settings import Settings
+from .settings import Settings, SettingsError
 
 
 class OutputError(RuntimeError):
@@ -35,17 +35,28 @@ class RunResult:
     timings: list[tuple[str, float]] = field(default_factory=list)
 
 
-MAP_SUFFIXES = (".mrc", ".map", ".ccp4")
+def resolve_format(output_map: str | os.PathLike | None, fmt: str | None) -> str:
+    """The format of the map outputs: ``fmt`` ("mrc", "zarr", "ome.zarr"), else what the ``-o``
+    name's suffix says, else MRC. A name whose suffix contradicts ``fmt`` is a usage error."""
+    named = format_of(output_map) if output_map else None
+    if fmt is not None:
+        fmt = fmt.lower().lstrip(".")
+        if fmt not in FORMATS:
+            raise SettingsError(f"unknown --format {fmt!r} (mrc, zarr or ome.zarr)")
+        if named is not None and named != fmt:
+            raise SettingsError(f"--output-map {output_map} is {named}, but --format says {fmt}")
+        return fmt
+    return named or "mrc"
 
 
-def modified_paths(settings: Settings, name: str, output_dir: Path, output_map: str | os.PathLike | None) -> list[Path]:
-    """Where each modified map goes: one modification writes ``-o`` (default ``out_<name>.mrc``);
-    several get the reference's prefixes on that name (``ampl_2.0_``, ``attn_2.0_``,
-    ``sigm_2.0-0.30_``, and ``solExcl_`` when solvent is excluded)."""
+def modified_paths(settings: Settings, name: str, output_dir: Path, output_map: str | os.PathLike | None, fmt: str = "mrc") -> list[Path]:
+    """Where each modified map goes: one modification writes ``-o`` (default ``out_<name>``
+    plus the format's suffix); several get the reference's prefixes on that name (``ampl_2.0_``,
+    ``attn_2.0_``, ``sigm_2.0-0.30_``, and ``solExcl_`` when solvent is excluded)."""
     mods = settings.modifications
-    target = Path(output_map) if output_map else Path(f"out_{name}.mrc")
-    if target.suffix.lower() not in MAP_SUFFIXES:
-        target = target.with_name(target.name + ".mrc")
+    target = Path(output_map) if output_map else Path(f"out_{name}{FORMATS[fmt]}")
+    if format_of(target) is None:
+        target = target.with_name(target.name + FORMATS[fmt])
     if not target.is_absolute() and target.parent == Path("."):
         target = output_dir / target
     if len(mods) <= 1:
@@ -63,24 +74,27 @@ def output_paths(
     save_all: bool = False,
     chimerax: bool = True,
     plot: bool = False,
+    fmt: str = "mrc",
 ) -> dict[str, Path]:
-    """Every file a run writes, keyed by output name (``modified_<i>``, ``factor_<i>``, ...)."""
+    """Every file a run writes, keyed by output name (``modified_<i>``, ``factor_<i>``, ...);
+    maps in format ``fmt``."""
     name = info.name
+    ext = FORMATS[fmt]
     paths = {
-        "scale": output_dir / f"scale_{settings.scale_mode}_{name}.mrc",
-        "confidence": output_dir / f"conf_{name}.mrc",
+        "scale": output_dir / f"scale_{settings.scale_mode}_{name}{ext}",
+        "confidence": output_dir / f"conf_{name}{ext}",
     }
     mods = settings.modifications
-    for i, path in enumerate(modified_paths(settings, name, output_dir, output_map)):
+    for i, path in enumerate(modified_paths(settings, name, output_dir, output_map, fmt)):
         paths[modified_name(i)] = path
     if save_all:
-        paths["lowpass"] = output_dir / f"lowpass_{name}.mrc"
+        paths["lowpass"] = output_dir / f"lowpass_{name}{ext}"
         for i, mod in enumerate(mods):
             if mod.kind != "exclude":
                 tag = f"{mod.tag}_" if len(mods) > 1 else ""
-                paths[factor_name(i)] = output_dir / f"modfactor_{tag}{name}.mrc"
+                paths[factor_name(i)] = output_dir / f"modfactor_{tag}{name}{ext}"
     paths["log"] = output_dir / f"log_{name}.txt"
-    if chimerax:
+    if chimerax and fmt == "mrc":  # ChimeraX opens the MRC outputs; zarr is for napari and friends
         paths["chimerax"] = output_dir / f"chimX_{name}.cxc"
     if plot:
         paths["plot"] = output_dir / f"solModel_{name}.png"
@@ -141,14 +155,17 @@ def _reduction_stats(array: da.Array):
     return (array.min(), array.max(), as64.mean(), (as64 * as64).mean())
 
 
-def write_maps(est: Estimate, paths: dict[str, Path], run) -> tuple[dict[str, Path], float | None]:
+def write_maps(est: Estimate, paths: dict[str, Path], run, fmt: str = "mrc") -> tuple[dict[str, Path], float | None]:
     """Write every per-voxel output of ``est`` that has a path, blockwise, to temporary names;
     fill header statistics; rename into place. Returns the written paths and the variability limit."""
     names = [n for n in est.output_names if n in paths]
-    partial = {n: partial_path(paths[n]) for n in names}
+    chunks = est.settings.chunks
+    outputs = {}
     try:
-        targets = [create_mrc(partial[n], est.info, _label(est, n)) for n in names]
-        store = da.store([est[n] for n in names], targets, lock=False, compute=False)
+        for n in names:
+            outputs[n] = open_output(paths[n], fmt, est.info, _label(est, n), chunks)
+        arrays = [est[n] if fmt == "mrc" else est[n].rechunk(chunks) for n in names]  # zarr chunks = dask chunks
+        store = da.store(arrays, [outputs[n].target for n in names], lock=False, compute=False)
         reductions = {n: _reduction_stats(est[n]) for n in names if not est.has_block_stats(n)}
         _, stats, reduced = run(store, est.block_stats, reductions, label="local scale")
         for n in names:
@@ -157,12 +174,12 @@ def write_maps(est: Estimate, paths: dict[str, Path], run) -> tuple[dict[str, Pa
             else:
                 sums = _combine(stats, n)
                 lo, hi, mean, squares = sums.lo, sums.hi, sums.total / sums.n, sums.squares / sums.n
-            finish_mrc(partial[n], lo, hi, mean, math.sqrt(max(squares - mean * mean, 0.0)))
+            outputs[n].finish((lo, hi, mean, math.sqrt(max(squares - mean * mean, 0.0))), run)
         for n in names:
-            os.replace(partial[n], paths[n])
+            outputs[n].commit()
     finally:
-        for p in partial.values():
-            p.unlink(missing_ok=True)
+        for output in outputs.values():
+            output.discard()
     count = sum(s["variability"][0] for s in stats)
     total = sum(s["variability"][1] for s in stats)
     variability = (total / count) / est.s_max if count else None
@@ -183,16 +200,24 @@ def run_map(
     overwrite: bool = False,
     temp_dir: str | None = None,
     allow_nonfinite: bool = False,
+    output_format: str | None = None,
     runner=None,
 ) -> RunResult:
     """Estimate the local scale of one map file, modify it as the settings ask, write every output.
 
     ``settings_factory(info)`` derives the :class:`Settings` from the opened map's geometry.
+    ``output_format`` is "mrc", "zarr" or "ome.zarr" (default: from ``output_map``'s suffix, else
+    MRC). On a distributed ``runner`` temporary stores go to the output directory unless
+    ``temp_dir`` says otherwise, since workers elsewhere must reach them.
     """
     from .cluster import Runner
 
     runner = runner or Runner(quiet=True)
     output_dir = Path(output_dir)
+    fmt = resolve_format(output_map, output_format)
+    if temp_dir is None and runner.distributed:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        temp_dir = str(output_dir.absolute())
     with ExitStack() as stack:
         mapin = stack.enter_context(open_map(input_map, temp_dir=temp_dir))
         info = mapin.info
@@ -202,8 +227,10 @@ def run_map(
             if path is not None:
                 masks[role] = stack.enter_context(open_map(path, temp_dir=temp_dir, role=role))
                 _check_same_grid(masks[role].info, info, role)
-        paths = output_paths(info, settings, output_dir, output_map=output_map, save_all=save_all_maps, chimerax=save_chimerax, plot=plot)
+        paths = output_paths(info, settings, output_dir, output_map=output_map, save_all=save_all_maps, chimerax=save_chimerax, plot=plot, fmt=fmt)
         check_outputs(paths, [Path(input_map), *(Path(p) for p in (solvent_def, target_mask) if p)], overwrite)
+        n_maps = sum(1 for key in paths if key not in ("log", "chimerax", "plot", "plot_modification"))
+        runner.check_memory(settings.chunks, settings.halo, n_maps)
         extra = ("lowpass", "factor") if save_all_maps else ()
         est = stack.enter_context(
             estimate(
@@ -218,15 +245,15 @@ def run_map(
                 allow_nonfinite=allow_nonfinite,
             )
         )
-        written, variability = write_maps(est, paths, runner)
+        written, variability = write_maps(est, paths, runner, fmt)
         modified = [written[modified_name(i)] for i in range(len(settings.modifications))]
         if plot:
             from .report import save_plots
 
             written.update(save_plots(est, paths))
-        write_log(paths["log"], est, variability, {**written, "log": paths["log"]})
+        write_log(paths["log"], est, variability, {**written, "log": paths["log"]}, runner.describe())
         written["log"] = paths["log"]
-        if save_chimerax:
+        if "chimerax" in paths:
             paths["chimerax"].write_text(chimerax_script(est, Path(input_map), written["scale"], modified), encoding="utf-8")
             written["chimerax"] = paths["chimerax"]
         return RunResult(est, written, variability, list(runner.timings))

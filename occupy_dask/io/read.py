@@ -19,7 +19,8 @@ import mrcfile.utils
 import numpy as np
 
 SUPPORTED_MODES = {0: "int8", 1: "int16", 2: "float32", 6: "uint16", 12: "float16"}
-MAP_SUFFIXES = (".mrc", ".map", ".ccp4", ".mrcs", ".rec", ".mrc.gz", ".map.gz", ".ccp4.gz")
+MAP_SUFFIXES = (".mrc", ".map", ".ccp4", ".mrcs", ".rec", ".mrc.gz", ".map.gz", ".ccp4.gz", ".ome.zarr", ".zarr")
+UNIT_ANGSTROM = {"angstrom": 1.0, "nanometer": 10.0, "micrometer": 1e4, "picometer": 0.01}
 
 
 class MapError(ValueError):
@@ -205,6 +206,10 @@ def open_map(path: str | os.PathLike, temp_dir: str | None = None, role: str = "
     path = Path(path)
     if not path.exists():
         raise MapError(f"{path}: no such {role} file")
+    if path.is_dir() and ((path / "zarr.json").exists() or (path / ".zarray").exists() or (path / ".zgroup").exists()):
+        info, source = _open_zarr(path, role)
+        info.source = source
+        return MapInput(info, source)
     if path.is_dir():
         raise MapError(f"{path}: is a directory, not a {role} file")
     temp_path = None
@@ -267,5 +272,57 @@ def _read_header(path: Path, data_path: Path) -> tuple[MapInfo, MrcSource]:
         start=(int(header.nxstart), int(header.nystart), int(header.nzstart)),
         origin=tuple(float(header.origin[a]) for a in ("x", "y", "z")),
     )
-    source = MrcSource(str(data_path), offset, dtype.str, shape)
+    source = MrcSource(str(data_path.absolute()), offset, dtype.str, shape)
     return info, source
+
+
+def _zarr_geometry(attrs) -> dict:
+    """The map geometry occupy_dask writes into zarr attributes (empty when absent)."""
+    meta = attrs.get("occupy_dask") if hasattr(attrs, "get") else None
+    return dict(meta) if isinstance(meta, dict) else {}
+
+
+def _open_zarr(path: Path, role: str) -> tuple[MapInfo, ZarrSource]:
+    """A zarr v2/v3 array, or an OME-Zarr image (its full-resolution level), read lazily. The voxel
+    size comes from occupy_dask's attributes or the OME scale transform of level 0."""
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as exc:  # zarr raises several kinds for unreadable metadata
+        raise MapError(f"{path}: not a readable zarr store ({exc})") from None
+    geometry = _zarr_geometry(node.attrs)
+    voxel_size = geometry.get("voxel_size_angstrom")
+    array_path = path
+    if isinstance(node, zarr.Group):
+        attrs = dict(node.attrs)
+        multiscales = (attrs.get("ome") or attrs).get("multiscales")
+        if not multiscales:
+            raise MapError(f"{path}: a zarr group without OME-NGFF multiscales metadata, not a {role}")
+        image = multiscales[0]
+        level0 = image["datasets"][0]
+        array_path = path / level0["path"]
+        node = zarr.open_array(str(array_path), mode="r")
+        if voxel_size is None:
+            scales = [t["scale"] for t in level0.get("coordinateTransformations", []) if t.get("type") == "scale"]
+            axes = image.get("axes", [])
+            units = [a.get("unit", "angstrom") if isinstance(a, dict) else "angstrom" for a in axes][-3:]
+            if scales and all(u in UNIT_ANGSTROM for u in units):
+                voxel_size = [float(v) * UNIT_ANGSTROM[u] for v, u in zip(scales[0][-3:], units)]
+    if node.ndim != 3:
+        raise MapError(f"{path}: a {node.ndim}D zarr array, a 3D volume is needed")
+    if not np.issubdtype(node.dtype, np.number) or np.issubdtype(node.dtype, np.complexfloating):
+        raise MapError(f"{path}: unsupported zarr data type {node.dtype}")
+    if voxel_size is None or len(voxel_size) != 3 or min(voxel_size) <= 0:
+        raise MapError(f"{path}: no voxel size in the zarr attributes (occupy_dask.voxel_size_angstrom or an OME scale in angstrom)")
+    order = geometry.get("axis_order", {})
+    info = MapInfo(
+        path=path,
+        name=map_name(path),
+        shape=tuple(int(n) for n in node.shape),
+        voxel_size=tuple(float(v) for v in voxel_size),
+        axis_order=(int(order.get("mapc", 1)), int(order.get("mapr", 2)), int(order.get("maps", 3))),
+        start=tuple(int(geometry.get("mrc_start", {}).get(a, 0)) for a in "xyz"),
+        origin=tuple(float(geometry.get("mrc_origin", {}).get(a, 0.0)) for a in "xyz"),
+    )
+    return info, ZarrSource(str(array_path.absolute()), info.shape)

@@ -61,8 +61,11 @@ def create_mrc(path: Path, info: MapInfo, label: str) -> MrcTarget:
         else:
             sz, sy, sx = info.voxel_size
             mrc.voxel_size = (sx, sy, sz)
+            h.mapc, h.mapr, h.maps = info.axis_order
+            h.nxstart, h.nystart, h.nzstart = info.start
+            h.origin = info.origin
         mrc.add_label(f"occupy_dask {__version__}: {label}"[:80])
-    return MrcTarget(str(path), tuple(info.shape))
+    return MrcTarget(str(path.absolute()), tuple(info.shape))
 
 
 def finish_mrc(path: Path, dmin: float, dmax: float, dmean: float, rms: float) -> None:
@@ -72,3 +75,187 @@ def finish_mrc(path: Path, dmin: float, dmax: float, dmean: float, rms: float) -
         mrc.header.dmax = dmax
         mrc.header.dmean = dmean
         mrc.header.rms = rms
+
+
+FORMATS = {"mrc": ".mrc", "zarr": ".zarr", "ome.zarr": ".ome.zarr"}
+
+
+def format_of(path: str | os.PathLike) -> str | None:
+    """The output format a file name asks for by its suffix (None when it names none)."""
+    name = str(path).lower().rstrip("/")
+    if name.endswith(".ome.zarr"):
+        return "ome.zarr"
+    if name.endswith(".zarr"):
+        return "zarr"
+    if name.endswith((".mrc", ".map", ".ccp4")):
+        return "mrc"
+    return None
+
+
+def axis_names(info: MapInfo) -> tuple[str, str, str]:
+    """Names of the stored axes (sections, rows, columns): z, y, x unless the header permutes them."""
+    mapc, mapr, maps = info.axis_order
+    if sorted(info.axis_order) != [1, 2, 3]:
+        mapc, mapr, maps = 1, 2, 3
+    return ("xyz"[maps - 1], "xyz"[mapr - 1], "xyz"[mapc - 1])
+
+
+def physical_origin(info: MapInfo) -> tuple[float, float, float]:
+    """Position [Å] of the first voxel along each stored axis, as ChimeraX places a map: the
+    header origin when it is set, else the start indices times the voxel size."""
+    names = axis_names(info)
+    origin = dict(zip("xyz", info.origin))
+    start = dict(zip("xyz", info.start))
+    if any(origin.values()):
+        return tuple(float(origin[n]) for n in names)
+    return tuple(float(start[n] * v) for n, v in zip(names, info.voxel_size))
+
+
+def map_attributes(info: MapInfo, label: str) -> dict:
+    """Geometry of a map as zarr attributes, enough to write it back as an MRC file."""
+    return {
+        "occupy_dask": {
+            "version": __version__,
+            "content": label,
+            "voxel_size_angstrom": [float(v) for v in info.voxel_size],
+            "origin_angstrom": list(physical_origin(info)),
+            "axis_order": {"mapc": info.axis_order[0], "mapr": info.axis_order[1], "maps": info.axis_order[2]},
+            "mrc_origin": dict(zip("xyz", (float(v) for v in info.origin))),
+            "mrc_start": dict(zip("xyz", (int(v) for v in info.start))),
+        }
+    }
+
+
+def _blosc_zstd():
+    from zarr.codecs import BloscCodec
+
+    return BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+
+
+class MrcOutput:
+    """An MRC output under construction: ``target`` for ``da.store``, then ``finish`` and ``commit``."""
+
+    def __init__(self, path: Path, info: MapInfo, label: str, chunks):
+        self.path = path
+        self.partial = partial_path(path)
+        self.target = create_mrc(self.partial, info, label)
+
+    def finish(self, stats: tuple[float, float, float, float], run) -> None:
+        finish_mrc(self.partial, *stats)
+
+    def commit(self, overwrite: bool = True) -> None:
+        os.replace(self.partial, self.path)
+
+    def discard(self) -> None:
+        self.partial.unlink(missing_ok=True)
+
+
+class ZarrOutput(MrcOutput):
+    """A zarr v3 array (blosc-zstd, chunks equal to the dask chunks so every write covers whole
+    chunks) with dimension names and the map geometry as attributes."""
+
+    def __init__(self, path: Path, info: MapInfo, label: str, chunks):
+        import zarr
+
+        self.path = path
+        self.partial = partial_path(path)
+        self.info = info
+        self.attributes = map_attributes(info, label)
+        self.target = zarr.create_array(
+            str(self.partial),
+            shape=info.shape,
+            chunks=tuple(chunks),
+            dtype="float32",
+            fill_value=0.0,
+            compressors=_blosc_zstd(),
+            dimension_names=axis_names(info),
+            attributes=self.attributes,
+            overwrite=True,
+        )
+
+    def finish(self, stats, run) -> None:
+        names = ("min", "max", "mean", "rms")
+        self.target.attrs.update({"occupy_dask": {**self.attributes["occupy_dask"], "statistics": dict(zip(names, map(float, stats)))}})
+
+    def commit(self, overwrite: bool = True) -> None:
+        import shutil
+
+        if self.path.exists() and overwrite:
+            shutil.rmtree(self.path) if self.path.is_dir() else self.path.unlink()
+        os.replace(self.partial, self.path)
+
+    def discard(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.partial, ignore_errors=True)
+
+
+PYRAMID_FACTORS = (1, 2, 4)
+
+
+class OmeZarrOutput(ZarrOutput):
+    """An OME-NGFF 0.5 image: level 0 written by the run, levels 2x and 4x (means over 2^3 and
+    4^3 voxels) made from it at the end; scales and translations in angstrom."""
+
+    def __init__(self, path: Path, info: MapInfo, label: str, chunks):
+        import zarr
+
+        self.path = path
+        self.partial = partial_path(path)
+        self.info = info
+        self.attributes = map_attributes(info, label)
+        self.chunks = tuple(chunks)
+        self.group = zarr.open_group(str(self.partial), mode="w", zarr_format=3)
+        self.target = self._level(0, info.shape, self.chunks)
+
+    def _level(self, index: int, shape, chunks):
+        return self.group.create_array(
+            str(index),
+            shape=tuple(shape),
+            chunks=tuple(min(c, n) for c, n in zip(chunks, shape)),
+            dtype="float32",
+            fill_value=0.0,
+            compressors=_blosc_zstd(),
+            dimension_names=axis_names(self.info),
+        )
+
+    def multiscales(self) -> dict:
+        names = axis_names(self.info)
+        origin = physical_origin(self.info)
+        datasets = []
+        for level, factor in enumerate(PYRAMID_FACTORS[: self.levels]):
+            scale = [float(v * factor) for v in self.info.voxel_size]
+            shift = [float(o + (factor - 1) / 2 * v) for o, v in zip(origin, self.info.voxel_size)]
+            transforms = [{"type": "scale", "scale": scale}, {"type": "translation", "translation": shift}]
+            datasets.append({"path": str(level), "coordinateTransformations": transforms})
+        axes = [{"name": n, "type": "space", "unit": "angstrom"} for n in names]
+        return {"version": "0.5", "multiscales": [{"name": self.path.name, "axes": axes, "datasets": datasets}]}
+
+    def finish(self, stats, run) -> None:
+        import dask.array as da
+        import numpy as np
+
+        level0 = da.from_zarr(self.target)
+        stores = []
+        self.levels = 1
+        for level, factor in enumerate(PYRAMID_FACTORS[1:], start=1):
+            shape = tuple(n // factor for n in self.info.shape)
+            if min(shape) < 1:
+                break
+            trimmed = level0[tuple(slice(0, n * factor) for n in shape)].astype(np.float64)
+            reduced = da.coarsen(np.mean, trimmed, {0: factor, 1: factor, 2: factor}, trim_excess=True).astype(np.float32)
+            chunks = tuple(max(c // factor, 1) for c in self.chunks)
+            reduced = reduced.rechunk(tuple(min(c, n) for c, n in zip(chunks, shape)))
+            stores.append(da.store(reduced, self._level(level, shape, chunks), lock=False, compute=False))
+            self.levels += 1
+        if stores:
+            run(*stores, label="pyramid")
+        names = ("min", "max", "mean", "rms")
+        self.group.attrs.update({"ome": self.multiscales(), **self.attributes})
+        self.group.attrs["occupy_dask"] = {**self.attributes["occupy_dask"], "statistics": dict(zip(names, map(float, stats)))}
+
+
+def open_output(path: Path, fmt: str, info: MapInfo, label: str, chunks) -> MrcOutput:
+    """An output map of format ``fmt`` ("mrc", "zarr" or "ome.zarr") under its temporary name."""
+    kind = {"mrc": MrcOutput, "zarr": ZarrOutput, "ome.zarr": OmeZarrOutput}[fmt]
+    return kind(path, info, label, chunks)

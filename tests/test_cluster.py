@@ -1,0 +1,232 @@
+"""Where the graph runs: threads, a LocalCluster of processes, an existing scheduler; a worker
+killed mid-run; an unreachable scheduler; chunks too large for the workers."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import mrcfile
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster
+
+from occupy_dask.cluster import ClusterError, ClusterSpec, Runner, check_task_memory, connect, task_memory
+from occupy_dask.run import run_map
+from occupy_dask.settings import derive_settings
+
+MAPS = ("scale_occ_{}.mrc", "conf_{}.mrc", "out_{}.mrc")
+
+
+def _factory(chunks):
+    return lambda info: derive_settings(info.shape, info.voxel_size, chunks=chunks, amplify=True)
+
+
+def _maps(folder, name):
+    return {pattern: mrcfile.read(folder / pattern.format(name)) for pattern in MAPS}
+
+
+def _assert_same(a, b):
+    for key in a:
+        assert np.array_equal(a[key], b[key]), key
+
+
+@pytest.fixture(scope="module")
+def phantom(golden_dir):
+    return golden_dir / "phantom96.mrc"
+
+
+@pytest.fixture(scope="module")
+def threaded(tmp_path_factory, phantom):
+    """Outputs of the plain threaded run of the 96^3 phantom in 24^3 chunks."""
+    out = tmp_path_factory.mktemp("threads")
+    run_map(phantom, _factory(24), output_dir=out)
+    return _maps(out, "phantom96")
+
+
+def test_local_cluster_of_processes_matches_threads(tmp_path, phantom, threaded):
+    spec = ClusterSpec(workers=2, threads=1)
+    with connect(spec, quiet=True) as runner:
+        assert runner.distributed
+        result = run_map(phantom, _factory(24), output_dir=tmp_path, runner=runner)
+    _assert_same(_maps(tmp_path, "phantom96"), threaded)
+    assert "2 worker(s)" in (tmp_path / "log_phantom96.txt").read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # spilled stores removed
+    assert result.estimate.s_max > 0
+
+
+def _fused_in_memory(dask_scheduler):
+    """Fused chunk tasks whose results are held by each worker (run on the scheduler)."""
+    held = {}
+    for ts in dask_scheduler.tasks.values():
+        if "occupy-fused" in str(ts.key) and ts.state == "memory":
+            for ws in ts.who_has:
+                held[ws.address] = held.get(ws.address, 0) + 1
+    return held
+
+
+class _KillingRunner(Runner):
+    """Kills the worker process holding the most finished chunk results while the fused pass is
+    still running, once."""
+
+    killed_while_running = None
+
+    def _distributed(self, objs, label):
+        if label != "local scale" or self.killed_while_running is not None:
+            return super()._distributed(objs, label)
+        futures = self.client.compute(list(objs))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            held = self.client.run_on_scheduler(_fused_in_memory)
+            if sum(held.values()) >= 2:
+                victim = max(held, key=held.get)
+                pid = self.client.run(os.getpid, workers=[victim])[victim]
+                self.killed_while_running = not all(f.done() for f in futures)
+                os.kill(pid, signal.SIGKILL)
+                break
+            time.sleep(0.01)
+        return tuple(self.client.gather(futures))
+
+
+def test_a_worker_killed_mid_run_changes_nothing(tmp_path, phantom, threaded):
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        runner = _KillingRunner(client=client, quiet=True)
+        run_map(phantom, _factory(24), output_dir=tmp_path, runner=runner)
+    assert runner.killed_while_running is True
+    _assert_same(_maps(tmp_path, "phantom96"), threaded)
+
+
+def test_existing_scheduler_by_address_and_by_file(tmp_path, phantom, threaded):
+    scheduler_file = tmp_path / "scheduler.json"
+    with LocalCluster(
+        n_workers=1,
+        threads_per_worker=2,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        scheduler_kwargs={"scheduler_file": str(scheduler_file)},
+    ) as cluster:
+        for kind, spec in (
+            ("address", ClusterSpec(scheduler_address=cluster.scheduler_address)),
+            ("file", ClusterSpec(scheduler_file=str(scheduler_file))),
+        ):
+            out = tmp_path / kind
+            with connect(spec, quiet=True) as runner:
+                run_map(phantom, _factory(24), output_dir=out, runner=runner)
+            _assert_same(_maps(out, "phantom96"), threaded)
+            assert f"dask scheduler {cluster.scheduler_address}" in (out / "log_phantom96.txt").read_text()
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "occupy_dask", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_unreachable_scheduler_fails_within_the_timeout(tmp_path, data_dir):
+    start = time.monotonic()
+    proc = _cli("-i", data_dir / "emd_1832.map", "-d", "out", "--scheduler-address", "tcp://127.0.0.1:1", "--scheduler-timeout", "2", cwd=tmp_path)
+    assert time.monotonic() - start < 30
+    assert proc.returncode == 1
+    assert "cannot reach the dask scheduler at tcp://127.0.0.1:1 within 2 s" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_chunks_too_large_for_the_memory_limit_are_refused_before_running(tmp_path, data_dir):
+    proc = _cli("-i", data_dir / "emd_1832.map", "-d", "out", "--memory-limit", "20MB", "--amplify", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "chunks of 64x64x64 voxels need about" in line and "GiB per task" in line and "--chunks" in line
+    assert not [p for p in (tmp_path / "out").iterdir()]
+    proc = _cli("-i", data_dir / "emd_1832.map", "-d", "out", "--memory-limit", "20MB", "--amplify", "--chunks", "16", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_task_memory_numbers():
+    # 64^3 chunk with halo 4: 72^3 float32 = 1.49 MB; 8 working blocks + 3 outputs
+    assert task_memory((64, 64, 64), (4, 4, 4), 3) == 72**3 * 4 * 11
+    check_task_memory((64, 64, 64), (4, 4, 4), 3, 10 * task_memory((64, 64, 64), (4, 4, 4), 3), 2, "here")
+    with pytest.raises(ClusterError, match=r"4 thread\(s\) each"):
+        check_task_memory((64, 64, 64), (4, 4, 4), 3, 2 * task_memory((64, 64, 64), (4, 4, 4), 3), 4, "here")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--jobs", "0", "--cluster", "slurm", "--cluster-config", "x.yaml"], "--jobs must be at least 1"),
+        (["--adaptive", "3:1", "--cluster", "slurm", "--cluster-config", "x.yaml"], "--adaptive MIN:MAX"),
+        (["--adaptive", "many"], "--adaptive takes MIN:MAX"),
+        (["--cluster", "slurm"], "need --cluster-config"),
+        (["--cluster", "pbs"], "unknown --cluster"),
+        (["--scheduler-address", "tcp://127.0.0.1:1", "--scheduler-file", "s.json"], "not both"),
+        (["--format", "tiff"], "unknown --format"),
+        (["--format", "zarr", "-o", "x.mrc"], "--format says zarr"),
+    ],
+)
+def test_cluster_and_format_usage_errors(tmp_path, data_dir, args, message):
+    proc = _cli("-i", data_dir / "emd_1832.map", "-d", "out", *args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+SLURM_CONFIG = """\
+jobqueue:
+  slurm:
+    cores: 2
+    processes: 1
+    memory: 3GB
+    walltime: "00:20:00"
+    queue: short
+    account: cryoem
+    interface: lo
+    job-extra-directives: ["--exclusive"]
+    job-script-prologue: ["module load cuda"]
+"""
+
+
+def test_print_job_script_renders_the_config(tmp_path):
+    config = tmp_path / "slurm.yaml"
+    config.write_text(SLURM_CONFIG)
+    proc = _cli("--cluster", "slurm", "--cluster-config", config, "--print-job-script", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    script = proc.stdout
+    for line in (
+        "#SBATCH -p short",
+        "#SBATCH -A cryoem",
+        "#SBATCH --cpus-per-task=2",
+        "#SBATCH -t 00:20:00",
+        "#SBATCH --exclusive",
+        "module load cuda",
+    ):
+        assert line in script, line
+    assert f"{sys.executable} -m distributed.cli.dask_worker" in script
+    assert "--nthreads 2" in script and "--interface lo" in script and "#SBATCH --mem=" in script
+
+
+def test_bad_cluster_config_is_one_clear_error(tmp_path):
+    config = tmp_path / "slurm.yaml"
+    config.write_text("jobqueue:\n  pbs:\n    cores: 1\n")
+    proc = _cli("--cluster", "slurm", "--cluster-config", config, "--print-job-script", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "no 'jobqueue: slurm:' section" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_threads_option_limits_the_pool(data_dir, tmp_path):
+    seen = set()
+
+    def probe(x):
+        seen.add(threading.get_ident())
+        time.sleep(0.01)
+        return x
+
+    import dask
+
+    with connect(ClusterSpec(threads=1), quiet=True) as runner:
+        runner(*[dask.delayed(probe)(i) for i in range(8)], label="probe")
+        assert "1 thread(s)" in runner.describe()
+    assert len(seen) == 1
