@@ -10,21 +10,24 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 
-from .io.read import ArraySource, MapError, MapInfo, ZarrSource, open_map
+from .io.read import ArraySource, MapError, MapInfo, ZarrSource, check_same_grid, open_map
 from .pipeline import IN_MEMORY_LOWPASS_BYTES, Estimate, modify_lazy
 from .pipeline import estimate as _estimate
-from .run import check_outputs, output_paths, write_maps
+from .run import check_outputs, output_paths, resolve_format, write_maps
 from .settings import Settings, SettingsError, check_scale_limit, derive_settings, modifications_from_options
 
 
-def _array_source(data, temp_dir: str | None):
-    """A source for an in-memory or lazy array; large dask arrays are spilled to a temporary zarr."""
+def _array_source(data, temp_dir: str | None, distributed: bool = False):
+    """A source for an in-memory or lazy array; large dask arrays, and any array that workers in
+    other processes must read, are spilled to a temporary zarr."""
+    if distributed and not isinstance(data, da.Array):
+        data = da.from_array(np.asarray(data, dtype=np.float32), chunks=(64, -1, -1))
     if isinstance(data, da.Array):
-        if data.nbytes <= IN_MEMORY_LOWPASS_BYTES:
+        if data.nbytes <= IN_MEMORY_LOWPASS_BYTES and not distributed:
             return ArraySource(np.ascontiguousarray(data.compute(), dtype=np.float32)), None
         import zarr
 
-        folder = Path(tempfile.mkdtemp(prefix="occupy_dask_input_", dir=temp_dir))
+        folder = Path(tempfile.mkdtemp(prefix="occupy_dask_input_", dir=temp_dir)).absolute()
         path = str(folder / "input.zarr")
         chunks = tuple(c[0] for c in data.chunks)
         z = zarr.create_array(path, shape=data.shape, chunks=chunks, dtype="float32", fill_value=0.0)
@@ -42,6 +45,7 @@ def estimate(
     settings: Settings | None = None,
     temp_dir: str | None = None,
     run=None,
+    client=None,
     allow_nonfinite: bool = False,
     **options,
 ) -> Estimate:
@@ -54,11 +58,19 @@ def estimate(
     (``resolution``, ``lowpass``, ``kernel_size``, ``tile_size``, ``occupancy``, ``chunks``, ...).
     The global numbers (``s_max``, solvent model, limits) are computed now; ``scale`` and
     ``confidence_map`` are lazy dask arrays. Use it as a context manager, or call ``close()``.
+    With a distributed ``client`` the reductions run on its cluster (compute the lazy maps there
+    too); arrays and the low-passed map are then kept in temporary zarr stores under ``temp_dir``,
+    which must be reachable by the workers.
     """
+    from .cluster import Runner
+
     cleanups = []
+    if client is not None:
+        run = Runner(client=client, quiet=True)
+    distributed = getattr(run, "distributed", False)
 
     def spilled(data):
-        source, folder = _array_source(data, temp_dir)
+        source, folder = _array_source(data, temp_dir, distributed)
         if folder is not None:
             cleanups.append(lambda: shutil.rmtree(folder, ignore_errors=True))
         return source
@@ -84,12 +96,12 @@ def estimate(
     def mask_source(mask, role):
         if mask is None:
             return None
-        if isinstance(mask, (str, os.PathLike)):
+        if isinstance(mask, (str, os.PathLike)):  # a file: shape and voxel size must match the map's
             opened = open_map(mask, temp_dir=temp_dir, role=role)
             cleanups.append(opened.close)
-            source = opened.source
-        else:
-            source = spilled(mask)
+            check_same_grid(opened.info, info, role)
+            return opened.source
+        source = spilled(mask)
         if tuple(source.shape) != tuple(info.shape):
             raise MapError(f"{role} has shape {tuple(source.shape)}, the map has {tuple(info.shape)}")
         return source
@@ -157,14 +169,26 @@ def modify(
     )
 
 
-def write(est: Estimate, output_dir: str | os.PathLike = ".", *, output_map: str | None = None, overwrite: bool = False, run=None) -> dict[str, Path]:
-    """Write the scale and confidence maps of ``est`` (and its modified maps) as MRC files,
-    headers from the input."""
+def write(
+    est: Estimate,
+    output_dir: str | os.PathLike = ".",
+    *,
+    output_map: str | None = None,
+    output_format: str | None = None,
+    overwrite: bool = False,
+    run=None,
+    client=None,
+) -> dict[str, Path]:
+    """Write the scale and confidence maps of ``est`` (and its modified maps) as MRC files with
+    the input's header geometry, or as zarr / OME-Zarr (``output_format``, or ``output_map``'s
+    suffix); on ``client``'s cluster when given."""
     from .cluster import Runner
 
-    paths = output_paths(est.info, est.settings, Path(output_dir), output_map=output_map, chimerax=False)
+    fmt = resolve_format(output_map, output_format)
+    paths = output_paths(est.info, est.settings, Path(output_dir), output_map=output_map, chimerax=False, fmt=fmt)
     paths = {k: v for k, v in paths.items() if k in est.output_names}
     inputs = [est.info.path] if est.info.path is not None else []
     check_outputs(paths, inputs, overwrite)
-    written, _ = write_maps(est, paths, run or Runner(quiet=True))
+    runner = Runner(client=client, quiet=True) if client is not None else run or Runner(quiet=True)
+    written, _ = write_maps(est, paths, runner, fmt)
     return written

@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from . import __version__
-from .cluster import ClusterError, ClusterSpec, connect, job_script, parse_adaptive
+from .cluster import ClusterError, ClusterSpec, connect, job_script, load_local_config, parse_adaptive
 from .io.read import MapError
 from .pipeline import ProcessingError
 from .report import limits
@@ -162,7 +162,9 @@ def main_command(
     scheduler_file: Path | None = typer.Option(None, "--scheduler-file", help="Run on the existing dask scheduler described by this file."),
     scheduler_timeout: float = typer.Option(30.0, "--scheduler-timeout", help="Seconds to wait for an existing scheduler. Default: 30."),
     cluster_config: Path | None = typer.Option(
-        None, "--cluster-config", help="dask-jobqueue configuration for --cluster slurm (see cluster_configs/slurm.yaml)."
+        None,
+        "--cluster-config",
+        help="Cluster settings: dask-jobqueue file for --cluster slurm (cluster_configs/slurm.yaml), or local workers/threads (local.yaml).",
     ),
     jobs: int | None = typer.Option(None, "--jobs", help="--cluster slurm: this many worker jobs. Default: 1."),
     adaptive: str | None = typer.Option(None, "--adaptive", help="--cluster slurm: scale between MIN:MAX worker jobs with the load."),
@@ -173,21 +175,22 @@ def main_command(
     quiet = verbose is False
     verbose = bool(verbose)
     try:
+        local = load_local_config(cluster_config) if cluster == "local" and cluster_config else {}
         spec = ClusterSpec(
             mode=cluster,
-            workers=workers,
-            threads=threads,
-            memory_limit=memory_limit,
+            workers=workers if workers is not None else local.get("workers"),
+            threads=threads if threads is not None else local.get("threads"),
+            memory_limit=memory_limit or local.get("memory_limit"),
             scheduler_address=scheduler_address,
             scheduler_file=str(scheduler_file) if scheduler_file else None,
             cluster_config=str(cluster_config) if cluster_config else None,
             jobs=jobs,
             adaptive=parse_adaptive(adaptive),
-            dashboard=dashboard,
+            dashboard=dashboard or local.get("dashboard", False),
             timeout=scheduler_timeout,
         )
-        if (spec.mode == "slurm" or print_job_script) and cluster_config is None:
-            raise ClusterError("--cluster slurm and --print-job-script need --cluster-config FILE (see cluster_configs/slurm.yaml)")
+        if (spec.mode == "slurm" or print_job_script) and (cluster_config is None or spec.mode != "slurm"):
+            raise ClusterError("--cluster slurm and --print-job-script need --cluster slurm --cluster-config FILE (see cluster_configs/slurm.yaml)")
     except ClusterError as exc:
         _fail(str(exc), verbose, code=2)
     if print_job_script:

@@ -206,18 +206,42 @@ def check_task_memory(chunks, halo, n_outputs: int, worker_memory: int | None, t
         )
 
 
-def load_slurm_config(path: str | os.PathLike) -> dict:
-    """The ``jobqueue: slurm:`` mapping of a dask-jobqueue configuration file."""
+def _read_yaml(path: Path) -> dict:
     import yaml
 
-    path = Path(path)
     try:
         content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except OSError as exc:
         raise ClusterError(f"{path}: cannot read the cluster configuration ({exc.strerror})") from None
     except yaml.YAMLError as exc:
         raise ClusterError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    slurm = content.get("jobqueue", {}).get("slurm") if isinstance(content, dict) else None
+    return content if isinstance(content, dict) else {}
+
+
+LOCAL_KEYS = {"workers": int, "threads": int, "memory-limit": str, "dashboard": bool}
+
+
+def load_local_config(path: str | os.PathLike) -> dict:
+    """The ``occupy-dask: local:`` mapping (workers, threads, memory-limit, dashboard) of a
+    configuration file, as ``ClusterSpec`` keywords; unset keys are left out."""
+    path = Path(path)
+    local = _read_yaml(path).get("occupy-dask", {}).get("local")
+    if not isinstance(local, dict):
+        raise ClusterError(f"{path}: no 'occupy-dask: local:' section (see cluster_configs/local.yaml)")
+    unknown = set(local) - set(LOCAL_KEYS)
+    if unknown:
+        raise ClusterError(f"{path}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(LOCAL_KEYS)})")
+    try:
+        return {key.replace("-", "_"): LOCAL_KEYS[key](value) for key, value in local.items() if value is not None}
+    except (TypeError, ValueError) as exc:
+        raise ClusterError(f"{path}: {exc}") from None
+
+
+def load_slurm_config(path: str | os.PathLike) -> dict:
+    """The ``jobqueue: slurm:`` mapping of a dask-jobqueue configuration file."""
+    path = Path(path)
+    content = _read_yaml(path)
+    slurm = content.get("jobqueue", {}).get("slurm") if isinstance(content.get("jobqueue"), dict) else None
     if not isinstance(slurm, dict):
         raise ClusterError(f"{path}: no 'jobqueue: slurm:' section (see cluster_configs/slurm.yaml)")
     for key in ("cores", "memory"):
@@ -226,9 +250,10 @@ def load_slurm_config(path: str | os.PathLike) -> dict:
     return slurm
 
 
-def _slurm_cluster(spec: ClusterSpec):
+def _slurm_cluster(spec: ClusterSpec, loopback: bool = False):
     """A dask-jobqueue SLURMCluster from the config file's keys (as keyword arguments, so that
-    the job script renders the same later); dask-jobqueue's defaults fill the rest."""
+    the job script renders the same later); dask-jobqueue's defaults fill the rest. With
+    ``loopback`` (only rendering the job script) its scheduler listens on 127.0.0.1 only."""
     from dask_jobqueue import SLURMCluster
 
     config = load_slurm_config(spec.cluster_config)
@@ -236,6 +261,8 @@ def _slurm_cluster(spec: ClusterSpec):
     kwargs.setdefault("python", sys.executable)
     if not spec.dashboard:
         kwargs["scheduler_options"] = {**kwargs.get("scheduler_options", {}), "dashboard_address": None}
+    if loopback:
+        kwargs["scheduler_options"] = {**kwargs.get("scheduler_options", {}), "interface": None, "host": "127.0.0.1"}
     try:
         return SLURMCluster(**kwargs)
     except (ValueError, TypeError, OSError) as exc:
@@ -251,8 +278,9 @@ def slurm_worker_memory(spec: ClusterSpec) -> tuple[int, int]:
 
 
 def job_script(spec: ClusterSpec) -> str:
-    """The sbatch script each SLURM worker job would run."""
-    cluster = _slurm_cluster(spec)
+    """The sbatch script each SLURM worker job would run (its scheduler address is a placeholder
+    of this short-lived local scheduler)."""
+    cluster = _slurm_cluster(spec, loopback=True)
     try:
         return cluster.job_script()
     finally:

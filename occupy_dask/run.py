@@ -14,7 +14,7 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 
-from .io.read import MapError, MapInfo, open_map
+from .io.read import MapInfo, check_same_grid, open_map
 from .io.write import FORMATS, format_of, open_output
 from .pipeline import Estimate, estimate, factor_name, modified_name
 from .report import chimerax_script, write_log
@@ -226,7 +226,7 @@ def run_map(
         for role, path in (("solvent definition", solvent_def), ("target mask", target_mask)):
             if path is not None:
                 masks[role] = stack.enter_context(open_map(path, temp_dir=temp_dir, role=role))
-                _check_same_grid(masks[role].info, info, role)
+                check_same_grid(masks[role].info, info, role)
         paths = output_paths(info, settings, output_dir, output_map=output_map, save_all=save_all_maps, chimerax=save_chimerax, plot=plot, fmt=fmt)
         check_outputs(paths, [Path(input_map), *(Path(p) for p in (solvent_def, target_mask) if p)], overwrite)
         n_maps = sum(1 for key in paths if key not in ("log", "chimerax", "plot", "plot_modification"))
@@ -257,13 +257,3 @@ def run_map(
             paths["chimerax"].write_text(chimerax_script(est, Path(input_map), written["scale"], modified), encoding="utf-8")
             written["chimerax"] = paths["chimerax"]
         return RunResult(est, written, variability, list(runner.timings))
-
-
-def _check_same_grid(other: MapInfo, info: MapInfo, role: str) -> None:
-    if tuple(other.shape) != tuple(info.shape):
-        raise MapError(f"{other.path}: {role} has shape {other.shape}, the map has {info.shape}")
-    if not np.allclose(other.voxel_size, info.voxel_size, rtol=1e-3):
-        raise MapError(
-            f"{other.path}: {role} voxel size {tuple(round(v, 4) for v in other.voxel_size)} Å differs from "
-            f"the map's {tuple(round(v, 4) for v in info.voxel_size)} Å"
-        )

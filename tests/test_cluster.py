@@ -160,7 +160,8 @@ def test_task_memory_numbers():
         (["--jobs", "0", "--cluster", "slurm", "--cluster-config", "x.yaml"], "--jobs must be at least 1"),
         (["--adaptive", "3:1", "--cluster", "slurm", "--cluster-config", "x.yaml"], "--adaptive MIN:MAX"),
         (["--adaptive", "many"], "--adaptive takes MIN:MAX"),
-        (["--cluster", "slurm"], "need --cluster-config"),
+        (["--cluster", "slurm"], "--cluster-config FILE"),
+        (["--cluster-config", "nothere.yaml"], "cannot read the cluster configuration"),
         (["--cluster", "pbs"], "unknown --cluster"),
         (["--scheduler-address", "tcp://127.0.0.1:1", "--scheduler-file", "s.json"], "not both"),
         (["--format", "tiff"], "unknown --format"),
@@ -230,3 +231,17 @@ def test_threads_option_limits_the_pool(data_dir, tmp_path):
         runner(*[dask.delayed(probe)(i) for i in range(8)], label="probe")
         assert "1 thread(s)" in runner.describe()
     assert len(seen) == 1
+
+
+def test_shipped_cluster_configs_load(tmp_path):
+    from pathlib import Path
+
+    from occupy_dask.cluster import load_local_config, slurm_worker_memory
+
+    configs = Path(__file__).parents[1] / "cluster_configs"
+    assert load_local_config(configs / "local.yaml") == {"dashboard": False}
+    memory, threads = slurm_worker_memory(ClusterSpec(mode="slurm", cluster_config=str(configs / "slurm.yaml")))
+    assert (memory, threads) == (16 * 10**9, 4)
+    proc = _cli("--cluster", "slurm", "--cluster-config", configs / "slurm.yaml", "--print-job-script", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "#SBATCH --cpus-per-task=8" in proc.stdout and "--nworkers 2" in proc.stdout and "tcp://127.0.0.1:" in proc.stdout

@@ -326,3 +326,14 @@ def _open_zarr(path: Path, role: str) -> tuple[MapInfo, ZarrSource]:
         origin=tuple(float(geometry.get("mrc_origin", {}).get(a, 0.0)) for a in "xyz"),
     )
     return info, ZarrSource(str(array_path.absolute()), info.shape)
+
+
+def check_same_grid(other: MapInfo, info: MapInfo, role: str) -> None:
+    """Refuse a mask whose shape or voxel size differs from the map's (0.1% tolerance)."""
+    if tuple(other.shape) != tuple(info.shape):
+        raise MapError(f"{other.path}: {role} has shape {other.shape}, the map has {info.shape}")
+    if not np.allclose(other.voxel_size, info.voxel_size, rtol=1e-3):
+        raise MapError(
+            f"{other.path}: {role} voxel size {tuple(round(v, 4) for v in other.voxel_size)} Å differs from "
+            f"the map's {tuple(round(v, 4) for v in info.voxel_size)} Å"
+        )

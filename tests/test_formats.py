@@ -1,0 +1,131 @@
+"""Output formats (MRC, zarr v3, OME-Zarr) and zarr input."""
+
+import json
+import subprocess
+import sys
+
+import mrcfile
+import numpy as np
+import pytest
+import zarr
+
+from occupy_dask.run import run_map
+from occupy_dask.settings import derive_settings
+
+CHUNKS = 40
+
+
+def _factory(info):
+    return derive_settings(info.shape, info.voxel_size, chunks=CHUNKS, amplify=True)
+
+
+@pytest.fixture(scope="module")
+def phantom(golden_dir):
+    return golden_dir / "phantom96.mrc"
+
+
+@pytest.fixture(scope="module")
+def mrc_run(tmp_path_factory, phantom):
+    out = tmp_path_factory.mktemp("mrc")
+    result = run_map(phantom, _factory, output_dir=out, save_all_maps=True)
+    return out, result
+
+
+def test_zarr_output_equals_mrc_and_carries_the_geometry(tmp_path, phantom, mrc_run):
+    mrc_dir, mrc_result = mrc_run
+    result = run_map(phantom, _factory, output_dir=tmp_path, output_format="zarr", save_all_maps=True)
+    assert set(result.outputs) == set(mrc_result.outputs) - {"chimerax"}
+    for key, path in result.outputs.items():
+        if key == "log":
+            continue
+        assert path.suffix == ".zarr" and path.is_dir()
+        z = zarr.open_array(str(path), mode="r")
+        with mrcfile.open(mrc_result.outputs[key]) as m:
+            assert np.array_equal(z[:], m.data), key
+            meta = z.attrs["occupy_dask"]
+            stats = meta["statistics"]
+            assert stats["min"] == pytest.approx(float(m.header.dmin)) and stats["max"] == pytest.approx(float(m.header.dmax))
+            assert stats["mean"] == pytest.approx(float(m.header.dmean), abs=1e-6)
+        assert z.chunks == (CHUNKS, CHUNKS, CHUNKS)  # one zarr chunk per dask chunk
+        assert z.metadata.dimension_names == ("z", "y", "x")
+        assert meta["voxel_size_angstrom"] == pytest.approx([1.1, 1.1, 1.1])
+        assert meta["axis_order"] == {"mapc": 1, "mapr": 2, "maps": 3}
+        codecs = json.loads((path / "zarr.json").read_text())["codecs"]
+        blosc = [c for c in codecs if c["name"] == "blosc"]
+        assert blosc and blosc[0]["configuration"]["cname"] == "zstd"
+    assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
+
+
+def test_ome_zarr_is_read_by_ome_zarr_py_with_voxel_size_and_pyramid(tmp_path, phantom, mrc_run):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Multiscales, Reader
+
+    _, mrc_result = mrc_run
+    result = run_map(phantom, _factory, output_dir=tmp_path, output_map="amplified.ome.zarr")
+    path = result.outputs["modified_0"]
+    assert path.name == "amplified.ome.zarr" and result.outputs["scale"].name == "scale_occ_phantom96.ome.zarr"
+    image = [node for node in Reader(parse_url(str(path)))() if node.load(Multiscales)][0]
+    levels = [np.asarray(level) for level in image.data]
+    assert [lv.shape for lv in levels] == [(96, 96, 96), (48, 48, 48), (24, 24, 24)]
+    reference = mrcfile.read(mrc_result.outputs["modified_0"])
+    assert np.array_equal(levels[0], reference)
+    means = reference.astype(np.float64).reshape(48, 2, 48, 2, 48, 2).mean(axis=(1, 3, 5)).astype(np.float32)
+    assert np.allclose(levels[1], means, atol=1e-6)
+    transforms = image.metadata["coordinateTransformations"]
+    scales = [[t for t in level if t["type"] == "scale"][0]["scale"] for level in transforms]
+    assert scales == [pytest.approx([1.1] * 3), pytest.approx([2.2] * 3), pytest.approx([4.4] * 3)]
+    assert [a["unit"] for a in image.metadata["axes"]] == ["angstrom"] * 3
+    assert [a["name"] for a in image.metadata["axes"]] == ["z", "y", "x"]
+
+
+def test_zarr_and_ome_zarr_inputs_give_the_mrc_numbers(tmp_path, phantom, mrc_run):
+    _, mrc_result = mrc_run
+    data = mrcfile.read(phantom)
+    plain = zarr.create_array(str(tmp_path / "phantom96.zarr"), shape=data.shape, chunks=(32, 32, 32), dtype="float32")
+    plain[:] = data
+    plain.attrs["occupy_dask"] = {"voxel_size_angstrom": [1.1, 1.1, 1.1]}
+    # an OME-Zarr image written by another tool, voxel size in nanometres
+    group = zarr.open_group(str(tmp_path / "other.ome.zarr"), mode="w", zarr_format=3)
+    level = group.create_array("s0", shape=data.shape, chunks=(48, 48, 48), dtype="float32")
+    level[:] = data
+    axes = [{"name": n, "type": "space", "unit": "nanometer"} for n in "zyx"]
+    datasets = [{"path": "s0", "coordinateTransformations": [{"type": "scale", "scale": [0.11, 0.11, 0.11]}]}]
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": axes, "datasets": datasets}]}
+    for source, name in ((tmp_path / "phantom96.zarr", "phantom96"), (tmp_path / "other.ome.zarr", "other")):
+        result = run_map(source, _factory, output_dir=tmp_path / name)
+        assert result.estimate.info.voxel_size == pytest.approx((1.1, 1.1, 1.1))
+        for key in ("scale", "confidence", "modified_0"):
+            assert np.array_equal(mrcfile.read(result.outputs[key]), mrcfile.read(mrc_result.outputs[key])), (name, key)
+        with mrcfile.open(result.outputs["scale"]) as m:
+            assert float(m.voxel_size.x) == pytest.approx(1.1)
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "occupy_dask", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_output_name_picks_the_format_and_existing_zarr_needs_overwrite(tmp_path, data_dir):
+    args = ("-i", data_dir / "emd_1832.map", "--amplify", "-o", "amp.zarr", "-q")
+    assert _cli(*args, cwd=tmp_path).returncode == 0
+    assert (tmp_path / "amp.zarr" / "zarr.json").exists() and (tmp_path / "scale_occ_emd_1832.zarr").is_dir()
+    assert not (tmp_path / "chimX_emd_1832.cxc").exists()  # ChimeraX opens MRC outputs only
+    again = _cli(*args, cwd=tmp_path)
+    assert again.returncode == 1 and "output exists (use --overwrite" in again.stderr
+    assert _cli(*args, "--overwrite", cwd=tmp_path).returncode == 0
+    assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
+
+
+def test_bad_zarr_inputs_are_one_clear_error(tmp_path):
+    zarr.open_group(str(tmp_path / "group.zarr"), mode="w")
+    flat = zarr.create_array(str(tmp_path / "nosize.zarr"), shape=(8, 8, 8), dtype="float32")
+    flat[:] = 1
+    two_d = zarr.create_array(str(tmp_path / "image.zarr"), shape=(8, 8), dtype="float32")
+    two_d.attrs["occupy_dask"] = {"voxel_size_angstrom": [1, 1, 1]}
+    for name, message in (
+        ("group.zarr", "without OME-NGFF multiscales"),
+        ("nosize.zarr", "no voxel size in the zarr attributes"),
+        ("image.zarr", "a 2D zarr array, a 3D volume is needed"),
+    ):
+        proc = _cli("-i", tmp_path / name, "-d", "out", cwd=tmp_path)
+        assert proc.returncode == 1, (name, proc.stderr)
+        assert message in proc.stderr and "Traceback" not in proc.stderr
