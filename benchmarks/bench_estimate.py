@@ -32,11 +32,25 @@ def phantom(n: int, seed: int = 0) -> np.ndarray:
     return data
 
 
+TILE = 256
+
+
 def write_phantom(path: Path, n: int) -> None:
-    """Write the :func:`phantom` of box ``n`` as a float32 MRC map with 1 Å voxels."""
-    with mrcfile.new(path, overwrite=True) as m:
-        m.set_data(phantom(n))
+    """Write a float32 MRC map of box ``n`` with 1 Å voxels: the :func:`phantom` itself up to
+    256^3, larger boxes tiled from the 256^3 one (written slab by slab, so building a 1024^3 map
+    needs little memory)."""
+    if n <= TILE:
+        with mrcfile.new(path, overwrite=True) as m:
+            m.set_data(phantom(n))
+            m.voxel_size = 1.0
+        return
+    tile = phantom(TILE)
+    reps = -(-n // TILE)
+    with mrcfile.new_mmap(path, shape=(n, n, n), mrc_mode=2, overwrite=True) as m:
         m.voxel_size = 1.0
+        for z0 in range(0, n, TILE):
+            z1 = min(z0 + TILE, n)
+            m.data[z0:z1] = np.tile(tile[: z1 - z0], (1, reps, reps))[:, :n, :n]
 
 
 def run_measured(cmd: list[str]) -> tuple[float, float]:

@@ -9,6 +9,7 @@ Every per-block task reads its own data from a source, so results do not depend 
 from __future__ import annotations
 
 import itertools
+import math
 import operator
 import shutil
 import tempfile
@@ -53,6 +54,10 @@ SOLVENT_THRESHOLD = 0.9
 TARGET_THRESHOLD = 0.5
 IN_MEMORY_LOWPASS_BYTES = 2 << 30
 FLATTENED_FRACTION = 0.2  # exact zeros inside the inscribed sphere that mean 'no solvent noise'
+# A low-pass keeps this fraction of white noise's power: the share of Fourier space inside the
+# cutoff sphere. Maps with content keep several times that (their power is at low frequency);
+# below NOISE_POWER_RATIO times it, the map is noise alone.
+NOISE_POWER_RATIO = 1.5
 
 
 class ProcessingError(RuntimeError):
@@ -507,6 +512,24 @@ def finite_median(source, shape, chunks, run) -> tuple[float, int]:
     return float(np.mean(np.array(middle, dtype=np.float64)).astype(np.float32)), bad
 
 
+def white_noise_power_fraction(settings: Settings) -> float:
+    """Fraction of white noise's power that the low-pass keeps: the volume of the sphere
+    ``|k| <= 1/lowpass`` over that of the sampled frequency box (product of ``1/voxel``)."""
+    return min(1.0, 4.0 / 3.0 * math.pi * math.prod(settings.voxel_size) / settings.lowpass_angstrom**3)
+
+
+def _refuse_pure_noise(raw: _Sums, lp: _Sums, s: Settings) -> None:
+    """Refuse a map whose low-pass keeps no more power than it would of white noise."""
+    variance = [max(x.squares / x.n - (x.total / x.n) ** 2, 0.0) for x in (raw, lp)]
+    expected = white_noise_power_fraction(s)
+    if variance[0] > 0 and variance[1] < NOISE_POWER_RATIO * expected * variance[0]:
+        raise SolventModelError(
+            f"the map looks like pure noise: its {s.lowpass_angstrom:.3g} Å low-pass keeps {variance[1] / variance[0]:.3%} of its power, "
+            f"as white noise would ({expected:.3%}; maps with content keep several times more), so nothing stands out from "
+            "the solvent to model or scale; check the input, or give --solvent-def <mask.mrc> or a stronger --lowpass"
+        )
+
+
 def _default_run(*objs, label: str = ""):
     return dask.compute(*objs)
 
@@ -631,6 +654,8 @@ def _estimate_from_sources(sources, info, s: Settings, run, temp_dirs, extra_out
             "inscribed sphere are exactly 0, so there is no solvent noise to model; use the unmasked, "
             "unflattened map from refinement (e.g. the average of the half maps)"
         )
+    if s.lowpass_applied:
+        _refuse_pure_noise(totals["raw"], totals["lp"], s)
     if "inside" in totals:
         region_kind = "inside"
     else:

@@ -152,3 +152,32 @@ def test_nonfinite_voxels_are_counted_in_a_clear_error(golden_dir, tmp_path):
     assert result.exit_code == 0, result.output
     assert "replaced 3 NaN or infinite voxels with the median" in result.output
     assert np.isfinite(mrcfile.read(tmp_path / "out" / "scale_res_bad.mrc")).all()
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "uniform"])
+def test_pure_noise_map_fails_clearly(tmp_path, noise):
+    rng = np.random.default_rng(3)
+    data = rng.normal(0, 1, (64, 64, 64)) if noise == "gaussian" else rng.uniform(-1, 1, (64, 64, 64))
+    path = tmp_path / "noise.mrc"
+    with mrcfile.new(path) as m:
+        m.set_data(data.astype(np.float32))
+        m.voxel_size = 1.5
+    before = path.read_bytes()
+    result = runner.invoke(app, ["-i", str(path), "-d", str(tmp_path / "out"), "--amplify"])
+    assert result.exit_code == 1
+    line = result.output.strip().splitlines()[-1]
+    assert "noise.mrc" in line and "pure noise" in line and "--solvent-def" in line and "--lowpass" in line
+    assert path.read_bytes() == before
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_api_refuses_a_mask_file_of_another_voxel_size(tmp_path, data_dir):
+    import occupy_dask
+    from occupy_dask.io.read import MapError
+
+    mask = tmp_path / "mask.mrc"
+    with mrcfile.new(mask) as m:
+        m.set_data(np.ones((64, 64, 64), np.float32))
+        m.voxel_size = 2.0
+    with pytest.raises(MapError, match=r"voxel size \(2.0, 2.0, 2.0\) Å differs from the map's \(5.7, 5.7, 5.7\) Å"):
+        occupy_dask.estimate(data_dir / "emd_1832.map", solvent_def=mask)
