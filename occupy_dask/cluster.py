@@ -72,6 +72,14 @@ class Runner:
         """Whether tasks may run in other processes (so no task may write into this one's memory)."""
         return self.client is not None
 
+    def release_buffers(self) -> None:
+        """Free the chunk buffers pooled in this process and, under distributed, in the workers."""
+        from .buffers import release_buffers
+
+        release_buffers()
+        if self.client is not None:
+            self.client.run(release_buffers)
+
     def describe(self) -> str:
         """Where the work ran, for the log: threads, or the distributed workers (and the SLURM
         jobs they ran in, from each worker's ``SLURM_JOB_ID``)."""

@@ -10,6 +10,12 @@ applies its normalisation). Three stages, complex64 throughout:
 2. x-pencils ``(nz, ny, sx)`` of the half spectrum: fft along y, mask from global frequency
    coordinates, ifft along z and y;
 3. z-slabs ``(sz, ny, nxh)``: irfft along x.
+
+Only lines that can hold a frequency inside the cutoff are transformed after the first rfft:
+columns ``kx`` beyond it are dropped after stage 1's rfft, rows ``kz`` beyond it before stage
+2's fft along y, rows ``ky`` beyond it after the mask; they would be zero. Every remaining 1D
+transform sees the same input as in the whole-array transform, so the result is unchanged (an
+8 Å low-pass of a 1 Å map transforms a quarter of the half spectrum after the first step).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import dask.array as da
 import numpy as np
 import scipy.fft
 
-from .kernels.fourier import exact_lowpass_mask, reference_lowpass_mask
+from .kernels.fourier import exact_lowpass_mask, lowpass_support, reference_lowpass_mask
 
 TARGET_BLOCK_BYTES = 64 << 20
 
@@ -41,24 +47,40 @@ def _mask(shape, voxel_size, lowpass_angstrom, reference, region):
     return exact_lowpass_mask(shape, voxel_size, lowpass_angstrom, region)
 
 
-def _forward_xz(block: np.ndarray) -> np.ndarray:
-    spec = scipy.fft.rfft(np.asarray(block, dtype=np.float32), axis=2, workers=1)
-    return scipy.fft.fft(spec, axis=0, overwrite_x=True, workers=1)
+def _forward_xz(block: np.ndarray, nkx: int, kz) -> np.ndarray:
+    spec = scipy.fft.rfft(np.asarray(block, dtype=np.float32), axis=2, workers=1)[:, :, :nkx]
+    spec = scipy.fft.fft(spec, axis=0, overwrite_x=True, workers=1)
+    return spec[kz]
 
 
-def _filter_yz(block: np.ndarray, shape, voxel_size, lowpass_angstrom, reference, block_info=None):
-    region = tuple(slice(a, b) for a, b in block_info[0]["array-location"])
+def _filter_yz(block: np.ndarray, shape, voxel_size, lowpass_angstrom, reference, kz, ky, block_info=None):
+    """fft y of the kept (kz, kx) lines, mask, then ifft z and ifft y of the full lines
+    (zeros where the mask removed everything)."""
+    nz, ny, _ = shape
+    x = slice(*block_info[0]["array-location"][2])
     spec = scipy.fft.fft(block, axis=1, workers=1)
     with np.errstate(invalid="ignore"):  # NaN/Inf input: reported once, after the first pass, with counts
-        spec *= _mask(shape, voxel_size, lowpass_angstrom, reference, region)
-    spec = scipy.fft.ifft(spec, axis=0, norm="forward", overwrite_x=True, workers=1)
-    return scipy.fft.ifft(spec, axis=1, norm="forward", overwrite_x=True, workers=1)
+        spec *= _mask(shape, voxel_size, lowpass_angstrom, reference, (kz, slice(None), x))
+    lines = np.zeros((nz, ky.size, block.shape[2]), dtype=np.complex64)
+    lines[kz] = spec[:, ky]
+    lines = scipy.fft.ifft(lines, axis=0, norm="forward", overwrite_x=True, workers=1)
+    full = np.zeros((nz, ny, block.shape[2]), dtype=np.complex64)
+    full[:, ky] = lines
+    return scipy.fft.ifft(full, axis=1, norm="forward", overwrite_x=True, workers=1)
 
 
 def _inverse_x(block: np.ndarray, shape) -> np.ndarray:
-    out = scipy.fft.irfft(block, n=shape[2], axis=2, norm="forward", workers=1)
+    spec = np.zeros((*block.shape[:2], shape[2] // 2 + 1), dtype=np.complex64)
+    spec[:, :, : block.shape[2]] = block
+    out = scipy.fft.irfft(spec, n=shape[2], axis=2, norm="forward", overwrite_x=True, workers=1)
     out *= np.float32(1.0 / (shape[0] * shape[1] * shape[2]))
     return out.astype(np.float32, copy=False)
+
+
+def spectrum_bytes(shape, voxel_size, lowpass_angstrom: float, reference: bool = False) -> int:
+    """Bytes of the largest intermediate spectrum the pruned pencil FFT holds."""
+    kz, _, nkx = lowpass_support(shape, voxel_size, lowpass_angstrom, reference)
+    return max(kz.size, shape[0]) * shape[1] * nkx * 8
 
 
 def lowpass(
@@ -81,31 +103,37 @@ def lowpass(
     """
     shape = tuple(int(n) for n in data.shape)
     nz, ny, nx = shape
-    nxh = nx // 2 + 1
+    kz, ky, nkx = lowpass_support(shape, voxel_size, lowpass_angstrom, reference)
+    nkz = kz.size
     sy = input_chunks(shape)[1]
-    sx = _edge(nxh, nz * ny * 8)
-    sz = _edge(nz, ny * nxh * 8) if slab_planes is None else int(min(max(slab_planes, 1), nz))
+    sx = _edge(nkx, nz * ny * 8)
+    sz = _edge(nz, ny * nkx * 8) if slab_planes is None else int(min(max(slab_planes, 1), nz))
     slabs = data.rechunk((nz, sy, nx))
     spec = slabs.map_blocks(
         _forward_xz,
+        nkx=nkx,
+        kz=kz,
         dtype=np.complex64,
-        chunks=((nz,), slabs.chunks[1], (nxh,)),
+        chunks=((nkz,), slabs.chunks[1], (nkx,)),
         meta=np.empty((0, 0, 0), np.complex64),
     )
     if spill is not None:
-        spec = spill(spec, (nz, slabs.chunks[1][0], sx), "spectrum")
-    filtered = spec.rechunk((nz, ny, sx)).map_blocks(
+        spec = spill(spec, (nkz, slabs.chunks[1][0], sx), "spectrum")
+    filtered = spec.rechunk((nkz, ny, sx)).map_blocks(
         _filter_yz,
         shape=shape,
         voxel_size=tuple(voxel_size),
         lowpass_angstrom=float(lowpass_angstrom),
         reference=bool(reference),
+        kz=kz,
+        ky=ky,
         dtype=np.complex64,
+        chunks=((nz,), (ny,), tuple(min(sx, nkx - s) for s in range(0, nkx, sx))),
         meta=np.empty((0, 0, 0), np.complex64),
     )
     if spill is not None:
         filtered = spill(filtered, (sz, ny, sx), "filtered")
-    back = filtered.rechunk((sz, ny, nxh))
+    back = filtered.rechunk((sz, ny, nkx))
     return back.map_blocks(
         _inverse_x,
         shape=shape,

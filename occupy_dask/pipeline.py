@@ -25,8 +25,9 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from . import lowpass as lowpass_stage
-from .io.read import ArraySource, FiniteSource, MapInfo, ZarrSource, read_with_halo
-from .kernels.ballmax import ball_max_valid
+from .buffers import POOL
+from .io.read import ArraySource, FiniteSource, MapInfo, ZarrSource, read_block, read_with_halo
+from .kernels.ballmax import ball_max_valid, ring_shape
 from .kernels.histogram import (
     N_BINS,
     confidence_lookup,
@@ -35,7 +36,7 @@ from .kernels.histogram import (
     histogram_counts,
     histogram_edges,
 )
-from .kernels.local import inscribed_ellipsoid, local_scale, moments, recalibrate_noise_level
+from .kernels.local import inscribed_ellipsoid, local_scale, masked_sum, moments, recalibrate_noise_level
 from .kernels.modify import modify_into, power_factor, sigmoid_factor, synthetic_solvent
 from .kernels.tiles import tile_layout, tile_quantiles
 from .settings import Modification, Settings, tau_for_kernel
@@ -213,26 +214,28 @@ def modification_factor(mod: Modification, scale: np.ndarray, scale_limit: float
     return out
 
 
-def local_outputs(plan: LocalPlan, scale_padded, lp_block, raw_block, start, stop, out=None) -> dict[str, np.ndarray]:
+def local_outputs(plan: LocalPlan, scale_padded, lp_block, raw_block, start, stop, out=None, take=None) -> dict[str, np.ndarray]:
     """All per-voxel results of one chunk ``[start, stop)`` from its scale data (with halo),
     low-passed and raw data: scale, confidence, and each modification's map and factor.
 
     Each result asked for in ``plan.outputs`` is written into its slot of ``out`` (an
-    ``(n_outputs, *block)`` float32 array, allocated when not given): a chunk touches as little
-    fresh memory as it can.
+    ``(n_outputs, *block)`` float32 array, allocated when not given); ``take(shape)``, when
+    given, lends the scratch arrays (intermediates not asked for, the max filter's buffer), so
+    that a chunk touches as little fresh memory as it can.
     """
     shape = tuple(b - a for a, b in zip(start, stop))
+    take = take or (lambda shape: np.empty(shape, dtype=np.float32))
     if out is None:
         out = np.empty((len(plan.outputs), *shape), dtype=np.float32)
     slots = {name: out[i] for i, name in enumerate(plan.outputs)}
 
     def slot(name):  # an output's slot, or a scratch block for an intermediate not asked for
         if name not in slots:
-            slots[name] = np.empty(shape, dtype=np.float32)
+            slots[name] = take(shape)
         return slots[name]
 
     scale = slot("scale")
-    ball_max_valid(scale_padded, plan.kernel, out=scale)
+    ball_max_valid(scale_padded, plan.kernel, out=scale, scratch=take(ring_shape(scale_padded.shape, plan.kernel)))
     local_scale(scale, plan.s_max, out=scale)
     if plan.nlrc_limit is not None:
         recalibrate_noise_level(scale, plan.nlrc_limit, out=scale)
@@ -263,21 +266,49 @@ def local_outputs(plan: LocalPlan, scale_padded, lp_block, raw_block, start, sto
     return slots
 
 
-def _fused_task(plan: LocalPlan, sources, start, stop):
+def _block(source, region, take) -> np.ndarray:
+    """A block of a source: a view of an in-memory map, else read into a lent buffer."""
+    if isinstance(source, ArraySource):
+        return source.array[region]
+    return read_block(source, region, take(tuple(r.stop - r.start for r in region)))
+
+
+def _fused_task(plan: LocalPlan, sources, start, stop, targets=None):
+    """One chunk's outputs and statistics. With ``targets`` (one writable region target per
+    output, or None to skip it) the outputs are written here from lent buffers and only the
+    statistics are returned; otherwise ``(stacked outputs, statistics)``."""
     halo = tuple(k // 2 for k in plan.kernel.shape)
-    scale_padded = read_with_halo(sources["scale"], start, stop, halo)
+    shape = tuple(b - a for a, b in zip(start, stop))
     region = _region(start, stop)
-    lp_block = sources["lp"][region]
-    raw_block = sources["raw"][region]
-    stacked = np.empty((len(plan.outputs), *(b - a for a, b in zip(start, stop))), dtype=np.float32)
-    results = local_outputs(plan, scale_padded, lp_block, raw_block, start, stop, out=stacked)
-    core = tuple(slice(h, h + (b - a)) for h, a, b in zip(halo, start, stop))
-    scale_data = scale_padded[core]
-    full = results["scale"] == 1.0
-    stats = {"variability": (int(full.sum()), float(scale_data[full].astype(np.float64).sum()))}
-    for name in plan.outputs:
-        stats[name] = _Sums.of(results[name])
-    return stacked, stats
+    with POOL.borrow() as take:
+        scale_padded = read_with_halo(sources["scale"], start, stop, halo, out=take(tuple(n + 2 * h for n, h in zip(shape, halo))))
+        lp_block = _block(sources["lp"], region, take)
+        raw_block = _block(sources["raw"], region, take)
+        stacked = take((len(plan.outputs), *shape)) if targets is not None else np.empty((len(plan.outputs), *shape), dtype=np.float32)
+        results = local_outputs(plan, scale_padded, lp_block, raw_block, start, stop, out=stacked, take=take)
+        core = tuple(slice(h, h + n) for h, n in zip(halo, shape))
+        stats = {"variability": masked_sum(results["scale"], scale_padded[core], 1.0)}
+        for name in plan.outputs:
+            stats[name] = _Sums.of(results[name])
+        if targets is None:
+            return stacked, stats
+        for name, target in zip(plan.outputs, targets):
+            if target is not None:
+                target[region] = results[name]
+    return stats
+
+
+def store_outputs(est: Estimate, targets: dict) -> Delayed:
+    """A lazy list of per-chunk statistics whose computation writes the outputs named in
+    ``targets`` (name -> region-writable target, e.g. an MRC or zarr target) chunk by chunk,
+    each from the fused task that makes it: no chunk result waits in memory for a store task."""
+    plan, chunks = est.plan, est.settings.chunks
+    per_output = tuple(targets.get(name) for name in plan.outputs)
+    token = dask.base.tokenize(plan.shape, chunks, plan.s_max, plan.outputs, uuid.uuid4().hex)
+    name, gather = f"occupy-fused-store-{token}", f"occupy-gather-{token}"
+    layer = {(name, *index): (_fused_task, plan, est.sources, start, stop, per_output) for index, start, stop in block_grid(plan.shape, chunks)}
+    layer[gather] = (list, list(layer))
+    return Delayed(gather, HighLevelGraph.from_collections(gather, layer, dependencies=()))
 
 
 def _fused_graph(plan: LocalPlan, sources, chunks):
@@ -562,9 +593,8 @@ def estimate(
             notes.append(f"replaced {bad} NaN or infinite voxels with the median of the finite ones ({median:.6g})")
     sources = {"raw": raw_source}
     if s.lowpass_applied:
-        nz, ny, nx = s.shape
         spill_spectrum, fft_folder = None, None
-        if nz * ny * (nx // 2 + 1) * 8 > IN_MEMORY_LOWPASS_BYTES:
+        if lowpass_stage.spectrum_bytes(s.shape, s.voxel_size, s.lowpass_angstrom, s.reference_compatible) > IN_MEMORY_LOWPASS_BYTES:
             fft_folder = Path(tempfile.mkdtemp(prefix="occupy_dask_fft_", dir=temp_dir)).absolute()
             temp_dirs.append(fft_folder)
             spill_spectrum = partial(_spill, folder=fft_folder, run=run)

@@ -14,9 +14,10 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 
+from .buffers import release_buffers
 from .io.read import MapInfo, check_same_grid, open_map
 from .io.write import FORMATS, format_of, open_output
-from .pipeline import Estimate, estimate, factor_name, modified_name
+from .pipeline import Estimate, estimate, factor_name, modified_name, store_outputs
 from .report import chimerax_script, write_log
 from .settings import Settings, SettingsError
 
@@ -164,10 +165,13 @@ def write_maps(est: Estimate, paths: dict[str, Path], run, fmt: str = "mrc") -> 
     try:
         for n in names:
             outputs[n] = open_output(paths[n], fmt, est.info, _label(est, n), chunks)
-        arrays = [est[n] if fmt == "mrc" else est[n].rechunk(chunks) for n in names]  # zarr chunks = dask chunks
-        store = da.store(arrays, [outputs[n].target for n in names], lock=False, compute=False)
-        reductions = {n: _reduction_stats(est[n]) for n in names if not est.has_block_stats(n)}
-        _, stats, reduced = run(store, est.block_stats, reductions, label="local scale")
+        if all(est.has_block_stats(n) for n in names):  # each fused chunk task writes its own outputs
+            stats, reduced = run(store_outputs(est, {n: outputs[n].target for n in names}), label="local scale")[0], {}
+        else:  # a later stage (low-passed modified maps) reads the fused outputs
+            arrays = [est[n] if fmt == "mrc" else est[n].rechunk(chunks) for n in names]  # zarr chunks = dask chunks
+            store = da.store(arrays, [outputs[n].target for n in names], lock=False, compute=False)
+            reductions = {n: _reduction_stats(est[n]) for n in names if not est.has_block_stats(n)}
+            _, stats, reduced = run(store, est.block_stats, reductions, label="local scale")
         for n in names:
             if n in reduced:
                 lo, hi, mean, squares = (float(v) for v in reduced[n])
@@ -180,6 +184,7 @@ def write_maps(est: Estimate, paths: dict[str, Path], run, fmt: str = "mrc") -> 
     finally:
         for output in outputs.values():
             output.discard()
+        getattr(run, "release_buffers", release_buffers)()
     count = sum(s["variability"][0] for s in stats)
     total = sum(s["variability"][1] for s in stats)
     variability = (total / count) / est.s_max if count else None

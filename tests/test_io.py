@@ -114,3 +114,28 @@ def test_blockwise_writer_whole_planes_and_sub_blocks(tmp_path):
     target[4:10, 5:12, 0:7] = data[4:10, 5:12, 0:7]  # general sub-block
     target[4:10, 5:12, 7:14] = data[4:10, 5:12, 7:14]
     assert np.array_equal(mrcfile.read(tmp_path / "out.mrc"), data)
+
+
+def test_halo_read_into_a_buffer_equals_np_pad():
+    import itertools
+
+    from occupy_dask.io.read import ArraySource, read_with_halo
+
+    rng = np.random.default_rng(0)
+    for shape in [(10, 12, 9), (5, 6, 7), (3, 20, 4)]:
+        data = rng.normal(size=shape).astype(np.float32)
+        source = ArraySource(data)
+        for halo in [(1, 1, 1), (2, 3, 1), (4, 4, 4)]:  # (4, 4, 4) mirrors more than a 3-plane map has
+            for start in itertools.product(*[range(0, n, 3) for n in shape]):
+                stop = tuple(min(s + 3, n) for s, n in zip(start, shape))
+                expected = read_with_halo(source, start, stop, halo)
+                buffer = np.full([b - a + 2 * h for a, b, h in zip(start, stop, halo)], np.nan, np.float32)
+                assert np.array_equal(read_with_halo(source, start, stop, halo, out=buffer), expected)
+
+
+def test_mrc_block_reads_into_buffers(data_dir):
+    with open_map(data_dir / "emd_3001.map") as m, mrcfile.open(data_dir / "emd_3001.map", permissive=True) as ref:
+        for key in [(slice(2, 9), slice(0, 43), slice(0, 73)), (slice(0, 25), slice(5, 30), slice(7, 60))]:
+            out = np.empty([k.stop - k.start for k in key], np.float32)
+            assert m.source.read_into(key, out) is out
+            assert np.array_equal(out, ref.data[key])

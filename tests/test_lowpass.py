@@ -37,3 +37,21 @@ def test_lowpass_removes_high_frequencies():
     high = np.cos(2 * np.pi * 10 * x / 32).astype(np.float32)
     out = lowpass_numpy(low + high, (1.0,) * 3, 8.0)  # keeps |k| <= 1/8: 1/32 kept, 10/32 removed
     assert np.allclose(out, low, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "shape, voxel, lowpass_a, reference",
+    [
+        ((40, 40, 40), (1.0,) * 3, 2.05, False),  # cutoff just below Nyquist: almost nothing pruned
+        ((33, 20, 47), (0.9, 1.3, 1.1), 5.0, False),
+        ((48, 48, 48), (1.2,) * 3, 3.0, True),
+        ((50, 50, 50), (1.0,) * 3, 30.0, True),  # a handful of frequencies kept
+        ((31, 64, 18), (2.0, 0.5, 1.0), 9.0, False),
+    ],
+)
+def test_pruned_pencils_equal_the_whole_array_transform(monkeypatch, shape, voxel, lowpass_a, reference):
+    monkeypatch.setattr(lowpass_stage, "TARGET_BLOCK_BYTES", 40_000)
+    data = np.random.default_rng(sum(shape)).normal(size=shape).astype(np.float32)
+    expected = lowpass_numpy(data, voxel, lowpass_a, reference)
+    got = lowpass(da.from_array(data, chunks=(shape[0], 7, shape[2])), voxel, lowpass_a, reference).compute()
+    assert np.array_equal(got, expected)

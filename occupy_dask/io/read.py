@@ -43,26 +43,34 @@ class MrcSource:
         return np.memmap(self.path, dtype=np.dtype(self.file_dtype), mode="r", offset=self.offset, shape=self.shape)
 
     def __getitem__(self, key) -> np.ndarray:
-        """Read a block as float32 with positioned reads of whole-width row spans (one per
-        plane), cheaper than faulting in a memmap; other keys go through a memmap."""
+        """Read a block as float32 (see :meth:`read_into`); other keys go through a memmap."""
         key = key if isinstance(key, tuple) else (key,)
         if len(key) != 3 or not all(isinstance(k, slice) and k.step in (None, 1) for k in key):
             return np.asarray(self._memmap()[key], dtype=np.float32)
+        shape = tuple(max(b - a, 0) for a, b in (k.indices(n)[:2] for k, n in zip(key, self.shape)))
+        return self.read_into(key, np.empty(shape, dtype=np.float32))
+
+    def read_into(self, key: tuple[slice, slice, slice], out: np.ndarray) -> np.ndarray:
+        """Read the block ``key`` (unit-step slices) into the float32 array ``out`` with
+        positioned reads of whole-width row spans (one per plane), cheaper than faulting in a
+        memmap."""
         (z0, z1), (y0, y1), (x0, x1) = (k.indices(n)[:2] for k, n in zip(key, self.shape))
         nz, ny, nx = self.shape
         dtype = np.dtype(self.file_dtype)
-        out = np.empty((max(z1 - z0, 0), max(y1 - y0, 0), max(x1 - x0, 0)), dtype=np.float32)
         if out.size == 0:
             return out
-        span = np.empty((y1 - y0) * nx, dtype=dtype)
-        view = memoryview(span).cast("B")
+        whole_rows = x0 == 0 and x1 == nx and dtype == np.dtype("<f4") and out[0].flags.c_contiguous
+        span = None if whole_rows else np.empty((y1 - y0) * nx, dtype=dtype)
         with open(self.path, "rb", buffering=0) as f:
             for z in range(z1 - z0):
+                target = out[z] if whole_rows else span
+                view = memoryview(target.reshape(-1)).cast("B")
                 start = self.offset + ((z0 + z) * ny + y0) * nx * dtype.itemsize
                 got = os.preadv(f.fileno(), [view], start)
                 if got != view.nbytes:
                     raise MapError(f"{self.path}: the file ends inside its data block (truncated?)")
-                out[z] = span.reshape(y1 - y0, nx)[:, x0:x1]
+                if not whole_rows:
+                    out[z] = span.reshape(y1 - y0, nx)[:, x0:x1]
         return out
 
 
@@ -119,16 +127,46 @@ class FiniteSource:
         return block
 
 
-def read_with_halo(source, start, stop, halo) -> np.ndarray:
+def read_block(source, key: tuple[slice, slice, slice], out: np.ndarray) -> np.ndarray:
+    """``source[key]`` written into ``out`` (directly, when the source can)."""
+    if hasattr(source, "read_into"):
+        return source.read_into(key, out)
+    out[...] = source[key]
+    return out
+
+
+def read_with_halo(source, start, stop, halo, out: np.ndarray | None = None) -> np.ndarray:
     """Read ``[start - halo, stop + halo)`` per axis; beyond the array, mirror the data
-    (numpy ``symmetric`` = scipy ``reflect``)."""
+    (numpy ``symmetric`` = scipy ``reflect``). With ``out`` (of the padded shape) the data is
+    read into it and mirrored in place, with the same result as ``np.pad``."""
     lo = [max(s - h, 0) for s, h in zip(start, halo)]
     hi = [min(e + h, n) for e, h, n in zip(stop, halo, source.shape)]
-    block = source[tuple(slice(a, b) for a, b in zip(lo, hi))]
+    key = tuple(slice(a, b) for a, b in zip(lo, hi))
     pad = [(a - (s - h), (e + h) - b) for a, b, s, e, h in zip(lo, hi, start, stop, halo)]
-    if any(p for pair in pad for p in pair):
-        block = np.pad(block, pad, mode="symmetric")
-    return block
+    fits = all(p <= b - a for pair, a, b in zip(pad, lo, hi) for p in pair)
+    if out is None or not fits:  # mirroring more than the data itself: leave it to np.pad
+        block = source[key]
+        if any(p for pair in pad for p in pair):
+            block = np.pad(block, pad, mode="symmetric")
+        if out is None:
+            return block
+        out[...] = block
+        return out
+    inner = tuple(slice(p[0], p[0] + (b - a)) for p, a, b in zip(pad, lo, hi))
+    read_block(source, key, out[inner])
+    region = list(inner)
+    for axis, (before, after) in enumerate(pad):  # axis by axis, as np.pad does
+        first, last = region[axis].start, region[axis].stop
+        for width, dst, src in (
+            (before, slice(first - before, first), slice(first, first + before)),
+            (after, slice(last, last + after), slice(last - after, last)),
+        ):
+            if width:
+                target, origin = list(region), list(region)
+                target[axis], origin[axis] = dst, src
+                out[tuple(target)] = np.flip(out[tuple(origin)], axis=axis)
+        region[axis] = slice(0, out.shape[axis])
+    return out
 
 
 @dataclass

@@ -47,7 +47,7 @@ def kernel_runs(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
 
 
 @numba.njit(cache=True, nogil=True)
-def _ball_max_valid(padded, dz, dy, width_index, widths, hz, hy, hx, out):  # pragma: no cover
+def _ball_max_valid(padded, dz, dy, width_index, widths, hz, hy, hx, out, ring):  # pragma: no cover
     zp_n, yp_n, _ = padded.shape
     z_n, y_n, x_n = out.shape
     n_w = widths.size
@@ -56,8 +56,7 @@ def _ball_max_valid(padded, dz, dy, width_index, widths, hz, hy, hx, out):  # pr
     store = np.full(wmax + 1, -1, np.int64)  # ring slot of each stored half-width
     for wi in range(n_w):
         store[widths[wi]] = wi
-    # ring buffer of x-run maxima of the last `depth` padded planes, one per half-width
-    ring = np.empty((depth, n_w, yp_n, x_n), dtype=padded.dtype)
+    # `ring` (depth, n_w, yp_n, x_n): x-run maxima of the last `depth` padded planes, one per half-width
     # two row buffers: writing each maximum into the other buffer (never in place) lets LLVM
     # vectorise the loops, which it does not do for a read-modify-write of a possibly aliased row
     acc_a = np.empty(x_n, padded.dtype)
@@ -109,11 +108,18 @@ def _ball_max_valid(padded, dz, dy, width_index, widths, hz, hy, hx, out):  # pr
     return out
 
 
-def ball_max_valid(padded: np.ndarray, kernel: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def ring_shape(padded_shape, kernel: np.ndarray) -> tuple[int, int, int, int]:
+    """Shape of the scratch buffer :func:`ball_max_valid` keeps its run maxima in."""
+    _, _, _, widths = kernel_runs(kernel)
+    return (kernel.shape[0], widths.size, padded_shape[1], padded_shape[2] - 2 * (kernel.shape[2] // 2))
+
+
+def ball_max_valid(padded: np.ndarray, kernel: np.ndarray, out: np.ndarray | None = None, scratch: np.ndarray | None = None) -> np.ndarray:
     """Maximum filter of ``padded`` with footprint ``kernel``, only where the kernel fits.
 
     ``padded`` (float32, shape ``(Z+2hz, Y+2hy, X+2hx)`` with ``h = kernel.shape // 2``) already
     holds the halo; the result has shape ``(Z, Y, X)`` (written into ``out`` when given).
+    ``scratch``, a float32 array of :func:`ring_shape`, saves allocating the run-maxima buffer.
     """
     dz, dy, width_index, widths = kernel_runs(kernel)
     hz, hy, hx = (s // 2 for s in kernel.shape)
@@ -125,7 +131,12 @@ def ball_max_valid(padded: np.ndarray, kernel: np.ndarray, out: np.ndarray | Non
         out = np.empty(out_shape, dtype=np.float32)
     elif out.shape != out_shape or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous float32 array of shape {out_shape}")
-    return _ball_max_valid(padded, dz, dy, width_index, widths, hz, hy, hx, out)
+    ring = ring_shape(padded.shape, kernel)
+    if scratch is None:
+        scratch = np.empty(ring, dtype=np.float32)
+    elif scratch.shape != ring or scratch.dtype != np.float32:
+        raise ValueError(f"scratch must be a float32 array of shape {ring}")
+    return _ball_max_valid(padded, dz, dy, width_index, widths, hz, hy, hx, out, scratch)
 
 
 def ball_max(data: np.ndarray, kernel: np.ndarray) -> np.ndarray:

@@ -40,3 +40,30 @@ def reference_lowpass_mask(
     fx = (kx.astype(np.float32) - np.float32(0.5))[None, None, :]
     radius = np.sqrt(fz * fz + fy * fy + fx * fx)
     return box & (radius <= np.float32(ks + 1))
+
+
+def lowpass_support(
+    shape: tuple[int, int, int],
+    voxel_size: tuple[float, float, float],
+    lowpass_angstrom: float,
+    reference: bool = False,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Frequency indices outside of which the low-pass mask is zero: the kz and ky indices
+    (ascending, into the full FFT axes) and the number ``nkx`` of leading rfft columns.
+
+    Exact mask: ``k_a**2 <= (1/lowpass)**2`` per axis (the mask at the other two frequencies 0).
+    Reference mask: its box, ``-ks <= k <= ks-1`` along z and y, ``kx <= ks``; the sphere of
+    radius ``ks+1`` around the shifted grid contains the box's axis-aligned extremes.
+    """
+    nz, ny, nx = shape
+    if reference:
+        n = shape[0]
+        ks = min(int(np.floor(n * voxel_size[0] / lowpass_angstrom)), n // 2)
+        k = np.round(np.fft.fftfreq(n) * n).astype(np.int64)
+        along = np.flatnonzero((k >= -ks) & (k <= ks - 1))
+        return along, along.copy(), min(ks + 1, nx // 2 + 1)
+    limit = (1.0 / lowpass_angstrom) ** 2
+    kz = np.flatnonzero(np.fft.fftfreq(nz, d=voxel_size[0]) ** 2 <= limit)
+    ky = np.flatnonzero(np.fft.fftfreq(ny, d=voxel_size[1]) ** 2 <= limit)
+    nkx = int(np.count_nonzero(np.fft.rfftfreq(nx, d=voxel_size[2]) ** 2 <= limit))
+    return kz, ky, nkx

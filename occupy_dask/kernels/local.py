@@ -25,6 +25,27 @@ def moments(values):  # pragma: no cover
     return total, squares, lo, hi
 
 
+@numba.njit(cache=True, nogil=True)
+def _masked_sum(scale, data, value):  # pragma: no cover
+    count = 0
+    total = 0.0
+    nz, ny, nx = scale.shape
+    for z in range(nz):
+        for y in range(ny):
+            for x in range(nx):
+                if scale[z, y, x] == value:
+                    count += 1
+                    total += np.float64(data[z, y, x])
+    return count, total
+
+
+def masked_sum(scale: np.ndarray, data: np.ndarray, value: float) -> tuple[int, float]:
+    """``(count, float64 sum of data)`` over the voxels where ``scale == value`` (same-shape
+    blocks; ``data`` may be a view into a padded block)."""
+    count, total = _masked_sum(scale, data, np.float32(value))
+    return int(count), float(total)
+
+
 def local_scale(max_filtered: np.ndarray, s_max: float, out: np.ndarray | None = None) -> np.ndarray:
     """``clip(s_i / s_max, 0, 1)`` in float32 (into ``out``, which may be ``max_filtered``)."""
     out = np.divide(max_filtered, np.float32(s_max), out=out, dtype=np.float32)
