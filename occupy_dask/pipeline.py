@@ -34,9 +34,10 @@ from .kernels.histogram import (
     confidence_lookup_reference,
     density_from_counts,
     histogram_counts,
+    histogram_counts_inside,
     histogram_edges,
 )
-from .kernels.local import inscribed_ellipsoid, local_scale, masked_sum, moments, recalibrate_noise_level
+from .kernels.local import block_moments, ellipsoid_terms, inscribed_ellipsoid, local_scale, masked_sum, moments, recalibrate_noise_level
 from .kernels.modify import modify_into, power_factor, sigmoid_factor, synthetic_solvent
 from .kernels.tiles import tile_layout, tile_quantiles
 from .settings import Modification, Settings, tau_for_kernel
@@ -115,49 +116,75 @@ class _Sums:
         return max(self.squares / self.n - mean * mean, 0.0)
 
 
-def _pass_one(sources, shape, start, stop, tile_ids, tile_origins, tile_size, tau):
-    raw = sources["raw"][_region(start, stop)]
-    lp = raw if sources["lp"] is sources["raw"] else sources["lp"][_region(start, stop)]
-    inside = inscribed_ellipsoid(shape, start, stop)
-    out = {
-        "raw": _Sums.of(raw),
-        "lp": _Sums.of(lp),
-        "flat": np.array([np.count_nonzero(raw[inside] == 0), inside.sum()]),
-        "nonfinite": np.array([np.count_nonzero(np.isnan(raw)), np.count_nonzero(np.isinf(raw))]),
-    }
-    if "solvent_def" in sources:
-        solvent = sources["solvent_def"][_region(start, stop)] > SOLVENT_THRESHOLD
-        out["R"] = _Sums.of(lp[solvent & inside])
-        out["R'"] = _Sums.of(lp[~solvent & inside])
-    else:
-        out["inside"] = _Sums.of(lp[inside])
-    if "target_mask" in sources:
-        target = sources["target_mask"][_region(start, stop)] > TARGET_THRESHOLD
-        scale_data = lp if sources["scale"] is sources["lp"] else raw
-        out["target"] = _Sums.of(scale_data[target])
-    if len(tile_ids):
-        out["tiles"] = _owned_tile_quantiles(sources, start, stop, tile_ids, tile_origins, tile_size, tau)
+def _sums_row(n: int, row: np.ndarray) -> _Sums:
+    return _Sums(n, float(row[0]), float(row[1]), float(row[2]), float(row[3])) if n else _Sums()
+
+
+def _pass_one(sources, shape, start, stop, tile_ids, tile_origins, tile_size, tau, histogram_ranges=None):
+    region = _region(start, stop)
+    with POOL.borrow() as take:
+        # the scale data is read once, with the planes, rows and columns its tiles reach beyond the block
+        reach = _tile_reach(stop, tile_origins, tile_size)
+        extended = _block(sources["scale"], _region(start, reach), take)
+        scale = extended[tuple(slice(0, b - a) for a, b in zip(start, stop))]
+        raw = scale if sources["raw"] is sources["scale"] else _block(sources["raw"], region, take)
+        lp = scale if sources["lp"] is sources["scale"] else raw if sources["lp"] is sources["raw"] else _block(sources["lp"], region, take)
+        terms = ellipsoid_terms(shape, start, stop)
+        sums, counts = block_moments(raw, lp, terms)
+        n_inside, zeros_inside, n_nan, n_inf = (int(c) for c in counts)
+        out = {
+            "raw": _sums_row(raw.size, sums[0]),
+            "lp": _sums_row(lp.size, sums[1]),
+            "flat": np.array([zeros_inside, n_inside]),
+            "nonfinite": np.array([n_nan, n_inf]),
+        }
+        if "solvent_def" in sources:
+            inside = inscribed_ellipsoid(shape, start, stop)
+            solvent = sources["solvent_def"][region] > SOLVENT_THRESHOLD
+            out["R"] = _Sums.of(lp[solvent & inside])
+            out["R'"] = _Sums.of(lp[~solvent & inside])
+        else:
+            out["inside"] = _sums_row(n_inside, sums[2])
+        if "target_mask" in sources:
+            out.update(_target_sums(sources, region, raw, lp))
+        if histogram_ranges is not None:  # ranges known beforehand: pass two's histograms here
+            out["histograms"] = histogram_counts_inside(lp, terms, *histogram_ranges)
+        if len(tile_ids):
+            out["tiles"] = (tile_ids, tile_quantiles(extended, start, tile_origins, tile_size, tau))
     return out
+
+
+def _tile_reach(stop, tile_origins, tile_size):
+    """The far corner of a block extended to hold every tile whose origin lies in it."""
+    if len(tile_origins) == 0:
+        return tuple(stop)
+    return tuple(int(v) for v in np.maximum(np.asarray(stop), tile_origins.max(axis=0) + tile_size))
+
+
+def _target_sums(sources, region, raw, lp):
+    target = sources["target_mask"][region] > TARGET_THRESHOLD
+    scale_data = lp if sources["scale"] is sources["lp"] else raw
+    return {"target": _Sums.of(scale_data[target])}
 
 
 def _owned_tile_quantiles(sources, start, stop, tile_ids, tile_origins, tile_size, tau):
     """``(tile_ids, tau-quantiles)`` of the tiles whose origin lies in the block; tiles that
     reach past the block are read whole, from its start to their far edge."""
-    reach = np.maximum(np.asarray(stop), tile_origins.max(axis=0) + tile_size)
-    block = sources["scale"][_region(start, reach)]
+    block = sources["scale"][_region(start, _tile_reach(stop, tile_origins, tile_size))]
     return tile_ids, tile_quantiles(block, start, tile_origins, tile_size, tau)
 
 
 def _pass_two(sources, shape, start, stop, lp_range, region_kind, region_range, target_tiles=None):
-    lp = sources["lp"][_region(start, stop)]
-    counts = histogram_counts(lp, *lp_range)
-    inside = inscribed_ellipsoid(shape, start, stop)
-    if region_kind == "inside":
-        mask = inside
-    else:
-        solvent = sources["solvent_def"][_region(start, stop)] > SOLVENT_THRESHOLD
-        mask = (solvent if region_kind == "R" else ~solvent) & inside
-    region_counts = histogram_counts(lp[mask], *region_range)
+    region = _region(start, stop)
+    with POOL.borrow() as take:
+        lp = _block(sources["lp"], region, take)
+        if region_kind == "inside":
+            counts, region_counts = histogram_counts_inside(lp, ellipsoid_terms(shape, start, stop), lp_range, region_range)
+        else:
+            counts = histogram_counts(lp, *lp_range)
+            solvent = sources["solvent_def"][region] > SOLVENT_THRESHOLD
+            mask = (solvent if region_kind == "R" else ~solvent) & inscribed_ellipsoid(shape, start, stop)
+            region_counts = histogram_counts(lp[mask], *region_range)
     target_quantiles = None
     if target_tiles is not None:  # the full-scale reference again, at the target mask's tau
         tile_ids, tile_origins, tile_size, tau = target_tiles
@@ -466,16 +493,46 @@ def _as_float32_dask(source, chunks) -> da.Array:
     return da.from_array(source, chunks=chunks, name=name, lock=False, asarray=False, meta=np.empty((0, 0, 0), np.float32))
 
 
+def _block_ranges(block: np.ndarray, shape, start) -> np.ndarray:
+    """(min, max, min inside, max inside) of one block of the low-passed map."""
+    stop = tuple(a + n for a, n in zip(start, block.shape))
+    sums, counts = block_moments(block, block, ellipsoid_terms(shape, start, stop))
+    return np.array([sums[1, 2], sums[1, 3], sums[2, 2], sums[2, 3]])
+
+
+def _store_block(block: np.ndarray, target, shape, start) -> np.ndarray:
+    target[_region(start, tuple(a + n for a, n in zip(start, block.shape)))] = block
+    return _block_ranges(block, shape, start)
+
+
+def _store_with_ranges(array: da.Array, target, run, label: str) -> tuple[float, float, float, float]:
+    """Compute ``array`` block by block into ``target`` (a numpy array or a zarr array whose
+    chunks the blocks cover) and return its ranges (see :func:`_block_ranges`), from the same
+    tasks."""
+    starts = [np.cumsum((0, *c[:-1])) for c in array.chunks]
+    blocks = array.to_delayed(optimize_graph=False)
+    tasks = [
+        dask.delayed(_store_block, pure=False)(blocks[i, j, k], target, array.shape, (int(starts[0][i]), int(starts[1][j]), int(starts[2][k])))
+        for i, j, k in np.ndindex(*blocks.shape)
+    ]
+    return _combined_ranges(run(*tasks, label=label))
+
+
+def _combined_ranges(parts) -> tuple[float, float, float, float]:
+    parts = np.array(parts)
+    return (float(parts[:, 0].min()), float(parts[:, 1].max()), float(parts[:, 2].min()), float(parts[:, 3].max()))
+
+
 def _materialise(array: da.Array, spill: bool, temp_dir: str | None, run, label: str, read_chunks=None):
-    """Compute a lazy map into memory or, when ``spill``, into a temporary zarr store.
+    """Compute a lazy map into memory or, when ``spill``, into a temporary zarr store; returns
+    the source, the temporary folder (or None) and the map's ranges (see :func:`_block_ranges`).
 
     The store is uncompressed (a scratch copy of noisy data) and chunked as the array's
     z-slabs cut along y and x like ``read_chunks`` (the later block reads), so a block read
     touches hardly more than its own data; every write covers whole zarr chunks."""
     if not spill:
         target = np.empty(array.shape, dtype=np.float32)
-        run(da.store(array, target, lock=False, compute=False), label=label)
-        return ArraySource(target), None
+        return ArraySource(target), None, _store_with_ranges(array, target, run, label)
     import zarr
 
     folder = Path(tempfile.mkdtemp(prefix="occupy_dask_", dir=temp_dir)).absolute()
@@ -486,8 +543,7 @@ def _materialise(array: da.Array, spill: bool, temp_dir: str | None, run, label:
             if len(array.chunks[axis]) == 1:  # blocks span the axis: any cut along it stays aligned
                 chunks[axis] = min(read_chunks[axis], array.shape[axis])
     z = zarr.create_array(str(path), shape=array.shape, chunks=tuple(chunks), dtype="float32", fill_value=0.0, compressors=None)
-    run(da.store(array, z, lock=False, compute=False), label=label)
-    return ZarrSource(str(path), tuple(array.shape)), folder
+    return ZarrSource(str(path), tuple(array.shape)), folder, _store_with_ranges(array, z, run, label)
 
 
 def _spill(array: da.Array, chunks, name: str, *, folder: Path, run) -> da.Array:
@@ -592,6 +648,7 @@ def estimate(
             raw_source = FiniteSource(raw_source, median)
             notes.append(f"replaced {bad} NaN or infinite voxels with the median of the finite ones ({median:.6g})")
     sources = {"raw": raw_source}
+    lp_ranges = None
     if s.lowpass_applied:
         spill_spectrum, fft_folder = None, None
         if lowpass_stage.spectrum_bytes(s.shape, s.voxel_size, s.lowpass_angstrom, s.reference_compatible) > IN_MEMORY_LOWPASS_BYTES:
@@ -609,7 +666,7 @@ def estimate(
         if spill_lowpass is None:  # tasks in other processes cannot read this one's memory
             spill_lowpass = lp_lazy.nbytes > IN_MEMORY_LOWPASS_BYTES or getattr(run, "distributed", False)
         try:
-            lp_source, folder = _materialise(lp_lazy, spill_lowpass, temp_dir, run, "low-pass", read_chunks=s.chunks)
+            lp_source, folder, lp_ranges = _materialise(lp_lazy, spill_lowpass, temp_dir, run, "low-pass", read_chunks=s.chunks)
         finally:
             if fft_folder is not None:  # the spectra are not needed once the low-passed map exists
                 shutil.rmtree(fft_folder, ignore_errors=True)
@@ -626,7 +683,7 @@ def estimate(
     sources["scale"] = sources["lp"] if s.scale_mode == "occ" else sources["raw"]
 
     try:
-        est = _estimate_from_sources(sources, info, s, run, temp_dirs, extra_outputs)
+        est = _estimate_from_sources(sources, info, s, run, temp_dirs, extra_outputs, lp_ranges)
         est.warnings[:0] = notes
         return est
     except BaseException:
@@ -635,10 +692,19 @@ def estimate(
         raise
 
 
-def _estimate_from_sources(sources, info, s: Settings, run, temp_dirs, extra_outputs) -> Estimate:
+def _estimate_from_sources(sources, info, s: Settings, run, temp_dirs, extra_outputs, lp_ranges=None) -> Estimate:
+    """The global reductions and the lazy fused pass. ``lp_ranges`` (min and max of the
+    low-passed map, and of it inside the inscribed ellipsoid), when known from making the
+    low-passed map, let the first pass also take the histograms: one pass over the data instead
+    of two (without a solvent definition or target mask, whose regions depend on pass one)."""
     shape, chunks = s.shape, s.chunks
     grid = list(block_grid(shape, chunks))
     warnings: list[str] = []
+    histogram_ranges = None
+    if lp_ranges is not None and "solvent_def" not in sources and "target_mask" not in sources:
+        lo, hi, inside_lo, inside_hi = lp_ranges
+        if np.all(np.isfinite(lp_ranges)) and lo < hi and inside_lo < inside_hi:
+            histogram_ranges = ((lo, hi), (inside_lo, inside_hi))
 
     # pass 1: ranges, solvent-region statistics, tile quantiles
     origins, tile_index = tile_layout(shape, s.tile_size, s.tile_grid)
@@ -651,15 +717,18 @@ def _estimate_from_sources(sources, info, s: Settings, run, temp_dirs, extra_out
     tasks = []
     for index, start, stop in grid:
         ids = np.asarray(owner[index], dtype=np.int64)
-        tasks.append(dask.delayed(_pass_one, pure=False)(sources, shape, start, stop, ids, origins[ids], s.tile_size, s.tau))
+        tasks.append(dask.delayed(_pass_one, pure=False)(sources, shape, start, stop, ids, origins[ids], s.tile_size, s.tau, histogram_ranges))
     results = run(*tasks, label="reductions")
     totals = {}
     quantiles = np.full(len(origins), -np.inf, dtype=np.float32)
+    histograms = []
     for res in results:
         for key, value in res.items():
             if key == "tiles":
                 ids, values = value
                 quantiles[ids] = values
+            elif key == "histograms":
+                histograms.append(value)
             else:
                 totals[key] = totals[key] + value if key in totals else value
     n_nan, n_inf = (int(v) for v in totals["nonfinite"])
@@ -703,12 +772,19 @@ def _estimate_from_sources(sources, info, s: Settings, run, temp_dirs, extra_out
 
     # pass 2: histograms of the whole low-passed map and of the solvent region (and, with a
     # target mask, the tile quantiles at its tau)
-    tasks = []
-    for index, start, stop in grid:
-        ids = np.asarray(owner[index], dtype=np.int64)
-        target_tiles = (ids, origins[ids], s.tile_size, target_tau) if target_tau is not None else None
-        tasks.append(dask.delayed(_pass_two, pure=False)(sources, shape, start, stop, lp_range, region_kind, (region.lo, region.hi), target_tiles))
-    results = run(*tasks, label="histograms")
+    if histogram_ranges is not None:
+        if histogram_ranges != (lp_range, (region.lo, region.hi)):  # both from the same float32 values
+            raise ProcessingError(f"internal error: low-pass ranges {histogram_ranges} disagree with the first pass")
+        results = histograms
+    else:
+        tasks = []
+        for index, start, stop in grid:
+            ids = np.asarray(owner[index], dtype=np.int64)
+            target_tiles = (ids, origins[ids], s.tile_size, target_tau) if target_tau is not None else None
+            tasks.append(
+                dask.delayed(_pass_two, pure=False)(sources, shape, start, stop, lp_range, region_kind, (region.lo, region.hi), target_tiles)
+            )
+        results = run(*tasks, label="histograms")
     lp_counts = sum(r[0] for r in results)
     region_counts = sum(r[1] for r in results)
     lp_edges = histogram_edges(*lp_range)

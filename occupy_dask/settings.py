@@ -206,7 +206,7 @@ class Settings:
     def chunks(self) -> tuple[int, int, int]:
         """Block shape of the fused pass. ``--chunks N``: cubes of edge N. By default slabs of
         whole (y, x) planes of about 64 MB, which are contiguous in the file and so read and
-        written in one piece; cubes of 256 when a slab would be thinner than 32 planes."""
+        written in one piece; cubes of 256 when a slab would be thinner than 16 planes."""
         if self.chunk_edge is not None:
             return tuple(min(self.chunk_edge, n) for n in self.shape)
         nz, ny, nx = self.shape

@@ -166,3 +166,15 @@ def test_allow_nonfinite_replaces_with_the_median(phantom96):
         assert np.array_equal(scale, ref.scale.compute())
     with pytest.raises(occupy_dask.pipeline.ProcessingError, match="1 NaN and 2 infinite"):
         occupy_dask.estimate(data, voxel_size=1.1, chunks=40)
+
+
+def test_one_pass_and_two_pass_reductions_agree(phantom96, monkeypatch):
+    from occupy_dask import pipeline
+
+    one = _outputs(phantom96, chunks=32)
+    monkeypatch.setattr(pipeline, "_combined_ranges", lambda parts: (np.nan,) * 4)  # ranges unknown: histograms in a second pass
+    two = _outputs(phantom96, chunks=32)
+    assert one[0] == two[0]
+    assert np.array_equal(one[1], two[1]) and np.array_equal(one[2], two[2])
+    assert np.array_equal(one[3].confidence.fraction, two[3].confidence.fraction)
+    assert (one[3].solvent_model.mu, one[3].solvent_model.sigma) == (two[3].solvent_model.mu, two[3].solvent_model.sigma)

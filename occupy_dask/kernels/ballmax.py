@@ -48,70 +48,82 @@ def kernel_runs(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
 
 @numba.njit(cache=True, nogil=True)
 def _ball_max_valid(padded, dz, dy, width_index, widths, hz, hy, hx, out, ring):  # pragma: no cover
-    zp_n, yp_n, _ = padded.shape
+    zp_n = padded.shape[0]
     z_n, y_n, x_n = out.shape
     n_w = widths.size
     depth = 2 * hz + 1
     wmax = widths[n_w - 1]
+    # `ring` (depth, n_w, tile_y + 2hy, tile_x): x-run maxima of the last `depth` padded planes of
+    # one (y, x) tile, one per half-width; tiles keep it small enough to stay in cache
+    tile_y = ring.shape[2] - 2 * hy
+    tile_x = ring.shape[3]
     store = np.full(wmax + 1, -1, np.int64)  # ring slot of each stored half-width
     for wi in range(n_w):
         store[widths[wi]] = wi
-    # `ring` (depth, n_w, yp_n, x_n): x-run maxima of the last `depth` padded planes, one per half-width
     # two row buffers: writing each maximum into the other buffer (never in place) lets LLVM
     # vectorise the loops, which it does not do for a read-modify-write of a possibly aliased row
-    acc_a = np.empty(x_n, padded.dtype)
-    acc_b = np.empty(x_n, padded.dtype)
-    for zp in range(zp_n):
-        slot = zp % depth
-        for y in range(yp_n):
-            row = padded[zp, y]
-            run = np.empty(x_n, padded.dtype)  # a fresh buffer: known not to alias `row`
-            for x in range(x_n):
-                run[x] = row[x + hx]
-            if store[0] >= 0:
-                dst = ring[slot, store[0], y]
-                for x in range(x_n):
-                    dst[x] = run[x]
-            for w in range(1, wmax + 1):  # widen the run by one voxel each side
-                for x in range(x_n):
-                    a = row[x + hx - w]
-                    b = row[x + hx + w]
-                    c = a if a > b else b
-                    run[x] = c if c > run[x] else run[x]
-                if store[w] >= 0:
-                    dst = ring[slot, store[w], y]
-                    for x in range(x_n):
-                        dst[x] = run[x]
-        if zp < depth - 1:
-            continue
-        z = zp - (depth - 1)
-        for y in range(y_n):
-            src = ring[(z + hz + dz[0]) % depth, width_index[0], y + hy + dy[0]]
-            for x in range(x_n):
-                acc_a[x] = src[x]
-            for r in range(1, dz.size):
-                src = ring[(z + hz + dz[r]) % depth, width_index[r], y + hy + dy[r]]
-                if r % 2 == 1:
-                    for x in range(x_n):
-                        a = acc_a[x]
-                        b = src[x]
-                        acc_b[x] = b if b > a else a
-                else:
-                    for x in range(x_n):
-                        a = acc_b[x]
-                        b = src[x]
-                        acc_a[x] = b if b > a else a
-            last = acc_a if dz.size % 2 == 1 else acc_b
-            o = out[z, y]
-            for x in range(x_n):
-                o[x] = last[x]
+    acc_a = np.empty(tile_x, padded.dtype)
+    acc_b = np.empty(tile_x, padded.dtype)
+    for ty0 in range(0, y_n, tile_y):
+        ty_n = min(tile_y, y_n - ty0)
+        for tx0 in range(0, x_n, tile_x):
+            tw = min(tile_x, x_n - tx0)
+            for zp in range(zp_n):
+                slot = zp % depth
+                for y in range(ty_n + 2 * hy):
+                    row = padded[zp, ty0 + y, tx0:]
+                    run = np.empty(tw, padded.dtype)  # a fresh buffer: known not to alias `row`
+                    for x in range(tw):
+                        run[x] = row[x + hx]
+                    if store[0] >= 0:
+                        dst = ring[slot, store[0], y]
+                        for x in range(tw):
+                            dst[x] = run[x]
+                    for w in range(1, wmax + 1):  # widen the run by one voxel each side
+                        for x in range(tw):
+                            a = row[x + hx - w]
+                            b = row[x + hx + w]
+                            c = a if a > b else b
+                            run[x] = c if c > run[x] else run[x]
+                        if store[w] >= 0:
+                            dst = ring[slot, store[w], y]
+                            for x in range(tw):
+                                dst[x] = run[x]
+                if zp < depth - 1:
+                    continue
+                z = zp - (depth - 1)
+                for y in range(ty_n):
+                    src = ring[(z + hz + dz[0]) % depth, width_index[0], y + hy + dy[0]]
+                    for x in range(tw):
+                        acc_a[x] = src[x]
+                    for r in range(1, dz.size):
+                        src = ring[(z + hz + dz[r]) % depth, width_index[r], y + hy + dy[r]]
+                        if r % 2 == 1:
+                            for x in range(tw):
+                                a = acc_a[x]
+                                b = src[x]
+                                acc_b[x] = b if b > a else a
+                        else:
+                            for x in range(tw):
+                                a = acc_b[x]
+                                b = src[x]
+                                acc_a[x] = b if b > a else a
+                    last = acc_a if dz.size % 2 == 1 else acc_b
+                    o = out[z, ty0 + y, tx0:]
+                    for x in range(tw):
+                        o[x] = last[x]
     return out
+
+
+TILE_Y, TILE_X = 32, 256  # output rows and columns per tile: the ring of a ball of radius 4 is about 2 MB
 
 
 def ring_shape(padded_shape, kernel: np.ndarray) -> tuple[int, int, int, int]:
     """Shape of the scratch buffer :func:`ball_max_valid` keeps its run maxima in."""
     _, _, _, widths = kernel_runs(kernel)
-    return (kernel.shape[0], widths.size, padded_shape[1], padded_shape[2] - 2 * (kernel.shape[2] // 2))
+    hy, hx = kernel.shape[1] // 2, kernel.shape[2] // 2
+    rows, columns = padded_shape[1] - 2 * hy, padded_shape[2] - 2 * hx
+    return (kernel.shape[0], widths.size, min(TILE_Y, rows) + 2 * hy, min(TILE_X, columns))
 
 
 def ball_max_valid(padded: np.ndarray, kernel: np.ndarray, out: np.ndarray | None = None, scratch: np.ndarray | None = None) -> np.ndarray:

@@ -110,3 +110,35 @@ def confidence_lookup_reference(lp: np.ndarray, table: np.ndarray, lp_min: float
     table = np.ascontiguousarray(table, dtype=np.float32)
     _lookup_reference(lp.reshape(-1), np.float32(lp_min) / span, span, table, out.reshape(-1))
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_with_region(lp, tz, ty, tx, edges, region_edges, counts, region_counts):  # pragma: no cover
+    scale = np.float32(edges.size - 1) / (edges[-1] - edges[0])
+    region_scale = np.float32(region_edges.size - 1) / (region_edges[-1] - region_edges[0])
+    lo, hi = edges[0], edges[-1]
+    region_lo, region_hi = region_edges[0], region_edges[-1]
+    nz, ny, nx = lp.shape
+    for z in range(nz):
+        for y in range(ny):
+            zy = tz[z] + ty[y]
+            for x in range(nx):
+                v = lp[z, y, x]
+                if v >= lo and v <= hi:
+                    counts[_bin_of(v, edges, scale)] += 1
+                if zy + tx[x] <= 1.0 and v >= region_lo and v <= region_hi:
+                    region_counts[_bin_of(v, region_edges, region_scale)] += 1
+
+
+def histogram_counts_inside(lp: np.ndarray, axis_terms, lp_range, region_range, n_bins: int = N_BINS) -> tuple[np.ndarray, np.ndarray]:
+    """In one sweep: counts of the whole block over ``lp_range`` and of its voxels inside the
+    inscribed ellipsoid over ``region_range`` (``axis_terms`` as :func:`ellipsoid_terms`); the
+    same numbers as :func:`histogram_counts` on the block and on its inside voxels."""
+    edges, region_edges = histogram_edges(*lp_range, n_bins), histogram_edges(*region_range, n_bins)
+    if edges[-1] <= edges[0] or region_edges[-1] <= region_edges[0]:
+        tz, ty, tx = axis_terms
+        inside = (tz[:, None, None] + ty[None, :, None]) + tx[None, None, :] <= 1.0
+        return histogram_counts(lp, *lp_range, n_bins), histogram_counts(lp[inside], *region_range, n_bins)
+    counts, region_counts = np.zeros(n_bins, np.int64), np.zeros(n_bins, np.int64)
+    _count_with_region(np.asarray(lp, dtype=np.float32), *axis_terms, edges, region_edges, counts, region_counts)
+    return counts, region_counts

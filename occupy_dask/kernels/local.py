@@ -60,12 +60,68 @@ def recalibrate_noise_level(scale: np.ndarray, confidence_limit: float, out: np.
     return np.clip(out, np.float32(0.0), np.float32(1.0), out=out)
 
 
-def inscribed_ellipsoid(shape, start, stop) -> np.ndarray:
-    """Boolean block ``[start, stop)`` of the ellipsoid inscribed in a box of ``shape`` voxels
-    (voxel centres at ``i + 0.5``; semi-axes half the box)."""
+def ellipsoid_terms(shape, start, stop) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-axis float64 terms ``((i + 0.5 - n/2) / (n/2))**2`` of the block ``[start, stop)``: a
+    voxel is inside the inscribed ellipsoid when ``(t_z + t_y) + t_x <= 1``."""
     terms = []
     for n, a, b in zip(shape, start, stop):
         half = n / 2.0
         terms.append(((np.arange(a, b) + 0.5 - half) / half) ** 2)
-    total = terms[0][:, None, None] + terms[1][None, :, None] + terms[2][None, None, :]
-    return total <= 1.0
+    return tuple(terms)
+
+
+def inscribed_ellipsoid(shape, start, stop) -> np.ndarray:
+    """Boolean block ``[start, stop)`` of the ellipsoid inscribed in a box of ``shape`` voxels
+    (voxel centres at ``i + 0.5``; semi-axes half the box)."""
+    tz, ty, tx = ellipsoid_terms(shape, start, stop)
+    return (tz[:, None, None] + ty[None, :, None]) + tx[None, None, :] <= 1.0
+
+
+@numba.njit(cache=True, nogil=True)
+def _block_moments(raw, lp, tz, ty, tx, sums, counts):  # pragma: no cover
+    # sums rows: raw, lp, lp inside; columns: total, squares, lo, hi. counts: inside, zeros inside, NaN, Inf
+    nz, ny, nx = raw.shape
+    for z in range(nz):
+        for y in range(ny):
+            zy = tz[z] + ty[y]
+            for x in range(nx):
+                r = np.float64(raw[z, y, x])
+                v = np.float64(lp[z, y, x])
+                sums[0, 0] += r
+                sums[0, 1] += r * r
+                if r < sums[0, 2]:
+                    sums[0, 2] = r
+                if r > sums[0, 3]:
+                    sums[0, 3] = r
+                sums[1, 0] += v
+                sums[1, 1] += v * v
+                if v < sums[1, 2]:
+                    sums[1, 2] = v
+                if v > sums[1, 3]:
+                    sums[1, 3] = v
+                if np.isnan(r):
+                    counts[2] += 1
+                elif np.isinf(r):
+                    counts[3] += 1
+                if zy + tx[x] <= 1.0:
+                    counts[0] += 1
+                    if r == 0.0:
+                        counts[1] += 1
+                    sums[2, 0] += v
+                    sums[2, 1] += v * v
+                    if v < sums[2, 2]:
+                        sums[2, 2] = v
+                    if v > sums[2, 3]:
+                        sums[2, 3] = v
+
+
+def block_moments(raw: np.ndarray, lp: np.ndarray, axis_terms) -> tuple[np.ndarray, np.ndarray]:
+    """One sweep over a block: ``sums`` (3, 4) float64 of (total, sum of squares, min, max) of
+    the raw map, the low-passed map and the low-passed map inside the inscribed ellipsoid, in
+    the order :func:`moments` adds them; ``counts`` (4,) of voxels inside, raw zeros inside,
+    raw NaN and raw infinite voxels."""
+    sums = np.zeros((3, 4), np.float64)
+    sums[:, 2], sums[:, 3] = np.inf, -np.inf
+    counts = np.zeros(4, np.int64)
+    _block_moments(np.asarray(raw, np.float32), np.asarray(lp, np.float32), *axis_terms, sums, counts)
+    return sums, counts

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 
 
@@ -48,20 +49,30 @@ def quantile_index(tau: float, n_values: int) -> int:
     return min(int(math.floor(tau * n_values)), n_values - 1)
 
 
+@numba.njit(cache=True, nogil=True)
+def _tile_quantiles(block, rel, t, k, out):  # pragma: no cover
+    values = np.empty(t * t * t, dtype=block.dtype)
+    for i in range(rel.shape[0]):
+        z0, y0, x0 = rel[i, 0], rel[i, 1], rel[i, 2]
+        n = 0
+        for z in range(z0, z0 + t):
+            for y in range(y0, y0 + t):
+                for x in range(x0, x0 + t):
+                    values[n] = block[z, y, x]
+                    n += 1
+        out[i] = np.partition(values, k)[k]
+    return out
+
+
 def tile_quantiles(block: np.ndarray, block_origin: tuple[int, int, int], origins: np.ndarray, tile_size: int, tau: float) -> np.ndarray:
-    """Tau-quantile of each tile (float32, one per row of ``origins``).
+    """Tau-quantile of each tile (float32, one per row of ``origins``): the value at index
+    :func:`quantile_index` of the tile's sorted values, found by selection.
 
     ``block`` holds the data from ``block_origin`` on and must contain every tile.
     """
-    t = tile_size
-    k = quantile_index(tau, t**3)
-    out = np.empty(len(origins), dtype=np.float32)
-    rel = np.asarray(origins, dtype=np.int64) - np.asarray(block_origin, dtype=np.int64)
-    batch = 4096
-    for start in range(0, len(rel), batch):
-        chunk = rel[start : start + batch]
-        values = np.empty((len(chunk), t**3), dtype=np.float32)
-        for i, (z, y, x) in enumerate(chunk):
-            values[i] = block[z : z + t, y : y + t, x : x + t].ravel()
-        out[start : start + len(chunk)] = np.partition(values, k, axis=1)[:, k]
+    k = quantile_index(tau, tile_size**3)
+    rel = np.ascontiguousarray(np.asarray(origins, dtype=np.int64) - np.asarray(block_origin, dtype=np.int64)).reshape(-1, 3)
+    out = np.empty(len(rel), dtype=np.float32)
+    if len(rel):
+        _tile_quantiles(np.asarray(block, dtype=np.float32), rel, int(tile_size), int(k), out)
     return out
