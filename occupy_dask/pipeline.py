@@ -39,7 +39,7 @@ from .kernels.histogram import (
 )
 from .kernels.local import block_moments, ellipsoid_terms, inscribed_ellipsoid, local_scale, masked_sum, moments, recalibrate_noise_level
 from .kernels.modify import modify_into, power_factor, sigmoid_factor, synthetic_solvent
-from .kernels.tiles import tile_layout, tile_quantiles
+from .kernels.tiles import largest_tile_quantile, tile_layout
 from .settings import Modification, Settings, tau_for_kernel
 from .solvent import (
     SOLVENT_ADVICE,
@@ -150,7 +150,7 @@ def _pass_one(sources, shape, start, stop, tile_ids, tile_origins, tile_size, ta
         if histogram_ranges is not None:  # ranges known beforehand: pass two's histograms here
             out["histograms"] = histogram_counts_inside(lp, terms, *histogram_ranges)
         if len(tile_ids):
-            out["tiles"] = (tile_ids, tile_quantiles(extended, start, tile_origins, tile_size, tau))
+            out["tiles"] = _best_tile(tile_ids, largest_tile_quantile(extended, start, tile_origins, tile_size, tau))
     return out
 
 
@@ -168,10 +168,25 @@ def _target_sums(sources, region, raw, lp):
 
 
 def _owned_tile_quantiles(sources, start, stop, tile_ids, tile_origins, tile_size, tau):
-    """``(tile_ids, tau-quantiles)`` of the tiles whose origin lies in the block; tiles that
-    reach past the block are read whole, from its start to their far edge."""
+    """``(tile id, tau-quantile)`` of the tile with the largest quantile among those whose origin
+    lies in the block; tiles that reach past the block are read whole, from its start to their
+    far edge."""
     block = sources["scale"][_region(start, _tile_reach(stop, tile_origins, tile_size))]
-    return tile_ids, tile_quantiles(block, start, tile_origins, tile_size, tau)
+    return _best_tile(tile_ids, largest_tile_quantile(block, start, tile_origins, tile_size, tau))
+
+
+def _best_tile(tile_ids, found) -> tuple[int, float]:
+    row, value = found
+    return int(tile_ids[row]), value
+
+
+def _largest(found) -> tuple[int, float]:
+    """The (tile id, value) with the largest value, the lowest id on ties (as ``np.argmax``)."""
+    found = [f for f in found if f is not None]
+    if any(np.isnan(v) for _, v in found):
+        return next((t, v) for t, v in found if np.isnan(v))
+    value = max(v for _, v in found)
+    return min(t for t, v in found if v == value), value
 
 
 def _pass_two(sources, shape, start, stop, lp_range, region_kind, region_range, target_tiles=None):
@@ -720,13 +735,12 @@ def _estimate_from_sources(sources, info, s: Settings, run, temp_dirs, extra_out
         tasks.append(dask.delayed(_pass_one, pure=False)(sources, shape, start, stop, ids, origins[ids], s.tile_size, s.tau, histogram_ranges))
     results = run(*tasks, label="reductions")
     totals = {}
-    quantiles = np.full(len(origins), -np.inf, dtype=np.float32)
+    tiles = []
     histograms = []
     for res in results:
         for key, value in res.items():
             if key == "tiles":
-                ids, values = value
-                quantiles[ids] = values
+                tiles.append(value)
             elif key == "histograms":
                 histograms.append(value)
             else:
@@ -741,8 +755,7 @@ def _estimate_from_sources(sources, info, s: Settings, run, temp_dirs, extra_out
     lp_range = (totals["lp"].lo, totals["lp"].hi)
     if not np.all(np.isfinite(raw_range)) or raw_range[0] == raw_range[1]:
         raise ProcessingError(f"the map is constant ({raw_range[0]:.6g} everywhere): there is no scale to estimate")
-    best = int(np.argmax(quantiles))
-    s_max = float(quantiles[best])
+    best, s_max = _largest(tiles)
     if not s_max > 0:
         raise ProcessingError(f"the full-scale reference is {s_max:.4g} (no positive density in the central tiles); is the map inverted or empty?")
 
@@ -815,12 +828,8 @@ def _estimate_from_sources(sources, info, s: Settings, run, temp_dirs, extra_out
     nlrc_limit = (table.limit_value / s_max) if s.nlrc else None
     target_occupancy = None
     if target_tau is not None:
-        target_quantiles = np.full(len(origins), -np.inf, dtype=np.float32)
-        for r in results:
-            if r[2] is not None:
-                target_quantiles[r[2][0]] = r[2][1]
         target_occupancy = TargetOccupancy(
-            n_voxels=target.n, tau=target_tau, value_max=target.hi, s_max=float(target_quantiles.max()), nlrc_limit=nlrc_limit
+            n_voxels=target.n, tau=target_tau, value_max=target.hi, s_max=_largest(r[2] for r in results)[1], nlrc_limit=nlrc_limit
         )
 
     outputs = ["scale", "confidence", *[n for n in extra_outputs if n != "factor"]]

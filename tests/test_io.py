@@ -139,3 +139,25 @@ def test_mrc_block_reads_into_buffers(data_dir):
             out = np.empty([k.stop - k.start for k in key], np.float32)
             assert m.source.read_into(key, out) is out
             assert np.array_equal(out, ref.data[key])
+
+
+@pytest.mark.parametrize("chunks, compressed", [((4, 6, 5), False), ((3, 4, 2), False), ((4, 6, 5), True)])
+def test_zarr_block_reads_into_buffers(tmp_path, chunks, compressed):
+    import itertools
+
+    import zarr
+
+    from occupy_dask.io.read import ZarrSource
+
+    data = np.random.default_rng(1).normal(size=(10, 6, 5)).astype(np.float32)
+    codec = {} if compressed else {"compressors": None}
+    z = zarr.create_array(str(tmp_path / "a.zarr"), shape=data.shape, chunks=chunks, dtype="float32", fill_value=0.0, **codec)
+    z[:] = data
+    source = ZarrSource(str(tmp_path / "a.zarr"), data.shape)
+    for a, b in itertools.product([(0, 10), (3, 7), (4, 8), (9, 10)], [(0, 6), (1, 5)]):
+        key = (slice(*a), slice(*b), slice(1, 5))
+        out = np.empty([k.stop - k.start for k in key], np.float32)
+        assert np.array_equal(source.read_into(key, out), data[key])
+        whole = (slice(*a), slice(0, 6), slice(0, 5))
+        out = np.empty([k.stop - k.start for k in whole], np.float32)
+        assert np.array_equal(source.read_into(whole, out), data[whole])

@@ -149,3 +149,21 @@ def test_monotone_walk_and_hedge():
     assert hedged(walked, 2.0)[1] == 0.0
     assert hedged(walked, 2.0, reference=True)[1] == pytest.approx(0.04)
     assert hedged(walked, 2.5, reference=True)[1] == 0.0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_largest_tile_quantile_is_the_argmax_of_all_quantiles(seed):
+    from occupy_dask.kernels.tiles import largest_tile_quantile, quantile_index, tile_quantiles
+
+    rng = np.random.default_rng(seed)
+    t = int(rng.integers(2, 13))
+    n = t + 12
+    block = rng.normal(size=(n, n, n)).astype(np.float32)
+    if seed % 2:
+        block = np.round(block * 3).astype(np.float32)  # many tied quantiles: the first tile must win
+    origins = rng.integers(0, n - t + 1, size=(60, 3))
+    tau = float(rng.choice([0.5, 0.9, 0.9647, 0.999]))
+    every = tile_quantiles(block, (0, 0, 0), origins, t, tau)
+    k = quantile_index(tau, t**3)
+    assert np.array_equal(every, [np.partition(block[z : z + t, y : y + t, x : x + t].ravel(), k)[k] for z, y, x in origins])
+    assert largest_tile_quantile(block, (0, 0, 0), origins, t, tau) == (int(np.argmax(every)), float(every.max()))

@@ -50,17 +50,94 @@ def quantile_index(tau: float, n_values: int) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
+def _select(values, k):  # pragma: no cover
+    """The k-th smallest of ``values`` (reordered in place): quickselect, median-of-three pivot."""
+    lo, hi = 0, values.size - 1
+    while hi > lo:
+        mid = (lo + hi) // 2
+        if values[mid] < values[lo]:
+            values[mid], values[lo] = values[lo], values[mid]
+        if values[hi] < values[lo]:
+            values[hi], values[lo] = values[lo], values[hi]
+        if values[hi] < values[mid]:
+            values[hi], values[mid] = values[mid], values[hi]
+        pivot = values[mid]
+        i, j = lo, hi
+        while i <= j:
+            while values[i] < pivot:
+                i += 1
+            while pivot < values[j]:
+                j -= 1
+            if i <= j:
+                values[i], values[j] = values[j], values[i]
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            return values[k]
+    return values[k]
+
+
+@numba.njit(cache=True, nogil=True)
+def _select_top(values, m, heap):  # pragma: no cover
+    """The m-th largest of ``values`` (the (size - m)-th smallest): a min-heap of the m largest
+    seen so far, which most values (those below its root) pass by with one comparison."""
+    for i in range(m):  # heapify the first m values
+        heap[i] = values[i]
+    for start in range(m // 2 - 1, -1, -1):
+        _sift_down(heap, start, m)
+    for i in range(m, values.size):
+        v = values[i]
+        if v > heap[0]:
+            heap[0] = v
+            _sift_down(heap, 0, m)
+    return heap[0]
+
+
+@numba.njit(cache=True, nogil=True)
+def _sift_down(heap, i, m):  # pragma: no cover
+    while True:
+        child = 2 * i + 1
+        if child >= m:
+            return
+        if child + 1 < m and heap[child + 1] < heap[child]:
+            child += 1
+        if heap[child] < heap[i]:
+            heap[child], heap[i] = heap[i], heap[child]
+            i = child
+        else:
+            return
+
+
+TOP_SELECT_MAX = 256  # above this many values past the quantile, quickselect is faster than a heap
+
+
+@numba.njit(cache=True, nogil=True)
 def _tile_quantiles(block, rel, t, k, out):  # pragma: no cover
     values = np.empty(t * t * t, dtype=block.dtype)
+    m = values.size - k
+    heap = np.empty(m, dtype=block.dtype)
     for i in range(rel.shape[0]):
         z0, y0, x0 = rel[i, 0], rel[i, 1], rel[i, 2]
         n = 0
         for z in range(z0, z0 + t):
             for y in range(y0, y0 + t):
-                for x in range(x0, x0 + t):
-                    values[n] = block[z, y, x]
-                    n += 1
-        out[i] = np.partition(values, k)[k]
+                row = block[z, y, x0 : x0 + t]
+                for x in range(t):
+                    values[n + x] = row[x]
+                n += t
+        nans = 0
+        for v in values:
+            nans += v != v
+        if nans:
+            out[i] = np.nan  # NaN maps are refused after this pass
+        elif m <= TOP_SELECT_MAX:
+            out[i] = _select_top(values, m, heap)
+        else:
+            out[i] = _select(values, k)
     return out
 
 
@@ -76,3 +153,45 @@ def tile_quantiles(block: np.ndarray, block_origin: tuple[int, int, int], origin
     if len(rel):
         _tile_quantiles(np.asarray(block, dtype=np.float32), rel, int(tile_size), int(k), out)
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _largest_tile_quantile(block, rel, t, k):  # pragma: no cover
+    values = np.empty(t * t * t, dtype=block.dtype)
+    m = values.size - k
+    heap = np.empty(m, dtype=block.dtype)
+    best, best_i = -np.inf, -1
+    for i in range(rel.shape[0]):
+        z0, y0, x0 = rel[i, 0], rel[i, 1], rel[i, 2]
+        n = 0
+        for z in range(z0, z0 + t):
+            for y in range(y0, y0 + t):
+                row = block[z, y, x0 : x0 + t]
+                for x in range(t):
+                    values[n + x] = row[x]
+                n += t
+        above = 0
+        nans = 0
+        for v in values:
+            above += v > best
+            nans += v != v
+        if nans:
+            return i, np.nan  # NaN maps are refused after this pass
+        if above < m:  # its quantile (the m-th largest value) cannot exceed the best so far
+            continue
+        q = _select_top(values, m, heap) if m <= TOP_SELECT_MAX else _select(values, k)
+        if q > best:
+            best, best_i = q, i
+    return best_i, best
+
+
+def largest_tile_quantile(block: np.ndarray, block_origin, origins: np.ndarray, tile_size: int, tau: float) -> tuple[int, float]:
+    """``(row of origins, value)`` of the tile with the largest tau-quantile (the first such
+    row on ties), as ``argmax`` of :func:`tile_quantiles`; tiles whose values cannot beat the
+    best so far are passed over after one count."""
+    k = quantile_index(tau, tile_size**3)
+    rel = np.ascontiguousarray(np.asarray(origins, dtype=np.int64) - np.asarray(block_origin, dtype=np.int64)).reshape(-1, 3)
+    if len(rel) == 0:
+        return -1, -np.inf
+    i, value = _largest_tile_quantile(np.asarray(block, dtype=np.float32), rel, int(tile_size), int(k))
+    return int(i), float(value)
