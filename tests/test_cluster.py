@@ -34,11 +34,6 @@ def _assert_same(a, b):
 
 
 @pytest.fixture(scope="module")
-def phantom(golden_dir):
-    return golden_dir / "phantom96.mrc"
-
-
-@pytest.fixture(scope="module")
 def threaded(tmp_path_factory, phantom):
     """Outputs of the plain threaded run of the 96^3 phantom in 24^3 chunks."""
     out = tmp_path_factory.mktemp("threads")
@@ -137,12 +132,13 @@ def test_unreachable_scheduler_fails_within_the_timeout(tmp_path, data_dir):
 
 
 def test_chunks_too_large_for_the_memory_limit_are_refused_before_running(tmp_path, data_dir):
-    proc = _cli("-i", data_dir / "emd_1832.map", "-d", "out", "--memory-limit", "20MB", "--amplify", cwd=tmp_path)
+    # default chunks of the 64^3 map: 4 slabs of 16x64x64 voxels (3.4 MB per task with halo and 3 outputs)
+    proc = _cli("-i", data_dir / "emd_1832.map", "-d", "out", "--memory-limit", "4MB", "--threads", "2", "--amplify", cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
-    assert "chunks of 64x64x64 voxels need about" in line and "GiB per task" in line and "--chunks" in line
+    assert "chunks of 16x64x64 voxels need about" in line and "GiB per task" in line and "2 thread(s) each" in line and "--chunks" in line
     assert not [p for p in (tmp_path / "out").iterdir()]
-    proc = _cli("-i", data_dir / "emd_1832.map", "-d", "out", "--memory-limit", "20MB", "--amplify", "--chunks", "16", cwd=tmp_path)
+    proc = _cli("-i", data_dir / "emd_1832.map", "-d", "out", "--memory-limit", "4MB", "--threads", "2", "--amplify", "--chunks", "16", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
 
 

@@ -20,11 +20,6 @@ def _factory(info):
 
 
 @pytest.fixture(scope="module")
-def phantom(golden_dir):
-    return golden_dir / "phantom96.mrc"
-
-
-@pytest.fixture(scope="module")
 def mrc_run(tmp_path_factory, phantom):
     out = tmp_path_factory.mktemp("mrc")
     result = run_map(phantom, _factory, output_dir=out, save_all_maps=True)

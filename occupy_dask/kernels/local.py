@@ -77,6 +77,17 @@ def inscribed_ellipsoid(shape, start, stop) -> np.ndarray:
     return (tz[:, None, None] + ty[None, :, None]) + tx[None, None, :] <= 1.0
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _accumulate(row, x):  # pragma: no cover
+    """Add float64 ``x`` to a (total, squares, lo, hi) row as :func:`moments` does."""
+    row[0] += x
+    row[1] += x * x
+    if x < row[2]:
+        row[2] = x
+    if x > row[3]:
+        row[3] = x
+
+
 @numba.njit(cache=True, nogil=True)
 def _block_moments(raw, lp, tz, ty, tx, sums, counts):  # pragma: no cover
     # sums rows: raw, lp, lp inside; columns: total, squares, lo, hi. counts: inside, zeros inside, NaN, Inf
@@ -87,18 +98,8 @@ def _block_moments(raw, lp, tz, ty, tx, sums, counts):  # pragma: no cover
             for x in range(nx):
                 r = np.float64(raw[z, y, x])
                 v = np.float64(lp[z, y, x])
-                sums[0, 0] += r
-                sums[0, 1] += r * r
-                if r < sums[0, 2]:
-                    sums[0, 2] = r
-                if r > sums[0, 3]:
-                    sums[0, 3] = r
-                sums[1, 0] += v
-                sums[1, 1] += v * v
-                if v < sums[1, 2]:
-                    sums[1, 2] = v
-                if v > sums[1, 3]:
-                    sums[1, 3] = v
+                _accumulate(sums[0], r)
+                _accumulate(sums[1], v)
                 if np.isnan(r):
                     counts[2] += 1
                 elif np.isinf(r):
@@ -107,12 +108,7 @@ def _block_moments(raw, lp, tz, ty, tx, sums, counts):  # pragma: no cover
                     counts[0] += 1
                     if r == 0.0:
                         counts[1] += 1
-                    sums[2, 0] += v
-                    sums[2, 1] += v * v
-                    if v < sums[2, 2]:
-                        sums[2, 2] = v
-                    if v > sums[2, 3]:
-                        sums[2, 3] = v
+                    _accumulate(sums[2], v)
 
 
 def block_moments(raw: np.ndarray, lp: np.ndarray, axis_terms) -> tuple[np.ndarray, np.ndarray]:

@@ -116,28 +116,35 @@ TOP_SELECT_MAX = 256  # above this many values past the quantile, quickselect is
 
 
 @numba.njit(cache=True, nogil=True)
+def _gather(block, origin, t, values):  # pragma: no cover
+    """The t^3 values of the tile at ``origin`` into ``values``."""
+    n = 0
+    for z in range(origin[0], origin[0] + t):
+        for y in range(origin[1], origin[1] + t):
+            row = block[z, y, origin[2] : origin[2] + t]
+            for x in range(t):
+                values[n + x] = row[x]
+            n += t
+
+
+@numba.njit(cache=True, nogil=True)
+def _quantile(values, k, heap):  # pragma: no cover
+    """The k-th smallest of ``values`` (NaN if any value is NaN); ``heap`` holds size - k values."""
+    for v in values:
+        if v != v:
+            return v
+    m = values.size - k
+    return _select_top(values, m, heap) if m <= TOP_SELECT_MAX else _select(values, k)
+
+
+@numba.njit(cache=True, nogil=True)
 def _tile_quantiles(block, rel, t, k, out):  # pragma: no cover
     values = np.empty(t * t * t, dtype=block.dtype)
     m = values.size - k
     heap = np.empty(m, dtype=block.dtype)
     for i in range(rel.shape[0]):
-        z0, y0, x0 = rel[i, 0], rel[i, 1], rel[i, 2]
-        n = 0
-        for z in range(z0, z0 + t):
-            for y in range(y0, y0 + t):
-                row = block[z, y, x0 : x0 + t]
-                for x in range(t):
-                    values[n + x] = row[x]
-                n += t
-        nans = 0
-        for v in values:
-            nans += v != v
-        if nans:
-            out[i] = np.nan  # NaN maps are refused after this pass
-        elif m <= TOP_SELECT_MAX:
-            out[i] = _select_top(values, m, heap)
-        else:
-            out[i] = _select(values, k)
+        _gather(block, rel[i], t, values)
+        out[i] = _quantile(values, k, heap)
     return out
 
 
@@ -162,24 +169,15 @@ def _largest_tile_quantile(block, rel, t, k):  # pragma: no cover
     heap = np.empty(m, dtype=block.dtype)
     best, best_i = -np.inf, -1
     for i in range(rel.shape[0]):
-        z0, y0, x0 = rel[i, 0], rel[i, 1], rel[i, 2]
-        n = 0
-        for z in range(z0, z0 + t):
-            for y in range(y0, y0 + t):
-                row = block[z, y, x0 : x0 + t]
-                for x in range(t):
-                    values[n + x] = row[x]
-                n += t
+        _gather(block, rel[i], t, values)
         above = 0
-        nans = 0
         for v in values:
             above += v > best
-            nans += v != v
-        if nans:
-            return i, np.nan  # NaN maps are refused after this pass
         if above < m:  # its quantile (the m-th largest value) cannot exceed the best so far
             continue
-        q = _select_top(values, m, heap) if m <= TOP_SELECT_MAX else _select(values, k)
+        q = _quantile(values, k, heap)
+        if q != q:
+            return i, q  # NaN maps are refused after this pass
         if q > best:
             best, best_i = q, i
     return best_i, best
