@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io.read import MapError
+from .io.read import MapError, check_same_grid, open_map
 from .pipeline import modified_name
 from .run import RunResult, run_map
 from .settings import SettingsError
@@ -59,6 +59,14 @@ def read_class_paths(star_path: Path) -> tuple[dict, list[Path]]:
     return blocks, paths
 
 
+def _check_same_grids(class_paths: list[Path]) -> None:
+    """Refuse, before running any, class maps whose box or voxel size differ from the first's."""
+    with open_map(class_paths[0], role="class map") as first:
+        for path in class_paths[1:]:
+            with open_map(path, role="class map") as other:
+                check_same_grid(other.info, first.info, f"class map (unlike {class_paths[0].name})")
+
+
 def _median_confident_scale(result: RunResult) -> tuple[float | None, int]:
     """Median of the written scale map where the written confidence exceeds 0.5."""
     import mrcfile
@@ -87,6 +95,11 @@ def run_relion_classes(
     star_path = Path(star_path)
     output_dir = Path(output_dir)
     blocks, class_paths = read_class_paths(star_path)
+    stem = star_path.name.removesuffix(".star").removesuffix("_model")
+    new_star = output_dir / f"{stem}_occupy_model.star"
+    if new_star.exists() and not run_options.get("overwrite", False):
+        raise MapError(f"{new_star}: output exists (use --overwrite to replace it)")
+    _check_same_grids(class_paths)
     results = []
     for i, path in enumerate(class_paths, start=1):
         run = run_map(path, settings_factory, output_dir=output_dir, runner=runner, **run_options)
@@ -94,10 +107,6 @@ def run_relion_classes(
             raise SettingsError("--relion-classes needs exactly one modification per class")
         median, count = _median_confident_scale(run)
         results.append(ClassResult(i, path, run.outputs[modified_name(0)], median, count, run))
-    stem = star_path.name.removesuffix(".star").removesuffix("_model")
-    new_star = output_dir / f"{stem}_occupy_model.star"
-    if new_star.exists() and not run_options.get("overwrite", False):
-        raise MapError(f"{new_star}: output exists (use --overwrite to replace it)")
     table = blocks[CLASSES_BLOCK].copy()
     table[IMAGE_COLUMN] = [os.path.relpath(r.modified.resolve(), new_star.parent.resolve()) for r in results]
     blocks[CLASSES_BLOCK] = table

@@ -270,6 +270,11 @@ def derive_settings(
     for name, value in (("resolution", resolution), ("lowpass", lowpass)):
         if value is not None and not (value > 0 and math.isfinite(value)):
             raise SettingsError(f"--{name} must be a positive length in Å, got {value}")
+        if value is not None and value < 2.0 * min(voxel_size):
+            raise SettingsError(
+                f"--{name} {value:g} Å is finer than 2 voxels ({2.0 * min(voxel_size):.3g} Å, the Nyquist limit of this map); "
+                "no map holds detail beyond it"
+            )
     if lowpass is not None and resolution is not None:
         lowpass_angstrom = max(lowpass, resolution)
     elif lowpass is not None:

@@ -317,6 +317,22 @@ def test_relion_classes_end_to_end(tmp_path):
         assert f"{r.median_scale:.3f}" in result.output
 
 
+def test_relion_class_maps_of_another_box_or_voxel_size_are_refused_before_running(tmp_path):
+    for k, (n, voxel) in enumerate([(48, 1.5), (48, 1.5), (40, 1.5)], start=1):
+        with mrcfile.new(tmp_path / f"c{k}.mrc") as m:
+            m.set_data(np.zeros((n, n, n), np.float32))
+            m.voxel_size = voxel
+    with mrcfile.new(tmp_path / "c4.mrc") as m:
+        m.set_data(np.zeros((48, 48, 48), np.float32))
+        m.voxel_size = 2.0
+    for bad, message in (("c3.mrc", "shape (40, 40, 40)"), ("c4.mrc", "voxel size (2.0, 2.0, 2.0)")):
+        star = tmp_path / "run_model.star"
+        star.write_text(f"data_model_classes\n\nloop_\n_rlnReferenceImage #1\nc1.mrc\nc2.mrc\n{bad}\n")
+        result = runner.invoke(app, ["--relion-classes", str(star), "-d", str(tmp_path / "o")])
+        assert result.exit_code == 1 and bad in result.output and message in result.output, result.output
+        assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())  # nothing ran
+
+
 def test_relion_star_without_classes_table(tmp_path):
     star = tmp_path / "bad_model.star"
     star.write_text("data_model_general\n\n_rlnNrClasses 3\n")

@@ -38,7 +38,7 @@ def test_lowpass_choice_and_kernel_clipping():
     assert derive_settings((64,) * 3, 1.0, resolution=9.0, lowpass=7.0).lowpass_angstrom == 9.0
     assert derive_settings((64,) * 3, 0.5).kernel_size == (9, 9, 9)  # floor(16) -> 17 -> clipped to 9
     assert derive_settings((64,) * 3, 5.7).kernel_size == (3, 3, 3)
-    assert not derive_settings((64,) * 3, 5.0, lowpass=9.0).lowpass_applied
+    assert not derive_settings((64,) * 3, 5.0, lowpass=10.0).lowpass_applied  # exactly 2 voxels: the input itself
 
 
 def test_anisotropic_kernel_is_an_ellipsoid_per_axis():
@@ -70,12 +70,19 @@ def test_reference_compatible_tiles_and_refusals():
         (dict(tile_size=100), "larger than the box"),
         (dict(chunks=2), "smaller than the kernel halo"),
         (dict(lowpass=-3.0), "positive"),
+        (dict(lowpass=1.5), "finer than 2 voxels"),
+        (dict(resolution=1.9), "finer than 2 voxels"),
         (dict(hedge_confidence=0.5), "larger than 1"),
     ],
 )
 def test_nonsense_settings_are_refused(kwargs, message):
     with pytest.raises(SettingsError, match=message):
         derive_settings((64,) * 3, 1.0, **kwargs)
+
+
+def test_lowpass_of_exactly_two_voxels_is_the_input_itself():
+    assert not derive_settings((64,) * 3, 1.0, lowpass=2.0).lowpass_applied
+    assert derive_settings((64,) * 3, 1.0, lowpass=2.1).lowpass_applied
 
 
 def test_settings_are_frozen():
