@@ -125,7 +125,7 @@ def main_command(
     chunks: int | None = typer.Option(
         None,
         "--chunks",
-        help="Cubic chunks of this edge [voxels]. Default: slabs of whole planes of about 64 MB (cubes of 256 for very large planes).",
+        help="Cubic chunks of this edge [voxels]. Default: slabs of whole planes of 32-64 MB (cubes of 256 for very large planes).",
     ),
     output_dir: Path = typer.Option(Path("."), "--output-dir", "-d", help="Directory for all outputs. Default: current directory."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),

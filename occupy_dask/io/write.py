@@ -32,13 +32,26 @@ class MrcTarget:
             # a slab of whole planes is one contiguous run of the file: one positioned write
             z0, _, _ = key[0].indices(self.shape[0])
             block = np.ascontiguousarray(value, dtype="<f4")
+            start = self.offset + 4 * z0 * self.shape[1] * self.shape[2]
             with open(self.path, "r+b", buffering=0) as f:
-                os.pwrite(f.fileno(), memoryview(block.reshape(-1)).cast("B"), self.offset + 4 * z0 * self.shape[1] * self.shape[2])
+                os.pwrite(f.fileno(), memoryview(block.reshape(-1)).cast("B"), start)
+                _release_written(f.fileno(), start, block.nbytes)
             return
         mm = np.memmap(self.path, dtype=np.float32, mode="r+", offset=self.offset, shape=self.shape)
         mm[key] = value
         mm.flush()
         del mm
+
+
+def _release_written(fd: int, start: int, length: int) -> None:
+    """Flush a written range to disk and drop it from the page cache: the next slabs reuse
+    those pages instead of claiming new memory, so writing maps larger than memory keeps the
+    page cache (and, on virtual machines, first-touch costs of fresh pages) small."""
+    try:
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, start, length, os.POSIX_FADV_DONTNEED)
+    except (OSError, AttributeError):  # a filesystem or platform without them: leave it to the kernel
+        pass
 
 
 def partial_path(final: Path) -> Path:
