@@ -108,7 +108,7 @@ def lowpass(
     sy = input_chunks(shape)[1]
     sx = _edge(nkx, nz * ny * 8)
     sz = _edge(nz, ny * nkx * 8) if slab_planes is None else int(min(max(slab_planes, 1), nz))
-    slabs = data.rechunk((nz, sy, nx))
+    slabs = data.rechunk((nz, sy, nx), method="tasks")  # (dask would import distributed to choose)
     spec = slabs.map_blocks(
         _forward_xz,
         nkx=nkx,
@@ -119,7 +119,7 @@ def lowpass(
     )
     if spill is not None:
         spec = spill(spec, (nkz, slabs.chunks[1][0], sx), "spectrum")
-    filtered = spec.rechunk((nkz, ny, sx)).map_blocks(
+    filtered = spec.rechunk((nkz, ny, sx), method="tasks").map_blocks(
         _filter_yz,
         shape=shape,
         voxel_size=tuple(voxel_size),
@@ -133,7 +133,7 @@ def lowpass(
     )
     if spill is not None:
         filtered = spill(filtered, (sz, ny, sx), "filtered")
-    back = filtered.rechunk((sz, ny, nkx))
+    back = filtered.rechunk((sz, ny, nkx), method="tasks")
     return back.map_blocks(
         _inverse_x,
         shape=shape,

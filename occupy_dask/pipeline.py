@@ -383,7 +383,7 @@ def _lowpass_output(array: da.Array, s: Settings, raw_range) -> da.Array:
     to the input's range."""
     filtered = lowpass_stage.lowpass(array, s.voxel_size, s.lowpass_output_angstrom, reference=s.reference_compatible)
     lo, hi = np.float32(raw_range[0]), np.float32(raw_range[1])
-    return filtered.rechunk(s.chunks).map_blocks(np.clip, lo, hi, dtype=np.float32)
+    return filtered.rechunk(s.chunks, method="tasks").map_blocks(np.clip, lo, hi, dtype=np.float32)
 
 
 def modify_lazy(est: Estimate, mod: Modification, *, exclude_solvent: bool, scale_limit: float, lowpass_output: float | None, seed: int) -> da.Array:

@@ -168,7 +168,7 @@ def write_maps(est: Estimate, paths: dict[str, Path], run, fmt: str = "mrc") -> 
         if all(est.has_block_stats(n) for n in names):  # each fused chunk task writes its own outputs
             stats, reduced = run(store_outputs(est, {n: outputs[n].target for n in names}), label="local scale")[0], {}
         else:  # a later stage (low-passed modified maps) reads the fused outputs
-            arrays = [est[n] if fmt == "mrc" else est[n].rechunk(chunks) for n in names]  # zarr chunks = dask chunks
+            arrays = [est[n] if fmt == "mrc" else est[n].rechunk(chunks, method="tasks") for n in names]  # zarr chunks = dask chunks
             store = da.store(arrays, [outputs[n].target for n in names], lock=False, compute=False)
             reductions = {n: _reduction_stats(est[n]) for n in names if not est.has_block_stats(n)}
             _, stats, reduced = run(store, est.block_stats, reductions, label="local scale")

@@ -258,7 +258,7 @@ class OmeZarrOutput(ZarrOutput):
             trimmed = level0[tuple(slice(0, n * factor) for n in shape)].astype(np.float64)
             reduced = da.coarsen(np.mean, trimmed, {0: factor, 1: factor, 2: factor}, trim_excess=True).astype(np.float32)
             chunks = tuple(max(c // factor, 1) for c in self.chunks)
-            reduced = reduced.rechunk(tuple(min(c, n) for c, n in zip(chunks, shape)))
+            reduced = reduced.rechunk(tuple(min(c, n) for c, n in zip(chunks, shape)), method="tasks")
             stores.append(da.store(reduced, self._level(level, shape, chunks), lock=False, compute=False))
             self.levels += 1
         if stores:
