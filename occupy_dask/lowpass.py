@@ -29,9 +29,13 @@ from .kernels.fourier import exact_lowpass_mask, lowpass_support, reference_lowp
 TARGET_BLOCK_BYTES = 64 << 20
 
 
+MIN_BLOCKS = 4  # every stage cuts even a small map into this many blocks, to keep the cores busy
+
+
 def _edge(n: int, line_bytes: int) -> int:
-    """How many lines of ``line_bytes`` make a block of about TARGET_BLOCK_BYTES (1..n)."""
-    return int(max(1, min(n, TARGET_BLOCK_BYTES // max(line_bytes, 1))))
+    """How many lines of ``line_bytes`` make a block of about TARGET_BLOCK_BYTES (1..n), but
+    no more than a MIN_BLOCKS-th of the ``n`` lines."""
+    return int(max(1, min(n, TARGET_BLOCK_BYTES // max(line_bytes, 1), -(-n // MIN_BLOCKS))))
 
 
 def input_chunks(shape: tuple[int, int, int]) -> tuple[int, int, int]:
