@@ -362,13 +362,16 @@ def connect(spec: ClusterSpec, quiet: bool = False):
             threads_per_worker=spec.threads or (max((os.cpu_count() or 1) // spec.workers, 1) if processes else os.cpu_count()),
             processes=processes,
             memory_limit=spec.memory_limit or ("auto" if processes else 0),
-            host="127.0.0.1",
+            **({"host": "127.0.0.1"} if processes else {}),  # threads talk in-process, no network
             dashboard_address="127.0.0.1:0" if spec.dashboard else None,
         )
         client = Client(cluster)
     try:
         if spec.dashboard and not quiet:
-            print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
+            port = client.scheduler_info().get("services", {}).get("dashboard")
+            local = cluster is not None and spec.mode == "local"  # served on 127.0.0.1 only
+            link = f"http://127.0.0.1:{port}/status" if local and port else client.dashboard_link
+            print(f"dask dashboard: {link}", file=sys.stderr)
         yield Runner(client=client, quiet=quiet, limits=worker_limits(spec, client))
     finally:
         client.close()

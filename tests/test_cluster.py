@@ -241,3 +241,13 @@ def test_shipped_cluster_configs_load(tmp_path):
     proc = _cli("--cluster", "slurm", "--cluster-config", configs / "slurm.yaml", "--print-job-script", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "#SBATCH --cpus-per-task=8" in proc.stdout and "--nworkers 2" in proc.stdout and "tcp://127.0.0.1:" in proc.stdout
+
+
+def test_dashboard_link_is_printed_and_the_maps_are_unchanged(tmp_path, data_dir):
+    proc = _cli("-i", data_dir / "emd_1832.map", "-d", "dash", "--dashboard", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "dask dashboard: http://127.0.0.1:" in proc.stderr
+    plain = _cli("-i", data_dir / "emd_1832.map", "-d", "plain", "-q", cwd=tmp_path)
+    assert plain.returncode == 0
+    for name in ("scale_res_emd_1832.mrc", "conf_emd_1832.mrc"):
+        assert np.array_equal(mrcfile.read(tmp_path / "dash" / name), mrcfile.read(tmp_path / "plain" / name))
