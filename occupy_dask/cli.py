@@ -285,6 +285,9 @@ def main_command(
         _fail(f"{source}: {exc}", verbose)
     except MemoryError:
         _fail(f"{source}: out of memory; try a smaller --chunks", verbose)
+    except OSError as exc:  # a full disk, a vanished directory, ... while reading or writing
+        where = f" ({exc.filename})" if exc.filename else ""
+        _fail(f"{source}: {exc.strerror or exc}{where}; no output was left half-written", verbose)
     except KeyboardInterrupt:
         typer.echo("occupy-dask: interrupted; no output was left half-written", err=True)
         raise typer.Exit(130) from None
@@ -358,7 +361,15 @@ def _relion(star, settings_factory, runner, quiet, output_dir, solvent_def, targ
     typer.echo(f"wrote model    {new_star}")
 
 
+def _terminate(signum, frame) -> None:
+    """SIGTERM (``kill``, SLURM's ``scancel``) ends a run like Ctrl-C: temporaries are removed."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     app(prog_name="occupy-dask")
 
 

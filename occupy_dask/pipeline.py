@@ -27,6 +27,7 @@ from dask.highlevelgraph import HighLevelGraph
 from . import lowpass as lowpass_stage
 from .buffers import POOL
 from .io.read import ArraySource, FiniteSource, MapInfo, ZarrSource, read_block, read_with_halo
+from .io.write import ChunkFileTarget
 from .kernels.ballmax import ball_max_valid, ring_shape
 from .kernels.histogram import (
     N_BINS,
@@ -557,8 +558,9 @@ def _materialise(array: da.Array, spill: bool, temp_dir: str | None, run, label:
         for axis in (1, 2):
             if len(array.chunks[axis]) == 1:  # blocks span the axis: any cut along it stays aligned
                 chunks[axis] = min(read_chunks[axis], array.shape[axis])
-    z = zarr.create_array(str(path), shape=array.shape, chunks=tuple(chunks), dtype="float32", fill_value=0.0, compressors=None)
-    return ZarrSource(str(path), tuple(array.shape)), folder, _store_with_ranges(array, z, run, label)
+    zarr.create_array(str(path), shape=array.shape, chunks=tuple(chunks), dtype="float32", fill_value=0.0, compressors=None)
+    target = ChunkFileTarget(str(path), tuple(array.shape), tuple(chunks)).prepare()
+    return ZarrSource(str(path), tuple(array.shape)), folder, _store_with_ranges(array, target, run, label)
 
 
 def _spill(array: da.Array, chunks, name: str, *, folder: Path, run) -> da.Array:

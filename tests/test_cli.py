@@ -186,3 +186,48 @@ def test_api_refuses_a_mask_file_of_another_voxel_size(tmp_path, data_dir):
         m.voxel_size = 2.0
     with pytest.raises(MapError, match=r"voxel size \(2.0, 2.0, 2.0\) Å differs from the map's \(5.7, 5.7, 5.7\) Å"):
         occupy_dask.estimate(data_dir / "emd_1832.map", solvent_def=mask)
+
+
+def test_a_full_disk_is_one_clear_error_and_leaves_no_partial_output(emd1832, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "pwrite", full)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["-i", str(emd1832), "-d", str(out), "--amplify"])
+    assert result.exit_code == 1
+    line = result.output.strip().splitlines()[-1]
+    assert "emd_1832.map" in line and "No space left on device" in line and "Traceback" not in result.output
+    assert list(out.iterdir()) == []
+
+
+def test_sigterm_ends_a_run_like_ctrl_c_and_removes_temporaries(tmp_path, golden_dir):
+    import gzip
+    import signal
+    import time
+
+    data = np.tile(mrcfile.read(golden_dir / "phantom96.mrc"), (2, 2, 2))  # 192^3
+    plain = tmp_path / "big.mrc"
+    with mrcfile.new(plain) as m:
+        m.set_data(data)
+        m.voxel_size = 1.1
+    path = tmp_path / "big.mrc.gz"  # decompressed into --temp-dir for the run
+    path.write_bytes(gzip.compress(plain.read_bytes(), compresslevel=1))
+    temp, out = tmp_path / "temp", tmp_path / "out"
+    temp.mkdir()
+    cmd = [sys.executable, "-m", "occupy_dask", "-i", str(path), "-d", str(out), "--temp-dir", str(temp), "--chunks", "24", "--amplify"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(temp.iterdir()):
+        time.sleep(0.01)
+    time.sleep(0.5)  # into the computation
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted; no output was left half-written" in err
+    assert list(temp.iterdir()) == []
+    assert not out.exists() or list(out.iterdir()) == []

@@ -54,6 +54,49 @@ def _release_written(fd: int, start: int, length: int) -> None:
         pass
 
 
+@dataclass(frozen=True)
+class ChunkFileTarget:
+    """Picklable write target for ``da.store`` into an uncompressed little-endian float32 zarr
+    v3 array (default chunk keys) that occupy_dask created: a block covering exactly one chunk
+    is written straight to that chunk's file, flushed and dropped from the page cache (a spilled
+    map is read back once per pass, not kept in memory); other blocks go through zarr."""
+
+    path: str
+    shape: tuple[int, int, int]
+    chunks: tuple[int, int, int]
+
+    def prepare(self) -> ChunkFileTarget:
+        """Make the chunk folders ``c/i/j`` before any write."""
+        counts = [-(-n // c) for n, c in zip(self.shape, self.chunks)]
+        for i in range(counts[0]):
+            for j in range(counts[1]):
+                os.makedirs(os.path.join(self.path, "c", str(i), str(j)), exist_ok=True)
+        return self
+
+    def __setitem__(self, key, value) -> None:
+        bounds = [k.indices(n)[:2] for k, n in zip(key, self.shape)]
+        index = [a // c for (a, _), c in zip(bounds, self.chunks)]
+        whole = all(a == i * c and b == min((i + 1) * c, n) for (a, b), i, c, n in zip(bounds, index, self.chunks, self.shape))
+        if not whole:
+            import zarr
+
+            zarr.open_array(self.path, mode="r+")[key] = value
+            return
+        block = np.ascontiguousarray(value, dtype="<f4")
+        # the folders exist (prepare()); never made here, so a store removed meanwhile stays removed
+        fd = os.open(os.path.join(self.path, "c", *map(str, index)), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            if block.shape == tuple(self.chunks):
+                os.pwrite(fd, memoryview(block.reshape(-1)).cast("B"), 0)
+            else:  # an edge chunk: zarr stores it at the full chunk shape
+                full = np.zeros(self.chunks, dtype="<f4")
+                full[tuple(slice(0, n) for n in block.shape)] = block
+                os.pwrite(fd, memoryview(full.reshape(-1)).cast("B"), 0)
+            _release_written(fd, 0, 4 * int(np.prod(self.chunks)))
+        finally:
+            os.close(fd)
+
+
 def partial_path(final: Path) -> Path:
     """The temporary name an output is written under until it is complete."""
     return final.with_name(f".{final.name}.partial-{os.getpid()}")
