@@ -63,6 +63,18 @@ def test_not_an_mrc_file(tmp_path, content, message):
         open_map(path)
 
 
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_an_image_is_not_a_map(tmp_path, suffix):
+    from PIL import Image  # comes with matplotlib
+
+    image = tmp_path / f"micrograph{suffix}"
+    Image.fromarray((np.random.default_rng(1).random((64, 64)) * 255).astype(np.uint8)).save(image)
+    before = image.read_bytes()
+    with pytest.raises(MapError, match=r"micrograph.*not (a readable )?(an )?MRC map"):
+        open_map(image)
+    assert image.read_bytes() == before
+
+
 def test_truncated_and_2d_and_mode(tmp_path, data_dir):
     raw = (data_dir / "emd_1832.map").read_bytes()
     (tmp_path / "trunc.mrc").write_bytes(raw[: len(raw) // 2])
