@@ -30,8 +30,12 @@ def _array_source(data, temp_dir: str | None, distributed: bool = False):
         folder = Path(tempfile.mkdtemp(prefix="occupy_dask_input_", dir=temp_dir)).absolute()
         path = str(folder / "input.zarr")
         chunks = tuple(c[0] for c in data.chunks)
-        z = zarr.create_array(path, shape=data.shape, chunks=chunks, dtype="float32", fill_value=0.0)
-        da.store(data.astype(np.float32), z, lock=False)
+        try:
+            z = zarr.create_array(path, shape=data.shape, chunks=chunks, dtype="float32", fill_value=0.0)
+            da.store(data.astype(np.float32), z, lock=False)
+        except BaseException:  # the caller never learns of the folder
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         return ZarrSource(path, tuple(data.shape)), folder
     return ArraySource(np.ascontiguousarray(data, dtype=np.float32)), None
 

@@ -124,12 +124,7 @@ def _sums_row(n: int, row: np.ndarray) -> _Sums:
 def _pass_one(sources, shape, start, stop, tile_ids, tile_origins, tile_size, tau, histogram_ranges=None):
     region = _region(start, stop)
     with POOL.borrow() as take:
-        # the scale data is read once, with the planes, rows and columns its tiles reach beyond the block
-        reach = _tile_reach(stop, tile_origins, tile_size)
-        extended = _block(sources["scale"], _region(start, reach), take)
-        scale = extended[tuple(slice(0, b - a) for a, b in zip(start, stop))]
-        raw = scale if sources["raw"] is sources["scale"] else _block(sources["raw"], region, take)
-        lp = scale if sources["lp"] is sources["scale"] else raw if sources["lp"] is sources["raw"] else _block(sources["lp"], region, take)
+        extended, (scale, raw, lp) = _read_blocks(sources, start, stop, _tile_reach(stop, tile_origins, tile_size), ("scale", "raw", "lp"), take)
         terms = ellipsoid_terms(shape, start, stop)
         sums, counts = block_moments(raw, lp, terms)
         n_inside, zeros_inside, n_nan, n_inf = (int(c) for c in counts)
@@ -147,7 +142,7 @@ def _pass_one(sources, shape, start, stop, tile_ids, tile_origins, tile_size, ta
         else:
             out["inside"] = _sums_row(n_inside, sums[2])
         if "target_mask" in sources:
-            out.update(_target_sums(sources, region, raw, lp))
+            out["target"] = _Sums.of(scale[sources["target_mask"][region] > TARGET_THRESHOLD])
         if histogram_ranges is not None:  # ranges known beforehand: pass two's histograms here
             out["histograms"] = histogram_counts_inside(lp, terms, *histogram_ranges)
         if len(tile_ids):
@@ -155,25 +150,29 @@ def _pass_one(sources, shape, start, stop, tile_ids, tile_origins, tile_size, ta
     return out
 
 
+def _read_blocks(sources, start, stop, reach, names, take):
+    """The scale data from ``start`` to ``reach`` (read once, with the planes, rows and columns
+    its tiles reach beyond the block; None: not needed) and the blocks ``[start, stop)`` of the
+    sources ``names``, each source read at most once."""
+    extended, seen = None, []
+    if reach is not None:
+        extended = _block(sources["scale"], _region(start, reach), take)
+        seen.append((sources["scale"], extended[tuple(slice(0, b - a) for a, b in zip(start, stop))]))
+    blocks = []
+    for name in names:
+        block = next((b for source, b in seen if source is sources[name]), None)
+        if block is None:
+            block = _block(sources[name], _region(start, stop), take)
+            seen.append((sources[name], block))
+        blocks.append(block)
+    return extended, blocks
+
+
 def _tile_reach(stop, tile_origins, tile_size):
     """The far corner of a block extended to hold every tile whose origin lies in it."""
     if len(tile_origins) == 0:
         return tuple(stop)
     return tuple(int(v) for v in np.maximum(np.asarray(stop), tile_origins.max(axis=0) + tile_size))
-
-
-def _target_sums(sources, region, raw, lp):
-    target = sources["target_mask"][region] > TARGET_THRESHOLD
-    scale_data = lp if sources["scale"] is sources["lp"] else raw
-    return {"target": _Sums.of(scale_data[target])}
-
-
-def _owned_tile_quantiles(sources, start, stop, tile_ids, tile_origins, tile_size, tau):
-    """``(tile id, tau-quantile)`` of the tile with the largest quantile among those whose origin
-    lies in the block; tiles that reach past the block are read whole, from its start to their
-    far edge."""
-    block = sources["scale"][_region(start, _tile_reach(stop, tile_origins, tile_size))]
-    return _best_tile(tile_ids, largest_tile_quantile(block, start, tile_origins, tile_size, tau))
 
 
 def _best_tile(tile_ids, found) -> tuple[int, float]:
@@ -191,9 +190,17 @@ def _largest(found) -> tuple[int, float]:
 
 
 def _pass_two(sources, shape, start, stop, lp_range, region_kind, region_range, target_tiles=None):
+    """Histograms of the whole low-passed map and of the solvent region and, with a target mask,
+    the block's best tile at the mask's tau (the full-scale reference again)."""
     region = _region(start, stop)
+    target_quantiles = None
     with POOL.borrow() as take:
-        lp = _block(sources["lp"], region, take)
+        if target_tiles is not None and len(target_tiles[0]):
+            tile_ids, tile_origins, tile_size, tau = target_tiles
+            extended, (lp,) = _read_blocks(sources, start, stop, _tile_reach(stop, tile_origins, tile_size), ("lp",), take)
+            target_quantiles = _best_tile(tile_ids, largest_tile_quantile(extended, start, tile_origins, tile_size, tau))
+        else:
+            _, (lp,) = _read_blocks(sources, start, stop, None, ("lp",), take)
         if region_kind == "inside":
             counts, region_counts = histogram_counts_inside(lp, ellipsoid_terms(shape, start, stop), lp_range, region_range)
         else:
@@ -201,11 +208,6 @@ def _pass_two(sources, shape, start, stop, lp_range, region_kind, region_range, 
             solvent = sources["solvent_def"][region] > SOLVENT_THRESHOLD
             mask = (solvent if region_kind == "R" else ~solvent) & inscribed_ellipsoid(shape, start, stop)
             region_counts = histogram_counts(lp[mask], *region_range)
-    target_quantiles = None
-    if target_tiles is not None:  # the full-scale reference again, at the target mask's tau
-        tile_ids, tile_origins, tile_size, tau = target_tiles
-        if len(tile_ids):
-            target_quantiles = _owned_tile_quantiles(sources, start, stop, tile_ids, tile_origins, tile_size, tau)
     return counts, region_counts, target_quantiles
 
 
@@ -496,6 +498,7 @@ class Estimate:
         them cannot be computed afterwards."""
         while self.cleanup:
             self.cleanup.pop()()
+        POOL.clear()  # the chunk buffers this process lent the passes (free ones only)
 
     def __enter__(self) -> Estimate:
         return self
@@ -558,9 +561,14 @@ def _materialise(array: da.Array, spill: bool, temp_dir: str | None, run, label:
         for axis in (1, 2):
             if len(array.chunks[axis]) == 1:  # blocks span the axis: any cut along it stays aligned
                 chunks[axis] = min(read_chunks[axis], array.shape[axis])
-    zarr.create_array(str(path), shape=array.shape, chunks=tuple(chunks), dtype="float32", fill_value=0.0, compressors=None)
-    target = ChunkFileTarget(str(path), tuple(array.shape), tuple(chunks)).prepare()
-    return ZarrSource(str(path), tuple(array.shape)), folder, _store_with_ranges(array, target, run, label)
+    try:
+        zarr.create_array(str(path), shape=array.shape, chunks=tuple(chunks), dtype="float32", fill_value=0.0, compressors=None)
+        target = ChunkFileTarget(str(path), tuple(array.shape), tuple(chunks)).prepare()
+        ranges = _store_with_ranges(array, target, run, label)
+    except BaseException:  # an error or an interrupt while writing: the caller never learns of the folder
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return ZarrSource(str(path), tuple(array.shape)), folder, ranges
 
 
 def _spill(array: da.Array, chunks, name: str, *, folder: Path, run) -> da.Array:

@@ -1,3 +1,4 @@
+import dask
 import dask.array as da
 import mrcfile
 import numpy as np
@@ -178,3 +179,22 @@ def test_one_pass_and_two_pass_reductions_agree(phantom96, monkeypatch):
     assert np.array_equal(one[1], two[1]) and np.array_equal(one[2], two[2])
     assert np.array_equal(one[3].confidence.fraction, two[3].confidence.fraction)
     assert (one[3].solvent_model.mu, one[3].solvent_model.sigma) == (two[3].solvent_model.mu, two[3].solvent_model.sigma)
+
+
+def test_an_interrupt_while_spilling_the_lowpass_leaves_no_store(phantom96, tmp_path):
+    from occupy_dask.io.read import ArraySource, MapInfo
+    from occupy_dask.pipeline import estimate
+    from occupy_dask.settings import derive_settings
+
+    s = derive_settings(phantom96.shape, 1.1, occupancy=True, chunks=40)
+    info = MapInfo(path=None, name="p", shape=phantom96.shape, voxel_size=(1.1,) * 3)
+
+    def interrupted(*objs, label=""):
+        if label == "low-pass":
+            assert any(tmp_path.iterdir())  # the store exists while it is written
+            raise KeyboardInterrupt
+        return dask.compute(*objs)
+
+    with pytest.raises(KeyboardInterrupt):
+        estimate(ArraySource(phantom96), info, s, run=interrupted, spill_lowpass=True, temp_dir=str(tmp_path))
+    assert not any(tmp_path.iterdir())
