@@ -190,3 +190,15 @@ def test_chunk_file_target_writes_what_zarr_reads(tmp_path, chunks):
     assert np.array_equal(zarr.open_array(str(tmp_path / "s.zarr"), mode="r")[:], data)
     out = np.empty_like(data)
     assert np.array_equal(ZarrSource(str(tmp_path / "s.zarr"), data.shape).read_into((slice(0, 10), slice(0, 6), slice(0, 5)), out), data)
+
+
+def test_zarr_chunks_never_written_read_as_the_fill_value(tmp_path):
+    import zarr
+
+    from occupy_dask.io.read import ZarrSource
+
+    z = zarr.create_array(str(tmp_path / "f.zarr"), shape=(8, 4, 4), chunks=(4, 4, 4), dtype="float32", fill_value=2.5, compressors=None)
+    z[:4] = 1.0  # the second chunk is never written
+    out = np.empty((8, 4, 4), np.float32)
+    ZarrSource(str(tmp_path / "f.zarr"), (8, 4, 4)).read_into((slice(0, 8), slice(0, 4), slice(0, 4)), out)
+    assert np.array_equal(out, z[:]) and out[4:].min() == 2.5

@@ -116,7 +116,7 @@ class ZarrSource:
         if layout is None:
             out[...] = self[key]
             return out
-        chunk, separator = layout
+        chunk, separator, fill = layout
         bounds = [k.indices(n)[:2] for k, n in zip(key, self.shape)]
         ranges = [range(a // c, (b - 1) // c + 1) for (a, b), c in zip(bounds, chunk)]
         plane = chunk[1] * chunk[2]
@@ -132,7 +132,7 @@ class ZarrSource:
             try:
                 fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError:
-                dst[...] = 0.0  # never written: the spilled stores' fill value
+                dst[...] = fill  # a chunk never written holds the fill value
                 continue
             try:
                 z_in = lo[0] - index[0] * chunk[0]
@@ -153,9 +153,9 @@ class ZarrSource:
 
 
 @functools.lru_cache(maxsize=64)
-def _raw_zarr_layout(path: str) -> tuple[tuple[int, int, int], str] | None:
-    """(chunk shape, key separator) of a zarr v3 array stored as plain little-endian float32
-    chunks, else None."""
+def _raw_zarr_layout(path: str) -> tuple[tuple[int, int, int], str, float] | None:
+    """(chunk shape, key separator, fill value) of a zarr v3 array stored as plain
+    little-endian float32 chunks, else None."""
     try:
         meta = json.loads(Path(path, "zarr.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -172,7 +172,8 @@ def _raw_zarr_layout(path: str) -> tuple[tuple[int, int, int], str] | None:
     if not plain:
         return None
     separator = meta["chunk_key_encoding"].get("configuration", {}).get("separator", "/")
-    return tuple(int(c) for c in meta["chunk_grid"]["configuration"]["chunk_shape"]), separator
+    chunks = tuple(int(c) for c in meta["chunk_grid"]["configuration"]["chunk_shape"])
+    return chunks, separator, float(np.float32(meta.get("fill_value", 0.0)))
 
 
 @dataclass(frozen=True)
