@@ -201,6 +201,8 @@ def main_command(
         raise typer.Exit()
     if (input_map is None) == (relion_classes is None):
         _fail("give one input: --input-map/-i MAP or --relion-classes MODEL.star", verbose, code=2)
+    if relion_classes is not None and (output_map is not None or (output_format or "mrc").lower() != "mrc"):
+        _fail(f"{relion_classes}: --relion-classes names its class maps itself, as MRC files RELION reads; drop -o/--format", verbose, code=2)
     if relion_classes is not None and not (amplify or attenuate or amplify_amount is not None or sigmoid is not None or exclude_solvent):
         amplify = True  # classes are diversified by amplification unless told otherwise
     modification = {

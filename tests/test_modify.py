@@ -349,3 +349,6 @@ def test_relion_classes_need_one_modification(tmp_path):
     assert "one modification" in result.output
     result = runner.invoke(app, ["--relion-classes", str(star), "-d", str(tmp_path / "o")])
     assert result.exit_code == 1 and "missing.mrc" in result.output  # a class map that is not there
+    for flags in (["--format", "zarr"], ["-o", "x.mrc"]):
+        result = runner.invoke(app, ["--relion-classes", str(star), "-d", str(tmp_path / "o"), *flags])
+        assert result.exit_code == 2 and "drop -o/--format" in result.output
