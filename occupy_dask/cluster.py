@@ -12,7 +12,7 @@ import math
 import os
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -308,72 +308,79 @@ def worker_limits(spec: ClusterSpec, client=None) -> tuple[int | None, int, str]
     if spec.mode == "slurm":
         memory, threads = slurm_worker_memory(spec)
         return memory, threads, f"the SLURM jobs of {spec.cluster_config}"
+    threads = _local_threads(spec)
     if spec.workers is not None:
         total = parse_memory(spec.memory_limit) or physical_memory() // spec.workers
-        return total, spec.threads or max((os.cpu_count() or 1) // spec.workers, 1), f"{spec.workers} local worker process(es)"
-    threads = spec.threads or os.cpu_count() or 1
+        return total, threads, f"{spec.workers} local worker process(es)"
     return parse_memory(spec.memory_limit) or physical_memory(), threads, f"this machine with {threads} thread(s)"
+
+
+def _local_threads(spec: ClusterSpec) -> int:
+    """Threads per worker of a local run: ``--threads``, else every core shared among the workers."""
+    return spec.threads or max((os.cpu_count() or 1) // (spec.workers or 1), 1)
 
 
 @contextmanager
 def connect(spec: ClusterSpec, quiet: bool = False):
-    """Open the cluster of ``spec`` (closing what it started on exit) and yield a ``Runner``."""
+    """Open the cluster of ``spec`` (closing what it started on exit, also when setting it up
+    fails part way, so no SLURM job outlives the run) and yield a ``Runner``."""
     if not spec.distributed:
         with dask.config.set(num_workers=spec.threads) if spec.threads else nullcontext():
             yield Runner(quiet=quiet, limits=worker_limits(spec))
         return
     from distributed import Client
 
-    cluster = None
-    if spec.external:
-        target = spec.scheduler_address or spec.scheduler_file
-        try:
-            if spec.scheduler_file:
-                if not Path(spec.scheduler_file).exists():
-                    raise ClusterError(f"{spec.scheduler_file}: no such scheduler file")
-                client = Client(scheduler_file=spec.scheduler_file, timeout=spec.timeout)
-            else:
-                client = Client(spec.scheduler_address, timeout=spec.timeout)
-        except (OSError, TimeoutError) as exc:
-            raise ClusterError(f"cannot reach the dask scheduler at {target} within {spec.timeout:g} s ({type(exc).__name__})") from None
-    elif spec.mode == "slurm":
-        cluster = _slurm_cluster(spec)
-        if spec.adaptive is not None:
-            cluster.adapt(minimum_jobs=spec.adaptive[0], maximum_jobs=spec.adaptive[1])
-        else:
-            cluster.scale(jobs=spec.jobs or 1)
-        client = Client(cluster)
-        if spec.adaptive is None:  # start with every asked-for job if the queue allows it soon
-            expected = (spec.jobs or 1) * int(load_slurm_config(spec.cluster_config).get("processes") or 1)
-            if not quiet:
-                print(f"waiting up to {spec.timeout:g} s for {expected} SLURM worker(s)", file=sys.stderr)
+    with ExitStack() as stack:  # closes the client, then the cluster
+        if spec.external:
+            target = spec.scheduler_address or spec.scheduler_file
+            if spec.scheduler_file and not Path(spec.scheduler_file).exists():
+                raise ClusterError(f"{spec.scheduler_file}: no such scheduler file")
             try:
-                client.wait_for_workers(expected, timeout=spec.timeout)
-            except TimeoutError:
-                n = len(client.scheduler_info(n_workers=-1).get("workers", {}))
-                if not quiet:
-                    print(f"{n} of {expected} SLURM worker(s) running; starting anyway, the rest join when their jobs start", file=sys.stderr)
-    else:
-        from distributed import LocalCluster
+                if spec.scheduler_file:
+                    client = Client(scheduler_file=spec.scheduler_file, timeout=spec.timeout)
+                else:
+                    client = Client(spec.scheduler_address, timeout=spec.timeout)
+            except (OSError, TimeoutError) as exc:
+                raise ClusterError(f"cannot reach the dask scheduler at {target} within {spec.timeout:g} s ({type(exc).__name__})") from None
+            stack.enter_context(client)
+        elif spec.mode == "slurm":
+            cluster = stack.enter_context(_slurm_cluster(spec))
+            if spec.adaptive is not None:
+                cluster.adapt(minimum_jobs=spec.adaptive[0], maximum_jobs=spec.adaptive[1])
+            else:
+                cluster.scale(jobs=spec.jobs or 1)
+            client = stack.enter_context(Client(cluster))
+            if spec.adaptive is None:  # start with every asked-for job if the queue allows it soon
+                processes = int(load_slurm_config(spec.cluster_config).get("processes") or 1)
+                _wait_for_slurm_workers(client, (spec.jobs or 1) * processes, spec.timeout, quiet)
+        else:
+            from distributed import LocalCluster
 
-        processes = spec.workers is not None
-        cluster = LocalCluster(
-            n_workers=spec.workers or 1,
-            threads_per_worker=spec.threads or (max((os.cpu_count() or 1) // spec.workers, 1) if processes else os.cpu_count()),
-            processes=processes,
-            memory_limit=spec.memory_limit or ("auto" if processes else 0),
-            **({"host": "127.0.0.1"} if processes else {}),  # threads talk in-process, no network
-            dashboard_address="127.0.0.1:0" if spec.dashboard else None,
-        )
-        client = Client(cluster)
-    try:
+            processes = spec.workers is not None
+            cluster = LocalCluster(
+                n_workers=spec.workers or 1,
+                threads_per_worker=_local_threads(spec),
+                processes=processes,
+                memory_limit=spec.memory_limit or ("auto" if processes else 0),
+                **({"host": "127.0.0.1"} if processes else {}),  # threads talk in-process, no network
+                dashboard_address="127.0.0.1:0" if spec.dashboard else None,
+            )
+            stack.enter_context(cluster)
+            client = stack.enter_context(Client(cluster))
         if spec.dashboard and not quiet:
             port = client.scheduler_info().get("services", {}).get("dashboard")
-            local = cluster is not None and spec.mode == "local"  # served on 127.0.0.1 only
+            local = spec.mode == "local" and not spec.external  # served on 127.0.0.1 only
             link = f"http://127.0.0.1:{port}/status" if local and port else client.dashboard_link
             print(f"dask dashboard: {link}", file=sys.stderr)
         yield Runner(client=client, quiet=quiet, limits=worker_limits(spec, client))
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+
+
+def _wait_for_slurm_workers(client, expected: int, timeout: float, quiet: bool) -> None:
+    if not quiet:
+        print(f"waiting up to {timeout:g} s for {expected} SLURM worker(s)", file=sys.stderr)
+    try:
+        client.wait_for_workers(expected, timeout=timeout)
+    except TimeoutError:
+        n = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+        if not quiet:
+            print(f"{n} of {expected} SLURM worker(s) running; starting anyway, the rest join when their jobs start", file=sys.stderr)

@@ -199,7 +199,7 @@ class MrcOutput:
     def finish(self, stats: tuple[float, float, float, float], run) -> None:
         finish_mrc(self.partial, *stats)
 
-    def commit(self, overwrite: bool = True) -> None:
+    def commit(self) -> None:
         os.replace(self.partial, self.path)
 
     def discard(self) -> None:
@@ -211,32 +211,40 @@ class ZarrOutput(MrcOutput):
     chunks) with dimension names and the map geometry as attributes."""
 
     def __init__(self, path: Path, info: MapInfo, label: str, chunks):
-        import zarr
-
         self.path = path
         self.partial = partial_path(path)
         self.info = info
         self.attributes = map_attributes(info, label)
-        self.target = zarr.create_array(
-            str(self.partial),
-            shape=info.shape,
-            chunks=tuple(chunks),
-            dtype="float32",
-            fill_value=0.0,
-            compressors=_blosc_zstd(),
-            dimension_names=axis_names(info),
-            attributes=self.attributes,
-            overwrite=True,
-        )
+        self.chunks = tuple(chunks)
+        self.target = self._create()
+
+    def _create(self):
+        import zarr
+
+        return zarr.create_array(str(self.partial), attributes=self.attributes, overwrite=True, **self._array_spec(self.info.shape, self.chunks))
+
+    def _array_spec(self, shape, chunks) -> dict:
+        """Keywords of a float32, blosc-zstd array of ``shape`` in ``chunks`` with the map's axis names."""
+        return {
+            "shape": tuple(shape),
+            "chunks": tuple(min(c, n) for c, n in zip(chunks, shape)),
+            "dtype": "float32",
+            "fill_value": 0.0,
+            "compressors": _blosc_zstd(),
+            "dimension_names": axis_names(self.info),
+        }
+
+    def _with_statistics(self, stats) -> dict:
+        """occupy_dask's attributes with the map's min, max, mean and rms."""
+        return {**self.attributes["occupy_dask"], "statistics": dict(zip(("min", "max", "mean", "rms"), map(float, stats)))}
 
     def finish(self, stats, run) -> None:
-        names = ("min", "max", "mean", "rms")
-        self.target.attrs.update({"occupy_dask": {**self.attributes["occupy_dask"], "statistics": dict(zip(names, map(float, stats)))}})
+        self.target.attrs.update({"occupy_dask": self._with_statistics(stats)})
 
-    def commit(self, overwrite: bool = True) -> None:
+    def commit(self) -> None:
         import shutil
 
-        if self.path.exists() and overwrite:
+        if self.path.exists():  # check_outputs refused it unless --overwrite
             shutil.rmtree(self.path) if self.path.is_dir() else self.path.unlink()
         os.replace(self.partial, self.path)
 
@@ -251,35 +259,27 @@ PYRAMID_FACTORS = (1, 2, 4)
 
 class OmeZarrOutput(ZarrOutput):
     """An OME-NGFF 0.5 image: level 0 written by the run, levels 2x and 4x (means over 2^3 and
-    4^3 voxels) made from it at the end; scales and translations in angstrom."""
+    4^3 voxels, as far as the box allows) made from it at the end; scales and translations in
+    angstrom."""
 
-    def __init__(self, path: Path, info: MapInfo, label: str, chunks):
+    def _create(self):
         import zarr
 
-        self.path = path
-        self.partial = partial_path(path)
-        self.info = info
-        self.attributes = map_attributes(info, label)
-        self.chunks = tuple(chunks)
+        self.factors = [f for f in PYRAMID_FACTORS if min(n // f for n in self.info.shape) >= 1]
         self.group = zarr.open_group(str(self.partial), mode="w", zarr_format=3)
-        self.target = self._level(0, info.shape, self.chunks)
+        return self._level(0)
 
-    def _level(self, index: int, shape, chunks):
-        return self.group.create_array(
-            str(index),
-            shape=tuple(shape),
-            chunks=tuple(min(c, n) for c, n in zip(chunks, shape)),
-            dtype="float32",
-            fill_value=0.0,
-            compressors=_blosc_zstd(),
-            dimension_names=axis_names(self.info),
-        )
+    def _level(self, index: int):
+        factor = self.factors[index]
+        shape = tuple(n // factor for n in self.info.shape)
+        chunks = tuple(max(c // factor, 1) for c in self.chunks)
+        return self.group.create_array(str(index), **self._array_spec(shape, chunks))
 
     def multiscales(self) -> dict:
         names = axis_names(self.info)
         origin = physical_origin(self.info)
         datasets = []
-        for level, factor in enumerate(PYRAMID_FACTORS[: self.levels]):
+        for level, factor in enumerate(self.factors):
             scale = [float(v * factor) for v in self.info.voxel_size]
             shift = [float(o + (factor - 1) / 2 * v) for o, v in zip(origin, self.info.voxel_size)]
             transforms = [{"type": "scale", "scale": scale}, {"type": "translation", "translation": shift}]
@@ -293,22 +293,14 @@ class OmeZarrOutput(ZarrOutput):
 
         level0 = da.from_zarr(self.target)
         stores = []
-        self.levels = 1
-        for level, factor in enumerate(PYRAMID_FACTORS[1:], start=1):
-            shape = tuple(n // factor for n in self.info.shape)
-            if min(shape) < 1:
-                break
-            trimmed = level0[tuple(slice(0, n * factor) for n in shape)].astype(np.float64)
+        for level, factor in enumerate(self.factors[1:], start=1):
+            target = self._level(level)
+            trimmed = level0[tuple(slice(0, n * factor) for n in target.shape)].astype(np.float64)
             reduced = da.coarsen(np.mean, trimmed, {0: factor, 1: factor, 2: factor}, trim_excess=True).astype(np.float32)
-            chunks = tuple(max(c // factor, 1) for c in self.chunks)
-            reduced = reduced.rechunk(tuple(min(c, n) for c, n in zip(chunks, shape)), method="tasks")
-            stores.append(da.store(reduced, self._level(level, shape, chunks), lock=False, compute=False))
-            self.levels += 1
+            stores.append(da.store(reduced.rechunk(target.chunks, method="tasks"), target, lock=False, compute=False))
         if stores:
             run(*stores, label="pyramid")
-        names = ("min", "max", "mean", "rms")
-        self.group.attrs.update({"ome": self.multiscales(), **self.attributes})
-        self.group.attrs["occupy_dask"] = {**self.attributes["occupy_dask"], "statistics": dict(zip(names, map(float, stats)))}
+        self.group.attrs.update({"ome": self.multiscales(), "occupy_dask": self._with_statistics(stats)})
 
 
 def open_output(path: Path, fmt: str, info: MapInfo, label: str, chunks) -> MrcOutput:
