@@ -1,13 +1,16 @@
 """Benchmark: occupy-dask (estimation) as a subprocess on synthetic maps of several box sizes.
 
 Prints wall time, peak RSS summed over the whole process tree (sampled with psutil) and the
-cost per voxel, whole and after the fixed start-up (the wall time of a 32^3 run).
-Usage: python benchmarks/bench_estimate.py [--sizes 128 256 512] [--chunks N] [--extra=--amplify]
+cost per voxel, whole and after the fixed start-up (the wall time of a 32^3 run). Every size runs
+``--repeat`` times: wall times are medians (with the range), peaks the largest seen.
+Usage: python benchmarks/bench_estimate.py [--sizes 128 256 512] [--repeat 3] [--chunks N] [--extra=--amplify]
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -77,35 +80,36 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512])
     parser.add_argument("--chunks", type=int, default=None, help="chunk edge (default: occupy-dask's automatic slabs)")
     parser.add_argument("--extra", default="", help="extra occupy-dask flags, e.g. '--occupancy'")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per size (median wall time, largest peak)")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         startup = None
         for n in [STARTUP_BOX, *args.sizes]:
             path = Path(tmp) / f"phantom{n}.mrc"
+            out = Path(tmp) / f"out{n}"
             write_phantom(path, n)
-            cmd = [
-                sys.executable,
-                "-m",
-                "occupy_dask",
-                "-i",
-                str(path),
-                "-d",
-                str(Path(tmp) / f"out{n}"),
-                *(["--chunks", str(args.chunks)] if args.chunks else []),
-                "-q",
-                *args.extra.split(),
-            ]
-            wall, peak = run_measured(cmd)
+            cmd = [sys.executable, "-m", "occupy_dask", "-i", str(path), "-d", str(out), "-q", "--overwrite"]
+            cmd += [*(["--chunks", str(args.chunks)] if args.chunks else []), *args.extra.split()]
+            walls, peaks = [], []
+            for _ in range(max(args.repeat, 1)):
+                wall, peak = run_measured(cmd)
+                walls.append(wall)
+                peaks.append(peak)
             path.unlink()
+            shutil.rmtree(out)  # outputs of earlier sizes would crowd the page cache
+            wall = statistics.median(walls)
             if startup is None:  # the fixed cost of a run: interpreter, imports, compiled kernels
                 startup = wall
                 continue
-            rows.append((n, wall, peak, wall / n**3 * 1e9, (wall - startup) / n**3 * 1e9))
-    print(f"start-up (a {STARTUP_BOX}^3 run): {startup:.2f} s")
-    print(f"{'box':>6} {'wall [s]':>9} {'peak RSS [GB]':>14} {'ns/voxel':>9} {'ns/voxel after start-up':>24}")
-    for n, wall, peak, per_voxel, marginal in rows:
-        print(f"{n:>5}^3 {wall:>9.2f} {peak:>14.2f} {per_voxel:>9.1f} {marginal:>24.1f}")
+            rows.append((n, wall, min(walls), max(walls), max(peaks), wall / n**3 * 1e9, (wall - startup) / n**3 * 1e9))
+    print(f"start-up (a {STARTUP_BOX}^3 run, median of {args.repeat}): {startup:.2f} s")
+    print(f"{'box':>6} {'wall [s]':>9} {'range [s]':>13} {'peak RSS [GB]':>14} {'ns/voxel':>9} {'ns/voxel after start-up':>24}")
+    for n, wall, lo, hi, peak, per_voxel, marginal in rows:
+        print(f"{n:>5}^3 {wall:>9.2f} {lo:>6.2f}-{hi:<6.2f} {peak:>14.2f} {per_voxel:>9.1f} {marginal:>24.1f}")
+    marginals = [row[-1] for row in rows]
+    if len(marginals) > 1:
+        print(f"cost per voxel after start-up: largest / smallest = {max(marginals) / min(marginals):.2f}")
 
 
 if __name__ == "__main__":

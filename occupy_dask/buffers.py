@@ -4,14 +4,30 @@ A fresh 64 MB array costs a page fault per 4 KB page on first touch (about 0.2-0
 on the machines measured), more than the arithmetic on it. Chunk tasks of one run need the same
 few block shapes again and again, so they borrow buffers here and give them back when their
 results are written; the pool keeps them mapped for the next task in this process.
+
+The other large arrays (the low-pass spectra, intermediate blocks) come from numpy's allocator;
+:func:`keep_freed_memory` makes glibc keep their memory in the process for the next one.
 """
 
 from __future__ import annotations
 
+import ctypes
+import sys
 import threading
 from contextlib import contextmanager
 
 import numpy as np
+
+
+ALIGNMENT = 4096  # page-aligned buffers: whole-plane slabs can be written with O_DIRECT
+
+
+def aligned_empty(shape) -> np.ndarray:
+    """An uninitialised C-contiguous float32 array starting on an ALIGNMENT boundary."""
+    nbytes = 4 * int(np.prod(shape))
+    raw = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
+    offset = -raw.ctypes.data % ALIGNMENT
+    return raw[offset : offset + nbytes].view(np.float32).reshape(shape)
 
 
 class BufferPool:
@@ -22,13 +38,13 @@ class BufferPool:
         self._free: dict[tuple[int, ...], list[np.ndarray]] = {}
 
     def take(self, shape) -> np.ndarray:
-        """A C-contiguous float32 array of ``shape`` with arbitrary contents."""
+        """A page-aligned C-contiguous float32 array of ``shape`` with arbitrary contents."""
         shape = tuple(int(n) for n in shape)
         with self._lock:
             free = self._free.get(shape)
             if free:
                 return free.pop()
-        return np.empty(shape, dtype=np.float32)
+        return aligned_empty(shape)
 
     def give(self, array: np.ndarray) -> None:
         with self._lock:
@@ -61,6 +77,30 @@ class BufferPool:
 
 
 POOL = BufferPool()
+
+
+# glibc mallopt() parameters
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc serve every allocation from one heap and keep freed memory in it
+    instead of returning each large array's pages to the system when it is freed.
+
+    By default every array over 32 MB is a fresh mapping: each one pays a page fault per page
+    (on virtual machines several times the cost of the arithmetic on it) and, since numpy asks
+    for transparent huge pages, a compaction of free memory. Kept memory is reused at no cost,
+    and the peak stays set by the chunk size. Meant for a process that runs occupy-dask and
+    little else (the command line calls it); False where the C library is not glibc."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    # one arena (threads created later share it), no mmap'ed chunks, trim only above 1 GiB free
+    return all(mallopt(param, value) == 1 for param, value in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 1 << 30)))
 
 
 def release_buffers() -> int:

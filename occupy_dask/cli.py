@@ -371,7 +371,10 @@ def _terminate(signum, frame) -> None:
 def main() -> None:
     import signal
 
+    from .buffers import keep_freed_memory
+
     signal.signal(signal.SIGTERM, _terminate)
+    keep_freed_memory()
     app(prog_name="occupy-dask")
 
 

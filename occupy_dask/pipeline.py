@@ -568,7 +568,7 @@ def _materialise(array: da.Array, spill: bool, temp_dir: str | None, run, label:
     except BaseException:  # an error or an interrupt while writing: the caller never learns of the folder
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    return ZarrSource(str(path), tuple(array.shape)), folder, ranges
+    return ZarrSource(str(path), tuple(array.shape), scratch=True), folder, ranges
 
 
 def _spill(array: da.Array, chunks, name: str, *, folder: Path, run) -> da.Array:

@@ -128,6 +128,43 @@ def test_blockwise_writer_whole_planes_and_sub_blocks(tmp_path):
     assert np.array_equal(mrcfile.read(tmp_path / "out.mrc"), data)
 
 
+def _direct_io_supported(folder) -> bool:
+    import os
+
+    probe = folder / "probe"
+    probe.write_bytes(b"")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | getattr(os, "O_DIRECT", 0)))
+        return hasattr(os, "O_DIRECT")
+    except OSError:
+        return False
+    finally:
+        probe.unlink()
+
+
+@pytest.mark.parametrize("shape", [(9, 16, 32), (9, 12, 14)])  # planes of 512 voxels (direct writes) and of 168 (buffered)
+def test_slabs_from_pool_buffers_are_written_direct_where_aligned(tmp_path, shape):
+    from occupy_dask.buffers import ALIGNMENT, aligned_empty
+    from occupy_dask.io import write
+    from occupy_dask.io.read import MapInfo
+
+    data = np.random.default_rng(7).normal(size=shape).astype(np.float32)
+    info = MapInfo(path=None, name="m", shape=shape, voxel_size=(1.0, 1.0, 1.0))
+    target = write.create_mrc(tmp_path / "out.mrc", info, "test")
+    aligned_planes = shape[1] * shape[2] % 128 == 0
+    for z0, z1 in [(0, 4), (4, 8), (8, 9)]:  # the last slab is thinner
+        block = aligned_empty((z1 - z0, *shape[1:]))
+        assert block.ctypes.data % ALIGNMENT == 0 and block.flags.c_contiguous
+        block[...] = data[z0:z1]
+        start = write.HEADER_BYTES + 4 * z0 * shape[1] * shape[2]
+        if aligned_planes and _direct_io_supported(tmp_path):
+            assert write._write_direct(target.path, block, start)  # through O_DIRECT
+        target[z0:z1, :, :] = block
+    unaligned = np.empty(4 * 512 + 1, np.float32)[1:].reshape(4, 16, 32)  # off the 512-byte grid
+    assert not write._write_direct(target.path, unaligned, write.HEADER_BYTES)
+    assert np.array_equal(mrcfile.read(tmp_path / "out.mrc"), data)
+
+
 def test_halo_read_into_a_buffer_equals_np_pad():
     import itertools
 
@@ -165,14 +202,15 @@ def test_zarr_block_reads_into_buffers(tmp_path, chunks, compressed):
     codec = {} if compressed else {"compressors": None}
     z = zarr.create_array(str(tmp_path / "a.zarr"), shape=data.shape, chunks=chunks, dtype="float32", fill_value=0.0, **codec)
     z[:] = data
-    source = ZarrSource(str(tmp_path / "a.zarr"), data.shape)
-    for a, b in itertools.product([(0, 10), (3, 7), (4, 8), (9, 10)], [(0, 6), (1, 5)]):
-        key = (slice(*a), slice(*b), slice(1, 5))
-        out = np.empty([k.stop - k.start for k in key], np.float32)
-        assert np.array_equal(source.read_into(key, out), data[key])
-        whole = (slice(*a), slice(0, 6), slice(0, 5))
-        out = np.empty([k.stop - k.start for k in whole], np.float32)
-        assert np.array_equal(source.read_into(whole, out), data[whole])
+    for scratch in (False, True):  # a scratch store's reads also drop it from the page cache
+        source = ZarrSource(str(tmp_path / "a.zarr"), data.shape, scratch=scratch)
+        for a, b in itertools.product([(0, 10), (3, 7), (4, 8), (9, 10)], [(0, 6), (1, 5)]):
+            key = (slice(*a), slice(*b), slice(1, 5))
+            out = np.empty([k.stop - k.start for k in key], np.float32)
+            assert np.array_equal(source.read_into(key, out), data[key])
+            whole = (slice(*a), slice(0, 6), slice(0, 5))
+            out = np.empty([k.stop - k.start for k in whole], np.float32)
+            assert np.array_equal(source.read_into(whole, out), data[whole])
 
 
 @pytest.mark.parametrize("chunks", [(4, 6, 5), (3, 6, 5), (4, 3, 2)])
@@ -202,3 +240,27 @@ def test_zarr_chunks_never_written_read_as_the_fill_value(tmp_path):
     out = np.empty((8, 4, 4), np.float32)
     ZarrSource(str(tmp_path / "f.zarr"), (8, 4, 4)).read_into((slice(0, 8), slice(0, 4), slice(0, 4)), out)
     assert np.array_equal(out, z[:]) and out[4:].min() == 2.5
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc malloc settings")
+def test_keep_freed_memory_reuses_large_arrays_instead_of_unmapping_them():
+    import subprocess
+    import sys
+
+    script = """
+import sys, numpy as np, psutil
+from occupy_dask.buffers import keep_freed_memory
+if sys.argv[1] == "keep" and not keep_freed_memory():
+    print("unsupported"); sys.exit()
+rss = lambda: psutil.Process().memory_info().rss
+a = np.ones(32 << 20, np.float32)  # 128 MB, above every mmap threshold by default
+before = rss()
+del a
+freed = before - rss()
+b = np.ones(32 << 20, np.float32)
+print(freed > 64e6)
+"""
+    result = {mode: subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, check=True).stdout.strip() for mode in ("keep", "default")}
+    if result["keep"] == "unsupported":
+        pytest.skip("not glibc")
+    assert result == {"keep": "False", "default": "True"}  # kept in the process only when asked

@@ -99,6 +99,7 @@ class ZarrSource:
 
     path: str
     shape: tuple[int, int, int]
+    scratch: bool = False  # a temporary store of ours: read chunks are dropped from the page cache
 
     ndim = 3
     dtype = np.dtype(np.float32)
@@ -147,9 +148,21 @@ class ZarrSource:
                     dst[...] = data[tuple(slice(a - i * c, b - i * c) for a, b, i, c in zip(lo, hi, index, chunk))]
                 if got != view.nbytes:
                     raise MapError(f"{path}: zarr chunk file is shorter than its chunk")
+                if self.scratch:
+                    _drop_read(fd)
             finally:
                 os.close(fd)
         return out
+
+
+def _drop_read(fd: int) -> None:
+    """Drop a read scratch file from the page cache: re-reading it from disk is cheaper than
+    growing the cache by a map-sized store (fresh pages cost more than disk reads, above all on
+    virtual machines) and it keeps the page cache for the outputs."""
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except (OSError, AttributeError):  # a filesystem or platform without it
+        pass
 
 
 @functools.lru_cache(maxsize=64)
