@@ -20,7 +20,7 @@ DEFAULT_CHUNK_EDGE = 256
 SLAB_BYTES = 32 << 20  # default blocks: whole (y, x) planes, about this many bytes...
 MAX_SLAB_BYTES = 64 << 20  # ...or MIN_SLAB_PLANES planes up to this many bytes
 MIN_SLAB_PLANES = 16  # thinner slabs re-read too much halo; use cubes then
-MIN_SLABS = 4  # smaller maps are still cut into this many slabs (of at least MIN_SLAB_PLANES) to keep every core busy
+MIN_SLABS = 8  # smaller maps are still cut into this many slabs (of at least MIN_SLAB_PLANES): every core stays busy and a task's buffers stay small
 KERNEL_SIZE_RANGE = (3, 9)
 
 
@@ -208,7 +208,7 @@ class Settings:
     def chunks(self) -> tuple[int, int, int]:
         """Block shape of the fused pass. ``--chunks N``: cubes of edge N. By default slabs of
         whole (y, x) planes of about 32 MB, at least 16 planes of up to 64 MB (smaller maps: at
-        least 4 slabs of 16 planes or more), which are contiguous in the file and so read and
+        least 8 slabs of 16 planes or more), which are contiguous in the file and so read and
         written in one piece; cubes of 256 when 16 planes hold more than 64 MB."""
         if self.chunk_edge is not None:
             return tuple(min(self.chunk_edge, n) for n in self.shape)
