@@ -18,7 +18,6 @@ from contextlib import contextmanager
 
 import numpy as np
 
-
 ALIGNMENT = 4096  # page-aligned buffers: whole-plane slabs can be written with O_DIRECT
 
 
