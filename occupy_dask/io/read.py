@@ -148,20 +148,20 @@ class ZarrSource:
                     dst[...] = data[tuple(slice(a - i * c, b - i * c) for a, b, i, c in zip(lo, hi, index, chunk))]
                 if got != view.nbytes:
                     raise MapError(f"{path}: zarr chunk file is shorter than its chunk")
-                if self.scratch:
-                    _drop_read(fd)
+                if self.scratch:  # re-reading from disk is cheaper than growing the page cache by a map-sized store
+                    drop_cached(fd)
             finally:
                 os.close(fd)
         return out
 
 
-def _drop_read(fd: int) -> None:
-    """Drop a read scratch file from the page cache: re-reading it from disk is cheaper than
-    growing the cache by a map-sized store (fresh pages cost more than disk reads, above all on
-    virtual machines) and it keeps the page cache for the outputs."""
+def drop_cached(fd: int, start: int = 0, length: int = 0) -> None:
+    """Drop a range of a file (default: all of it) from the page cache. Fresh page-cache pages
+    cost more than disk reads, above all on virtual machines, so scratch stores and written
+    outputs are not left to crowd it. A filesystem or platform without it: left to the kernel."""
     try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    except (OSError, AttributeError):  # a filesystem or platform without it
+        os.posix_fadvise(fd, start, length, os.POSIX_FADV_DONTNEED)
+    except (OSError, AttributeError):
         pass
 
 

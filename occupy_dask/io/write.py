@@ -12,7 +12,7 @@ import mrcfile
 import numpy as np
 
 from .. import __version__
-from .read import MapInfo
+from .read import MapInfo, drop_cached
 
 HEADER_BYTES = 1024
 
@@ -58,13 +58,13 @@ def _write_direct(path: str, block: np.ndarray, start: int) -> bool:
     flag = getattr(os, "O_DIRECT", 0)
     if not flag or (block.ctypes.data | block.nbytes | start) % DIRECT_ALIGNMENT:
         return False
+    view = memoryview(block.reshape(-1)).cast("B")
+    written = 0
     try:
         fd = os.open(path, os.O_WRONLY | flag)
     except OSError:  # a filesystem without O_DIRECT (EINVAL)
         return False
     try:
-        view = memoryview(block.reshape(-1)).cast("B")
-        written = 0
         while written < view.nbytes:  # a short direct write stops on an aligned boundary
             written += os.pwrite(fd, view[written:], start + written)
         return True
@@ -82,9 +82,9 @@ def _release_written(fd: int, start: int, length: int) -> None:
     page cache (and, on virtual machines, first-touch costs of fresh pages) small."""
     try:
         os.fdatasync(fd)
-        os.posix_fadvise(fd, start, length, os.POSIX_FADV_DONTNEED)
-    except (OSError, AttributeError):  # a filesystem or platform without them: leave it to the kernel
-        pass
+    except (OSError, AttributeError):  # a filesystem or platform without it: leave it to the kernel
+        return
+    drop_cached(fd, start, length)
 
 
 @dataclass(frozen=True)
