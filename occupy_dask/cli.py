@@ -81,6 +81,12 @@ def main_command(
     ),
     hedge_confidence: float | None = typer.Option(None, "--hedge-confidence", help="Raise the confidence to this power (> 1). Default: off."),
     nlrc: bool = typer.Option(False, "--nlrc", help="Noise-level recalibration: stretch [confidence limit, 1] of the scale onto [0, 1]."),
+    debias: bool = typer.Option(
+        False,
+        "--debias",
+        help="Measure the scale above the noise floor (the local maximum that solvent noise alone reaches): "
+        "partial occupancies closer to the truth. Default: off.",
+    ),
     amplify: bool = typer.Option(
         False, "--amplify/--no-amplify", help="Amplify confident partial occupancies by the local scale (amount from --amplify-amount or --gamma)."
     ),
@@ -236,6 +242,7 @@ def main_command(
             occupancy=occupancy,
             hedge_confidence=hedge_confidence,
             nlrc=nlrc,
+            debias=debias,
             reference_compatible=reference_compatible,
             chunks=chunks,
             **modification,

@@ -26,6 +26,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from . import lowpass as lowpass_stage
 from .buffers import POOL
+from .debias import NoiseFloor, noise_floor_model, top_tiles
 from .io.read import ArraySource, FiniteSource, MapInfo, ZarrSource, read_block, read_with_halo
 from .io.write import ChunkFileTarget
 from .kernels.ballmax import ball_max_valid, ring_shape
@@ -38,9 +39,18 @@ from .kernels.histogram import (
     histogram_counts_inside,
     histogram_edges,
 )
-from .kernels.local import block_moments, ellipsoid_terms, inscribed_ellipsoid, local_scale, masked_sum, moments, recalibrate_noise_level
+from .kernels.local import (
+    block_moments,
+    debiased_scale,
+    ellipsoid_terms,
+    inscribed_ellipsoid,
+    local_scale,
+    masked_sum,
+    moments,
+    recalibrate_noise_level,
+)
 from .kernels.modify import modify_into, power_factor, sigmoid_factor, synthetic_solvent
-from .kernels.tiles import largest_tile_quantile, tile_layout
+from .kernels.tiles import largest_tile_quantile, tile_layout, tile_moments
 from .settings import Modification, Settings, tau_for_kernel
 from .solvent import (
     SOLVENT_ADVICE,
@@ -121,7 +131,7 @@ def _sums_row(n: int, row: np.ndarray) -> _Sums:
     return _Sums(n, float(row[0]), float(row[1]), float(row[2]), float(row[3])) if n else _Sums()
 
 
-def _pass_one(sources, shape, start, stop, tile_ids, tile_origins, tile_size, tau, histogram_ranges=None):
+def _pass_one(sources, shape, start, stop, tile_ids, tile_origins, tile_size, tau, histogram_ranges=None, texture=False):
     region = _region(start, stop)
     with POOL.borrow() as take:
         extended, (scale, raw, lp) = _read_blocks(sources, start, stop, _tile_reach(stop, tile_origins, tile_size), ("scale", "raw", "lp"), take)
@@ -147,6 +157,8 @@ def _pass_one(sources, shape, start, stop, tile_ids, tile_origins, tile_size, ta
             out["histograms"] = histogram_counts_inside(lp, terms, *histogram_ranges)
         if len(tile_ids):
             out["tiles"] = _best_tile(tile_ids, largest_tile_quantile(extended, start, tile_origins, tile_size, tau))
+            if texture:  # --debias: every tile's moments, for the signal texture of the noise-floor model
+                out["tile_moments"] = (tile_ids, tile_moments(extended, start, tile_origins, tile_size))
     return out
 
 
@@ -228,6 +240,7 @@ class LocalPlan:
     reference: bool
     nlrc_limit: float | None
     outputs: tuple[str, ...]
+    noise_floor: NoiseFloor | None = None  # --debias: the scale is measured above it
     modifications: tuple[Modification, ...] = ()
     scale_limit: float = 0.05
     exclude_solvent: bool = False
@@ -281,7 +294,10 @@ def local_outputs(plan: LocalPlan, scale_padded, lp_block, raw_block, start, sto
 
     scale = slot("scale")
     ball_max_valid(scale_padded, plan.kernel, out=scale, scratch=take(ring_shape(scale_padded.shape, plan.kernel)))
-    local_scale(scale, plan.s_max, out=scale)
+    if plan.noise_floor is not None:
+        debiased_scale(scale, plan.noise_floor, out=scale)
+    else:
+        local_scale(scale, plan.s_max, out=scale)
     if plan.nlrc_limit is not None:
         recalibrate_noise_level(scale, plan.nlrc_limit, out=scale)
     confidence = slot("confidence")
@@ -428,9 +444,12 @@ class TargetOccupancy:
     value_max: float  # largest scale-data value inside the mask
     s_max: float  # the full-scale reference at that tau
     nlrc_limit: float | None = None
+    noise_floor: NoiseFloor | None = None  # --debias: both measured above the noise floor
 
     @property
     def occupancy(self) -> float:
+        if self.noise_floor is not None:
+            return float(np.clip(self.noise_floor.signal(self.value_max) / self.noise_floor.signal(self.s_max), 0.0, 1.0))
         occ = self.value_max / self.s_max
         if self.nlrc_limit is not None:
             occ = float(np.clip((occ - self.nlrc_limit) / (1.0 - self.nlrc_limit), 0.0, 1.0))
@@ -464,6 +483,7 @@ class Estimate:
     sources: dict = field(default_factory=dict, repr=False)
     final: dict = field(default_factory=dict, repr=False)  # outputs replaced by a later stage (low-passed modified maps)
     target_occupancy: TargetOccupancy | None = None
+    noise_floor: NoiseFloor | None = None  # --debias
     warnings: list[str] = field(default_factory=list)
     cleanup: list = field(default_factory=list, repr=False)  # callables run by close()
 
@@ -642,6 +662,41 @@ def _refuse_pure_noise(raw: _Sums, lp: _Sums, s: Settings) -> None:
         )
 
 
+def _noise_floor(s: Settings, model: SolventModel, table: ConfidenceTable, lp_counts, moments_of_tiles, s_max: float, value_max: float) -> NoiseFloor:
+    """``--debias``: the noise-floor model of this map, from the solvent model, the voxels it
+    calls solvent with confidence (content fraction 0) and the densest tiles."""
+    solvent_voxels = int(np.asarray(lp_counts)[np.asarray(table.fraction) <= 0].sum())
+    if solvent_voxels == 0:
+        raise ProcessingError(
+            "--debias needs confident solvent to measure the noise floor, and the solvent model calls no voxel solvent "
+            f"with confidence (no histogram bin has content fraction 0); {SOLVENT_ADVICE}, or run without --debias"
+        )
+    ids = np.concatenate([m[0] for m in moments_of_tiles])
+    sums = np.concatenate([m[1] for m in moments_of_tiles])
+    means, variances = top_tiles(ids, sums, s.tile_size**3)
+    floor = noise_floor_model(
+        kernel=s.kernel,
+        voxel_size=s.voxel_size,
+        lowpass_angstrom=s.lowpass_angstrom,
+        lowpass_applied=s.lowpass_applied,
+        occupancy_mode=s.scale_mode == "occ",
+        resolution_angstrom=s.resolution_angstrom,
+        mu=model.mu,
+        sigma_lowpass=model.sigma,
+        tile_means=means,
+        tile_variances=variances,
+        s_max=s_max,
+        value_max=value_max,
+    )
+    if not floor.signal_max > 0:
+        raise ProcessingError(
+            f"--debias: the full-scale reference s_max {s_max:.4g} does not rise above the noise floor {floor.floor:.4g} "
+            f"(noise {floor.correlation}), so no scale can be measured above the noise; "
+            "give --resolution (a band-limited map has less noise per voxel), try --occupancy, or run without --debias"
+        )
+    return floor
+
+
 def _default_run(*objs, label: str = ""):
     return dask.compute(*objs)
 
@@ -742,17 +797,22 @@ def _estimate_from_sources(sources, info, s: Settings, run, temp_dirs, extra_out
     tasks = []
     for index, start, stop in grid:
         ids = np.asarray(owner[index], dtype=np.int64)
-        tasks.append(dask.delayed(_pass_one, pure=False)(sources, shape, start, stop, ids, origins[ids], s.tile_size, s.tau, histogram_ranges))
+        tasks.append(
+            dask.delayed(_pass_one, pure=False)(sources, shape, start, stop, ids, origins[ids], s.tile_size, s.tau, histogram_ranges, s.debias)
+        )
     results = run(*tasks, label="reductions")
     totals = {}
     tiles = []
     histograms = []
+    moments_of_tiles = []
     for res in results:
         for key, value in res.items():
             if key == "tiles":
                 tiles.append(value)
             elif key == "histograms":
                 histograms.append(value)
+            elif key == "tile_moments":
+                moments_of_tiles.append(value)
             else:
                 totals[key] = totals[key] + value if key in totals else value
     n_nan, n_inf = (int(v) for v in totals["nonfinite"])
@@ -830,6 +890,11 @@ def _estimate_from_sources(sources, info, s: Settings, run, temp_dirs, extra_out
             f"mostly solvent (lowest confident scale {table.limit_value / s_max:.2f}); check --plot and "
             "consider --solvent-def <mask.mrc> or a stronger --lowpass"
         )
+    noise_floor = None
+    if s.debias:
+        noise_floor = _noise_floor(s, model, table, lp_counts, moments_of_tiles, s_max, totals["raw" if s.scale_mode == "res" else "lp"].hi)
+        if table.suspicious:
+            warnings.append("the noise floor of --debias comes from that solvent model and is unreliable too")
     if np.count_nonzero(table.fraction > 0) == 0:
         warnings.append(
             f"the solvent model leaves no voxel with confident content (confidence is 0 everywhere; the scale is unaffected); {SOLVENT_ADVICE}"
@@ -839,7 +904,12 @@ def _estimate_from_sources(sources, info, s: Settings, run, temp_dirs, extra_out
     target_occupancy = None
     if target_tau is not None:
         target_occupancy = TargetOccupancy(
-            n_voxels=target.n, tau=target_tau, value_max=target.hi, s_max=_largest(r[2] for r in results)[1], nlrc_limit=nlrc_limit
+            n_voxels=target.n,
+            tau=target_tau,
+            value_max=target.hi,
+            s_max=_largest(r[2] for r in results)[1],
+            nlrc_limit=nlrc_limit,
+            noise_floor=noise_floor,
         )
 
     outputs = ["scale", "confidence", *[n for n in extra_outputs if n != "factor"]]
@@ -861,6 +931,7 @@ def _estimate_from_sources(sources, info, s: Settings, run, temp_dirs, extra_out
         reference=s.reference_compatible,
         nlrc_limit=nlrc_limit,
         outputs=outputs,
+        noise_floor=noise_floor,
         modifications=s.modifications,
         scale_limit=s.scale_limit,
         exclude_solvent=s.exclude_solvent,
@@ -902,6 +973,7 @@ def _estimate_from_sources(sources, info, s: Settings, run, temp_dirs, extra_out
         sources=sources,
         final=final,
         target_occupancy=target_occupancy,
+        noise_floor=noise_floor,
         warnings=warnings,
         cleanup=[lambda path=path: shutil.rmtree(path, ignore_errors=True) for path in temp_dirs],
     )

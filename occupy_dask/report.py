@@ -44,6 +44,7 @@ def limits(est: Estimate, variability_limit: float | None) -> list[tuple[str, st
         ("Variability limit", "scale", "n/a" if variability_limit is None else f"{variability_limit:.4f}"),
         ("Hedge confidence", "", "off" if s.hedge_confidence is None else f"{s.hedge_confidence:g}"),
         ("Noise-level recalibration", "", "on" if s.nlrc else "off"),
+        *noise_floor_rows(est),
         ("Reference-compatible", "", "yes" if s.reference_compatible else "no"),
         ("Chunks", "voxels", " x ".join(map(str, s.chunks)) + (" (automatic)" if s.chunk_edge is None else "")),
     ]
@@ -66,6 +67,21 @@ def limits(est: Estimate, variability_limit: float | None) -> list[tuple[str, st
             ("Target occupancy", "0-1", f"{t.occupancy:.4f}" + (" (nlrc)" if t.nlrc_limit is not None else "")),
         ]
     return rows
+
+
+def noise_floor_rows(est: Estimate) -> list[tuple[str, str, str]]:
+    """Log rows of ``--debias``: the noise floor and how it was obtained."""
+    nf = est.noise_floor
+    if nf is None:
+        return [("Debiased scale", "", "off")]
+    return [
+        ("Debiased scale", "", "on: scale = h^-1(local max) / h^-1(s_max), h = local max of signal plus noise"),
+        ("Noise floor", "map units", f"{nf.floor:.6g} (local max that solvent noise alone reaches, median)"),
+        ("Noise floor as scale", "scale", f"{nf.floor / est.s_max:.4f} (what the method reads on pure solvent)"),
+        ("Noise of the scale data", "map units", f"mu {nf.mu:.6g}, sigma {nf.sigma:.6g}, {nf.correlation}"),
+        ("Signal texture kappa", "", f"{nf.kappa:.4f} (sd / level of density in the {nf.texture_tiles} densest tiles, above the noise)"),
+        ("Full scale above noise", "map units", f"{nf.signal_max:.6g} (s_max measured above the noise floor)"),
+    ]
 
 
 def describe_modification(mod: Modification) -> str:
@@ -202,4 +218,36 @@ def save_plots(est: Estimate, paths: dict[str, Path]) -> dict[str, Path]:
         ax.legend(loc="lower right", fontsize=8)
         fig.savefig(paths["plot_modification"])
         written["plot_modification"] = paths["plot_modification"]
+    if "plot_noise_floor" in paths and est.noise_floor is not None:
+        save_noise_floor_plot(est, paths["plot_noise_floor"])
+        written["plot_noise_floor"] = paths["plot_noise_floor"]
     return written
+
+
+def save_noise_floor_plot(est: Estimate, path: Path) -> None:
+    """``--debias --plot``: the distribution of the local maximum that solvent noise alone
+    reaches under the kernel, with the noise floor marked, and the response of the maximum
+    filter to signal plus noise that the scale is corrected by."""
+    from matplotlib.figure import Figure
+
+    nf = est.noise_floor
+    fig = Figure(figsize=(13, 5), dpi=100, layout="constrained")
+    left, right = fig.subplots(1, 2)
+    left.hist(nf.noise_maxima, bins=60, density=True, color="0.7", label="local max of solvent noise (simulated with the solvent model)")
+    left.axvline(nf.mu, color="0.3", ls=":", label=f"solvent mean mu {nf.mu:.3g}")
+    left.axvline(nf.floor, color="tab:red", lw=2, label=f"noise floor {nf.floor:.3g} (scale {nf.floor / est.s_max:.3f})")
+    left.axvline(est.s_max, color="tab:blue", ls="--", label=f"full scale s_max {est.s_max:.3g}")
+    left.set_xlabel(f"local maximum under the kernel ({'low-passed' if est.settings.scale_mode == 'occ' else 'raw'} map units)")
+    left.set_ylabel("density")
+    left.set_title("noise alone under the kernel")
+    left.legend(fontsize=8, loc="upper right")
+    right.plot(nf.signal_levels + nf.mu, nf.response, color="tab:red", lw=2, label="local max of signal plus noise (median)")
+    right.plot(nf.signal_levels + nf.mu, nf.signal_levels + nf.mu, color="0.6", ls="--", label="no noise")
+    right.axhline(nf.floor, color="tab:red", ls=":", lw=1, label=f"noise floor {nf.floor:.3g}")
+    right.axvline(nf.signal_max + nf.mu, color="tab:blue", ls="--", label=f"s_max above noise {nf.signal_max:.3g}")
+    right.set_xlabel("signal maximum in the kernel (map units)")
+    right.set_ylabel("measured local maximum (map units)")
+    right.set_title(f"response of the max filter (noise sigma {nf.sigma:.3g}, texture kappa {nf.kappa:.3f})")
+    right.legend(fontsize=8, loc="upper left")
+    fig.suptitle(f"{est.info.name}: noise floor of the local scale (--debias)")
+    fig.savefig(path)

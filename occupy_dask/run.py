@@ -101,6 +101,8 @@ def output_paths(
         paths["plot"] = output_dir / f"solModel_{name}.png"
         if any(m.kind != "exclude" for m in mods):
             paths["plot_modification"] = output_dir / f"modification_{name}.png"
+        if settings.debias:
+            paths["plot_noise_floor"] = output_dir / f"noiseFloor_{name}.png"
     return paths
 
 
@@ -234,7 +236,7 @@ def run_map(
                 check_same_grid(masks[role].info, info, role)
         paths = output_paths(info, settings, output_dir, output_map=output_map, save_all=save_all_maps, chimerax=save_chimerax, plot=plot, fmt=fmt)
         check_outputs(paths, [Path(input_map), *(Path(p) for p in (solvent_def, target_mask) if p)], overwrite)
-        n_maps = sum(1 for key in paths if key not in ("log", "chimerax", "plot", "plot_modification"))
+        n_maps = sum(1 for key in paths if key not in ("log", "chimerax", "plot", "plot_modification", "plot_noise_floor"))
         runner.check_memory(settings.chunks, settings.halo, n_maps)
         extra = ("lowpass", "factor") if save_all_maps else ()
         est = stack.enter_context(

@@ -181,6 +181,7 @@ class Settings:
     scale_mode: str  # "res" (raw input) or "occ" (low-passed input)
     hedge_confidence: float | None = None
     nlrc: bool = False
+    debias: bool = False  # scale measured above the noise floor (occupy_dask.debias)
     reference_compatible: bool = False
     chunk_edge: int | None = None  # None: automatic (slabs of whole planes, or 256^3 cubes)
     resolution_angstrom: float | None = None
@@ -234,6 +235,7 @@ def derive_settings(
     occupancy: bool | None = None,
     hedge_confidence: float | None = None,
     nlrc: bool = False,
+    debias: bool = False,
     reference_compatible: bool = False,
     chunks: int | None = None,
     amplify: bool = False,
@@ -261,6 +263,10 @@ def derive_settings(
     if min(voxel_size) <= 0 or not all(math.isfinite(v) for v in voxel_size):
         raise SettingsError(f"voxel size must be positive, got {voxel_size} Å")
     isotropic = is_isotropic(voxel_size)
+    if debias and reference_compatible:
+        raise SettingsError("--debias has no counterpart in the reference; drop --reference-compatible (or --debias)")
+    if debias and nlrc:
+        raise SettingsError("--debias and --nlrc both correct the scale for noise; give one")
     if reference_compatible:
         if not isotropic:
             raise SettingsError(f"--reference-compatible needs isotropic voxels (the reference uses one voxel size), this map has {voxel_size} Å")
@@ -371,6 +377,7 @@ def derive_settings(
         scale_mode=scale_mode,
         hedge_confidence=hedge_confidence,
         nlrc=bool(nlrc),
+        debias=bool(debias),
         reference_compatible=bool(reference_compatible),
         chunk_edge=chunk_edge,
         resolution_angstrom=resolution,

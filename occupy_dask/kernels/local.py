@@ -121,3 +121,35 @@ def block_moments(raw: np.ndarray, lp: np.ndarray, axis_terms) -> tuple[np.ndarr
     counts = np.zeros(4, np.int64)
     _block_moments(np.asarray(raw, np.float32), np.asarray(lp, np.float32), *axis_terms, sums, counts)
     return sums, counts
+
+
+@numba.njit(cache=True, nogil=True)
+def _debiased_scale(maxima, table, start, step, offset, signal_max, out):  # pragma: no cover
+    last = table.size - 1
+    top = start + last * step
+    flat_in = maxima.ravel()
+    flat_out = out.ravel()
+    for i in range(flat_in.size):
+        m = np.float64(flat_in[i])
+        if m > top:
+            v = m - offset
+        else:
+            x = (m - start) / step
+            if x < 0.0:
+                x = 0.0
+            j = min(int(x), last - 1)
+            f = x - j
+            v = np.float64(table[j]) * (1.0 - f) + np.float64(table[j + 1]) * f
+        s = v / signal_max
+        flat_out[i] = np.float32(min(max(s, 0.0), 1.0))
+
+
+def debiased_scale(maxima: np.ndarray, floor, out: np.ndarray | None = None) -> np.ndarray:
+    """``--debias``: ``clip(h^-1(M) / h^-1(s_max), 0, 1)`` in float32 of the ball maxima ``M``
+    (into ``out``, which may be ``maxima``), with ``floor`` a :class:`~occupy_dask.debias.NoiseFloor`
+    and ``h^-1`` its tabulated inverse response (see :func:`occupy_dask.debias.debiased_signal`)."""
+    maxima = np.ascontiguousarray(maxima)
+    if out is None:
+        out = np.empty(maxima.shape, dtype=np.float32)
+    _debiased_scale(maxima, floor.table, floor.table_start, floor.table_step, floor.offset, floor.signal_max, out)
+    return out

@@ -193,3 +193,29 @@ def largest_tile_quantile(block: np.ndarray, block_origin, origins: np.ndarray, 
         return -1, -np.inf
     i, value = _largest_tile_quantile(np.asarray(block, dtype=np.float32), rel, int(tile_size), int(k))
     return int(i), float(value)
+
+
+@numba.njit(cache=True, nogil=True)
+def _tile_moments(block, rel, t, out):  # pragma: no cover
+    for i in range(rel.shape[0]):
+        total = 0.0
+        squares = 0.0
+        for z in range(rel[i, 0], rel[i, 0] + t):
+            for y in range(rel[i, 1], rel[i, 1] + t):
+                for x in range(rel[i, 2], rel[i, 2] + t):
+                    v = np.float64(block[z, y, x])
+                    total += v
+                    squares += v * v
+        out[i, 0] = total
+        out[i, 1] = squares
+    return out
+
+
+def tile_moments(block: np.ndarray, block_origin, origins: np.ndarray, tile_size: int) -> np.ndarray:
+    """(n_tiles, 2) float64 sum and sum of squares of each tile's values, summed in C order
+    (``block`` holds the data from ``block_origin`` on and contains every tile)."""
+    rel = np.ascontiguousarray(np.asarray(origins, dtype=np.int64) - np.asarray(block_origin, dtype=np.int64)).reshape(-1, 3)
+    out = np.zeros((len(rel), 2), dtype=np.float64)
+    if len(rel):
+        _tile_moments(np.asarray(block, dtype=np.float32), rel, int(tile_size), out)
+    return out

@@ -1,0 +1,206 @@
+"""Noise-debiased local scale (``--debias``): the local maximum measured above the noise floor.
+
+The local scale is a ball maximum of the scale data. The maximum of signal plus noise is
+biased upward, most where the signal is weak: solvent noise alone already reads the *noise
+floor*, the typical kernel maximum of noise. This module models what the maximum filter does to
+the map's noise and inverts it.
+
+The model, with every number taken from the map:
+
+- Noise: Gaussian with the solvent model's mean ``mu`` and width (``sigma`` of the low-passed
+  map; in resolution mode the raw map's, from ``sigma`` and the power the low-pass keeps of
+  noise that is flat up to the resolution, or up to Nyquist when none is given), correlated as
+  the low-pass (or that band limit) makes it. A unit field of it is simulated on a small box
+  with the map's voxel sizes.
+- Signal in a kernel around a voxel whose signal maximum is ``v``: ``v (1 + kappa (z - max z))``
+  with ``z`` an independent field of the same correlation (the texture of density at this
+  resolution). ``kappa``, the texture's size relative to the level, comes from the densest tiles
+  of the map: their mean and variance above the noise give ``sd / mean``.
+- The response ``h(v)``: the median, over kernels of the simulated fields, of the kernel maximum
+  of signal plus noise; ``h(0)`` is the noise floor. ``h`` rises from the floor to ``v + mu`` for
+  signal far above the noise.
+
+The debiased scale is ``clip(h^-1(M) / h^-1(s_max), 0, 1)`` with ``M`` the ball maximum at a
+voxel and ``s_max`` the full-scale reference: both are measured above the noise the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+SIMULATION_VOXELS = 1_000_000  # voxels of each simulated field (a box of the map's voxel shape)
+SIMULATION_KERNELS = 3000  # kernels sampled from the simulated fields
+SIMULATION_SEED = 20231113
+RESPONSE_POINTS = 160  # signal levels at which the response h(v) is simulated
+TABLE_POINTS = 4096  # uniform samples of the inverse response used per voxel
+TEXTURE_TILES = 10  # densest tiles whose texture gives kappa
+
+
+@dataclass(frozen=True)
+class NoiseFloor:
+    """What the maximum filter does to this map's noise, and its inverse.
+
+    Values in map units. ``table`` samples ``h^-1`` on ``table_start + i * table_step``; below
+    the table the signal is 0 and above it ``h^-1(m) = m - offset``.
+    """
+
+    mu: float
+    sigma: float  # noise width of the scale data
+    correlation: str  # how the simulated noise is correlated (for the log)
+    kappa: float
+    texture_tiles: int
+    floor: float  # h(0): the median kernel maximum of noise alone
+    signal_levels: np.ndarray  # v of the simulated response
+    response: np.ndarray  # h(v)
+    noise_maxima: np.ndarray  # kernel maxima of simulated noise alone (for the plot)
+    table_start: float
+    table_step: float
+    table: np.ndarray  # float32
+    offset: float
+    signal_max: float = math.nan  # h^-1(s_max): the full-scale reference above the noise
+
+    def signal(self, value: float) -> float:
+        """``h^-1`` of one value (a full-scale reference, a target's maximum)."""
+        return float(debiased_signal(np.array([value], dtype=np.float32), self)[0])
+
+
+def debiased_signal(maxima: np.ndarray, floor: NoiseFloor) -> np.ndarray:
+    """``h^-1`` of kernel maxima (float64 array of the same shape)."""
+    m = np.asarray(maxima, dtype=np.float64)
+    top = floor.table_start + (len(floor.table) - 1) * floor.table_step
+    x = np.clip((m - floor.table_start) / floor.table_step, 0.0, len(floor.table) - 1.0)
+    i = np.minimum(x.astype(np.int64), len(floor.table) - 2)
+    f = x - i
+    inside = floor.table[i] * (1.0 - f) + floor.table[i + 1] * f
+    return np.where(m > top, m - floor.offset, inside)
+
+
+def _unit_field(shape: tuple[int, int, int], voxel_size, cutoff_angstrom: float | None, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian noise of unit variance band-limited at ``cutoff`` (white when None)."""
+    white = rng.standard_normal(shape)
+    if cutoff_angstrom is None:
+        return white
+    kz = np.fft.fftfreq(shape[0], d=voxel_size[0])
+    ky = np.fft.fftfreq(shape[1], d=voxel_size[1])
+    kx = np.fft.rfftfreq(shape[2], d=voxel_size[2])
+    keep = kz[:, None, None] ** 2 + ky[None, :, None] ** 2 + kx[None, None, :] ** 2 <= cutoff_angstrom**-2
+    field = np.fft.irfftn(np.fft.rfftn(white) * keep, s=shape, axes=(0, 1, 2))
+    return field / field.std()
+
+
+def _simulation_box(voxel_size) -> tuple[int, int, int]:
+    """A box of about SIMULATION_VOXELS voxels, each edge the same length in Å."""
+    edge = (SIMULATION_VOXELS * math.prod(voxel_size)) ** (1.0 / 3.0)
+    return tuple(max(16, int(round(edge / v))) for v in voxel_size)
+
+
+def _kernel_samples(field: np.ndarray, kernel: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """(n_centres, n_v) values of ``field`` under the kernel around each centre."""
+    offsets = np.argwhere(kernel) - np.array(kernel.shape) // 2
+    index = centres[:, None, :] + offsets[None, :, :]
+    return field[index[..., 0], index[..., 1], index[..., 2]].astype(np.float32)
+
+
+def texture_kappa(means: np.ndarray, variances: np.ndarray, mu: float, sigma: float, excess: float) -> float:
+    """Texture size relative to the signal maximum, from tiles' means and variances: with signal
+    ``v (1 + kappa (z - max z))`` a tile's signal has sd ``v kappa`` and mean ``v (1 - kappa
+    excess)`` (``excess``: mean of ``max z - z`` over kernels), so ``r = sd / mean`` gives
+    ``kappa = r / (1 + r excess)``. The median over the tiles."""
+    sd = np.sqrt(np.clip(np.asarray(variances, np.float64) - sigma**2, 0.0, None))
+    level = np.asarray(means, np.float64) - mu
+    ratio = np.where(level > 0, sd / np.where(level > 0, level, 1.0), 0.0)
+    return float(np.median(ratio / (1.0 + ratio * excess)))
+
+
+def noise_floor_model(
+    *,
+    kernel: np.ndarray,
+    voxel_size: tuple[float, float, float],
+    lowpass_angstrom: float,
+    lowpass_applied: bool,
+    occupancy_mode: bool,
+    resolution_angstrom: float | None,
+    mu: float,
+    sigma_lowpass: float,
+    tile_means: np.ndarray,
+    tile_variances: np.ndarray,
+    s_max: float,
+    value_max: float,
+) -> NoiseFloor:
+    """Simulate the response of the maximum filter to this map's noise and signal texture and
+    tabulate its inverse (see the module docstring). ``value_max`` is the largest value of the
+    scale data (the table reaches it)."""
+    rng = np.random.default_rng(SIMULATION_SEED)
+    box = _simulation_box(voxel_size)
+    if occupancy_mode and lowpass_applied:
+        cutoff, correlation = lowpass_angstrom, f"low-passed at {lowpass_angstrom:.3g} Å as the scale data"
+    elif resolution_angstrom is not None and resolution_angstrom > 2.0 * min(voxel_size):
+        cutoff, correlation = resolution_angstrom, f"flat up to the resolution {resolution_angstrom:.3g} Å"
+    else:
+        cutoff, correlation = None, "white (flat up to Nyquist; give --resolution if the map is band-limited)"
+    noise = _unit_field(box, voxel_size, cutoff, rng)
+    texture = _unit_field(box, voxel_size, cutoff, rng)
+    sigma = float(sigma_lowpass)
+    if cutoff != lowpass_angstrom and lowpass_applied:  # raw-mode noise: wider than the low-passed noise the model saw
+        white = np.random.default_rng(SIMULATION_SEED).standard_normal(box)
+        sigma = float(sigma_lowpass / _lowpass_std(white, voxel_size, lowpass_angstrom, cutoff))
+    half = np.array(kernel.shape) // 2
+    span = np.array(box) - 2 * half
+    centres = half + (rng.random((SIMULATION_KERNELS, 3)) * span).astype(np.int64)
+    noise_k = _kernel_samples(noise, kernel, centres)
+    texture_k = _kernel_samples(texture, kernel, centres)
+    texture_k -= texture_k.max(axis=1, keepdims=True)
+    excess = float(-texture_k.mean())
+    kappa = texture_kappa(tile_means, tile_variances, mu, sigma, excess)
+
+    reach = max(value_max, s_max) - mu
+    levels = np.linspace(0.0, 1.25 * max(reach, 8.0 * sigma), RESPONSE_POINTS)
+    shape = (1.0 + kappa * texture_k).astype(np.float32)
+    noise_k *= np.float32(sigma)
+    response = np.array([np.median(np.max(np.float32(v) * shape + noise_k, axis=1)) for v in levels], dtype=np.float64) + mu
+    response = np.maximum.accumulate(response)
+    floor = float(response[0])
+    table_m = np.linspace(response[0], response[-1], TABLE_POINTS)
+    strictly = np.concatenate(([True], np.diff(response) > 0))  # np.interp needs increasing x
+    table = np.interp(table_m, response[strictly], levels[strictly]).astype(np.float32)
+    model = NoiseFloor(
+        mu=float(mu),
+        sigma=sigma,
+        correlation=correlation,
+        kappa=kappa,
+        texture_tiles=int(len(tile_means)),
+        floor=floor,
+        signal_levels=levels,
+        response=response,
+        noise_maxima=(noise_k.max(axis=1).astype(np.float64) + mu),
+        table_start=float(table_m[0]),
+        table_step=float(table_m[1] - table_m[0]),
+        table=table,
+        offset=float(response[-1] - levels[-1]),
+    )
+    return replace(model, signal_max=model.signal(s_max))
+
+
+def _lowpass_std(white: np.ndarray, voxel_size, lowpass_angstrom: float, cutoff: float | None) -> float:
+    """Standard deviation, after the low-pass, of unit noise band-limited at ``cutoff``."""
+    kz = np.fft.fftfreq(white.shape[0], d=voxel_size[0])
+    ky = np.fft.fftfreq(white.shape[1], d=voxel_size[1])
+    kx = np.fft.rfftfreq(white.shape[2], d=voxel_size[2])
+    k2 = kz[:, None, None] ** 2 + ky[None, :, None] ** 2 + kx[None, None, :] ** 2
+    spectrum = np.fft.rfftn(white)
+    band = np.ones_like(k2, dtype=bool) if cutoff is None else k2 <= cutoff**-2
+    full = np.fft.irfftn(spectrum * band, s=white.shape, axes=(0, 1, 2))
+    low = np.fft.irfftn(spectrum * (band & (k2 <= lowpass_angstrom**-2)), s=white.shape, axes=(0, 1, 2))
+    return float(low.std() / full.std())
+
+
+def top_tiles(ids: np.ndarray, sums: np.ndarray, n_values: int, count: int = TEXTURE_TILES) -> tuple[np.ndarray, np.ndarray]:
+    """Means and variances of the ``count`` tiles of highest mean (ties: lowest id) from
+    per-tile (sum, sum of squares) of ``n_values`` values each."""
+    means = sums[:, 0] / n_values
+    variances = np.maximum(sums[:, 1] / n_values - means * means, 0.0)
+    order = np.lexsort((ids, -means))[:count]
+    return means[order], variances[order]

@@ -1,0 +1,181 @@
+"""--debias: the local scale measured above the noise floor (occupy_dask.debias).
+
+Accuracy is asserted on phantoms that the estimator's design never saw (``HELD_OUT_SPECS``);
+the model was chosen on ``DESIGN_SPECS`` (tests/phantoms.py), which are not asserted here.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import mrcfile
+import numpy as np
+import pytest
+from phantoms import HELD_OUT_SPECS, make_phantom, relative_occupancies
+from scipy.stats import spearmanr
+
+import occupy_dask
+from occupy_dask.debias import debiased_signal, noise_floor_model, top_tiles
+from occupy_dask.kernels.local import debiased_scale
+from occupy_dask.kernels.tiles import tile_moments
+from occupy_dask.pipeline import ProcessingError, _noise_floor
+from occupy_dask.settings import SettingsError, derive_settings
+
+ACCURACY = 0.06  # largest error of a domain's relative occupancy on the held-out phantoms
+
+
+@pytest.fixture(scope="module")
+def phantom_a():
+    return make_phantom(HELD_OUT_SPECS[0])
+
+
+def _scale(data, voxel_size, **options):
+    with occupy_dask.estimate(data, voxel_size=voxel_size, **options) as est:
+        return est.scale.compute(), est
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", HELD_OUT_SPECS, ids=lambda s: s.name)
+def test_debiased_occupancy_is_closer_to_the_truth(spec):
+    ph = make_phantom(spec)
+    method, _ = _scale(ph.data, spec.voxel_size, occupancy=True)
+    debiased, est = _scale(ph.data, spec.voxel_size, occupancy=True, debias=True)
+    rel_method, truth = relative_occupancies(method, ph.domains, ph.occupancies)
+    rel_debiased, _ = relative_occupancies(debiased, ph.domains, ph.occupancies)
+    error_method, error_debiased = np.abs(rel_method - truth), np.abs(rel_debiased - truth)
+    assert error_debiased.max() <= ACCURACY, (rel_debiased, truth)
+    assert error_debiased.max() < error_method.max()  # the worst domain improves
+    assert est.noise_floor.floor > est.solvent_model.mu
+    assert 0.0 <= debiased.min() and debiased.max() == 1.0
+
+
+def test_chunks_do_not_change_the_debiased_scale(phantom_a):
+    for occupancy in (True, False):
+        a, _ = _scale(phantom_a.data, 0.8, occupancy=occupancy, debias=True, resolution=4.0)
+        b, _ = _scale(phantom_a.data, 0.8, occupancy=occupancy, debias=True, resolution=4.0, chunks=40)
+        assert np.array_equal(a, b)
+
+
+def test_debiased_scale_ranks_voxels_as_the_method_on_real_maps(data_dir):
+    for occupancy in (True, False):
+        with occupy_dask.estimate(str(data_dir / "emd_1832.map"), occupancy=occupancy, debias=True) as est:
+            debiased, confidence = est.scale.compute(), est.confidence_map.compute()
+        method, _ = _scale(str(data_dir / "emd_1832.map"), None, occupancy=occupancy)
+        confident = confidence > 0.5
+        assert confident.sum() > 1000
+        assert 0.0 <= debiased.min() and debiased.max() <= 1.0
+        assert spearmanr(debiased[confident], method[confident]).statistic >= 0.95
+
+
+def test_modified_maps_use_the_debiased_scale(phantom_a):
+    with occupy_dask.estimate(phantom_a.data, voxel_size=0.8, occupancy=True, debias=True) as est:
+        scale, confidence = est.scale.compute(), est.confidence_map.compute()
+        amplified = occupy_dask.modify(est, amount=1.0).compute()
+        lo, hi = est.raw_range
+    factor = np.where(scale > 0.05, 1.0 / np.where(scale > 0.05, scale, 1.0), 1.0)
+    expected = np.clip(phantom_a.data * factor * confidence + phantom_a.data * (1 - confidence), lo, hi)
+    assert np.allclose(amplified, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_target_occupancy_is_debiased(phantom_a):
+    weakest = int(np.argmin(phantom_a.occupancies))
+    mask = (phantom_a.domains == weakest).astype(np.float32)
+    with occupy_dask.estimate(phantom_a.data, voxel_size=0.8, occupancy=True, target_mask=mask) as est:
+        plain = est.target_occupancy.occupancy
+    with occupy_dask.estimate(phantom_a.data, voxel_size=0.8, occupancy=True, target_mask=mask, debias=True) as est:
+        target = est.target_occupancy
+        assert target.noise_floor is est.noise_floor
+        debiased = target.occupancy
+    truth = min(phantom_a.occupancies) / max(phantom_a.occupancies)
+    assert 0.0 <= debiased < plain
+    assert abs(debiased - truth) < abs(plain - truth)
+
+
+@pytest.mark.parametrize("options", [{"reference_compatible": True}, {"nlrc": True}])
+def test_debias_conflicts_are_usage_errors(options):
+    with pytest.raises(SettingsError, match="--debias"):
+        derive_settings((64, 64, 64), 1.0, debias=True, **options)
+
+
+def test_cli_debias_logs_and_plots_the_noise_floor(tmp_path, data_dir):
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [sys.executable, "-m", "occupy_dask.cli", "-i", str(data_dir / "emd_1832.map"), "--debias", "--occupancy", "--plot", "-d", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    log = (out / "log_emd_1832.txt").read_text()
+    assert "Noise floor" in log and "Noise floor as scale" in log and "Signal texture kappa" in log
+    png = out / "noiseFloor_emd_1832.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20000
+    with mrcfile.open(out / "scale_occ_emd_1832.mrc") as mrc:
+        assert 0.0 <= mrc.data.min() and mrc.data.max() <= 1.0
+    refused = subprocess.run(
+        [sys.executable, "-m", "occupy_dask.cli", "-i", str(data_dir / "emd_1832.map"), "--debias", "--reference-compatible", "-d", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 2 and "--debias" in refused.stderr
+
+
+def test_a_map_whose_signal_does_not_rise_above_the_noise_floor_is_refused(tmp_path, data_dir):
+    run = subprocess.run(
+        [sys.executable, "-m", "occupy_dask.cli", "-i", str(data_dir / "emd_3001.map"), "--debias", "-d", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 1
+    assert "does not rise above the noise floor" in run.stderr and "--resolution" in run.stderr
+    assert not list(tmp_path.glob("*.mrc"))
+
+
+def test_no_confident_solvent_is_refused():
+    class Table:
+        fraction = np.full(1000, 0.7)
+
+    s = derive_settings((64, 64, 64), 1.0, debias=True)
+    with pytest.raises(ProcessingError, match="confident solvent"):
+        _noise_floor(s, None, Table(), np.ones(1000), [], 1.0, 1.0)
+
+
+def test_the_per_voxel_kernel_matches_the_numpy_inverse():
+    rng = np.random.default_rng(3)
+    s = derive_settings((64, 64, 64), 1.0, occupancy=True)
+    floor = noise_floor_model(
+        kernel=s.kernel,
+        voxel_size=s.voxel_size,
+        lowpass_angstrom=s.lowpass_angstrom,
+        lowpass_applied=True,
+        occupancy_mode=True,
+        resolution_angstrom=None,
+        mu=0.01,
+        sigma_lowpass=0.1,
+        tile_means=np.array([0.4, 0.35]),
+        tile_variances=np.array([0.03, 0.02]),
+        s_max=0.8,
+        value_max=1.2,
+    )
+    maxima = rng.uniform(-0.2, 2.0, (20, 30, 40)).astype(np.float32)
+    expected = np.clip(debiased_signal(maxima, floor) / floor.signal_max, 0, 1).astype(np.float32)
+    assert np.allclose(debiased_scale(maxima, floor), expected, atol=1e-6)
+    # the inverse undoes the response, is 0 at and below the floor and 1 at the full-scale reference
+    levels = floor.signal_levels[5:-5]
+    assert np.allclose(debiased_signal(floor.response[5:-5], floor), levels, atol=1e-3 * levels.max())
+    assert debiased_signal(np.array([floor.floor - 0.1, floor.floor]), floor).tolist() == [0.0, 0.0]
+    assert debiased_scale(np.array([0.8], np.float32), floor)[0] == pytest.approx(1.0)
+    assert np.all(np.diff(floor.response) >= 0) and floor.response[-1] - floor.signal_levels[-1] == pytest.approx(floor.mu, abs=0.05)
+
+
+def test_tile_moments_and_top_tiles():
+    rng = np.random.default_rng(4)
+    block = rng.normal(size=(30, 31, 32)).astype(np.float32)
+    origins = np.array([[12, 10, 8], [15, 19, 20], [10, 10, 10]])
+    sums = tile_moments(block, (10, 10, 8), origins, 6)
+    for (z, y, x), row in zip(origins - (10, 10, 8), sums):
+        tile = block[z : z + 6, y : y + 6, x : x + 6].astype(np.float64)
+        assert row == pytest.approx([tile.sum(), (tile * tile).sum()])
+    means, variances = top_tiles(np.array([7, 3, 5]), np.array([[2.0, 10.0], [4.0, 20.0], [4.0, 9.0]]), 2, count=2)
+    assert means.tolist() == [2.0, 2.0]  # equal means: lower id first (3, then 5)
+    assert variances.tolist() == [6.0, 0.5]
