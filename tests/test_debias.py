@@ -179,3 +179,18 @@ def test_tile_moments_and_top_tiles():
     means, variances = top_tiles(np.array([7, 3, 5]), np.array([[2.0, 10.0], [4.0, 20.0], [4.0, 9.0]]), 2, count=2)
     assert means.tolist() == [2.0, 2.0]  # equal means: lower id first (3, then 5)
     assert variances.tolist() == [6.0, 0.5]
+
+
+def test_a_local_cluster_of_processes_gives_the_same_debiased_maps(tmp_path, phantom):
+    from occupy_dask.cluster import ClusterSpec, connect
+    from occupy_dask.run import run_map
+
+    def factory(info):
+        return derive_settings(info.shape, info.voxel_size, chunks=32, amplify=True, debias=True)
+
+    run_map(phantom, factory, output_dir=tmp_path / "threads")
+    with connect(ClusterSpec(workers=2, threads=1), quiet=True) as runner:
+        run_map(phantom, factory, output_dir=tmp_path / "processes", runner=runner)
+    for name in ("scale_occ_phantom96.mrc", "conf_phantom96.mrc", "out_phantom96.mrc"):
+        assert np.array_equal(mrcfile.read(tmp_path / "threads" / name), mrcfile.read(tmp_path / "processes" / name)), name
+    assert "Noise floor" in (tmp_path / "processes" / "log_phantom96.txt").read_text()
