@@ -5,7 +5,8 @@ low-passed to a resolution, plus low-passed noise) and each domain, prints the t
 over the largest occupancy) and each estimator's relative occupancy (the domain's median scale
 over the most occupied domain's): the method (default), the method with the reference's
 conventions (``--reference-compatible``), ``--nlrc`` and ``--debias``. Occupancy mode unless
-``--raw``. The last table sums up the largest error per phantom.
+``--raw`` (resolution mode, with ``--resolution`` set to the phantom's, as a user would give it:
+``--debias`` refuses resolution mode without it on band-limited maps). The last table sums up the largest error per phantom.
 
 Usage: python benchmarks/bench_accuracy.py [--raw] [--only design|heldout]
 """
@@ -33,6 +34,8 @@ ESTIMATORS = {
 
 
 def relative(ph, occupancy: bool, options: dict) -> np.ndarray:
+    if not occupancy:
+        options = {**options, "resolution": ph.spec.resolution}
     with occupy_dask.estimate(ph.data, voxel_size=ph.spec.voxel_size, occupancy=occupancy, **options) as est:
         scale = est.scale.compute()
     return relative_occupancies(scale, ph.domains, ph.occupancies)[0]
