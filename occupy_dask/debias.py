@@ -31,6 +31,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .kernels.fourier import exact_lowpass_mask
+from .kernels.local import inverse_response
+
 SIMULATION_VOXELS = 1_000_000  # voxels of each simulated field (a box of the map's voxel shape)
 SIMULATION_KERNELS = 3000  # kernels sampled from the simulated fields
 SIMULATION_SEED = 20231113
@@ -63,19 +66,16 @@ class NoiseFloor:
     signal_max: float = math.nan  # h^-1(s_max): the full-scale reference above the noise
 
     def signal(self, value: float) -> float:
-        """``h^-1`` of one value (a full-scale reference, a target's maximum)."""
-        return float(debiased_signal(np.array([value], dtype=np.float32), self)[0])
+        """``h^-1`` of one float32 value of the scale data (a full-scale reference, a target's maximum)."""
+        return inverse_response(float(np.float32(value)), self)
 
 
-def debiased_signal(maxima: np.ndarray, floor: NoiseFloor) -> np.ndarray:
-    """``h^-1`` of kernel maxima (float64 array of the same shape)."""
-    m = np.asarray(maxima, dtype=np.float64)
-    top = floor.table_start + (len(floor.table) - 1) * floor.table_step
-    x = np.clip((m - floor.table_start) / floor.table_step, 0.0, len(floor.table) - 1.0)
-    i = np.minimum(x.astype(np.int64), len(floor.table) - 2)
-    f = x - i
-    inside = floor.table[i] * (1.0 - f) + floor.table[i + 1] * f
-    return np.where(m > top, m - floor.offset, inside)
+def _band(shape, voxel_size, cutoff_angstrom: float | None) -> np.ndarray | bool:
+    """The real-FFT frequencies up to ``cutoff`` (all of them when None)."""
+    if cutoff_angstrom is None:
+        return True
+    full = tuple(slice(None) for _ in shape)
+    return exact_lowpass_mask(shape, voxel_size, cutoff_angstrom, full)
 
 
 def _unit_field(shape: tuple[int, int, int], voxel_size, cutoff_angstrom: float | None, rng: np.random.Generator) -> np.ndarray:
@@ -83,11 +83,7 @@ def _unit_field(shape: tuple[int, int, int], voxel_size, cutoff_angstrom: float 
     white = rng.standard_normal(shape)
     if cutoff_angstrom is None:
         return white
-    kz = np.fft.fftfreq(shape[0], d=voxel_size[0])
-    ky = np.fft.fftfreq(shape[1], d=voxel_size[1])
-    kx = np.fft.rfftfreq(shape[2], d=voxel_size[2])
-    keep = kz[:, None, None] ** 2 + ky[None, :, None] ** 2 + kx[None, None, :] ** 2 <= cutoff_angstrom**-2
-    field = np.fft.irfftn(np.fft.rfftn(white) * keep, s=shape, axes=(0, 1, 2))
+    field = np.fft.irfftn(np.fft.rfftn(white) * _band(shape, voxel_size, cutoff_angstrom), s=shape, axes=(0, 1, 2))
     return field / field.std()
 
 
@@ -186,14 +182,10 @@ def noise_floor_model(
 
 def _lowpass_std(white: np.ndarray, voxel_size, lowpass_angstrom: float, cutoff: float | None) -> float:
     """Standard deviation, after the low-pass, of unit noise band-limited at ``cutoff``."""
-    kz = np.fft.fftfreq(white.shape[0], d=voxel_size[0])
-    ky = np.fft.fftfreq(white.shape[1], d=voxel_size[1])
-    kx = np.fft.rfftfreq(white.shape[2], d=voxel_size[2])
-    k2 = kz[:, None, None] ** 2 + ky[None, :, None] ** 2 + kx[None, None, :] ** 2
-    spectrum = np.fft.rfftn(white)
-    band = np.ones_like(k2, dtype=bool) if cutoff is None else k2 <= cutoff**-2
-    full = np.fft.irfftn(spectrum * band, s=white.shape, axes=(0, 1, 2))
-    low = np.fft.irfftn(spectrum * (band & (k2 <= lowpass_angstrom**-2)), s=white.shape, axes=(0, 1, 2))
+    band = _band(white.shape, voxel_size, cutoff)
+    spectrum = np.fft.rfftn(white) * band
+    full = np.fft.irfftn(spectrum, s=white.shape, axes=(0, 1, 2))
+    low = np.fft.irfftn(spectrum * _band(white.shape, voxel_size, lowpass_angstrom), s=white.shape, axes=(0, 1, 2))
     return float(low.std() / full.std())
 
 

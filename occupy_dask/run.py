@@ -236,7 +236,7 @@ def run_map(
                 check_same_grid(masks[role].info, info, role)
         paths = output_paths(info, settings, output_dir, output_map=output_map, save_all=save_all_maps, chimerax=save_chimerax, plot=plot, fmt=fmt)
         check_outputs(paths, [Path(input_map), *(Path(p) for p in (solvent_def, target_mask) if p)], overwrite)
-        n_maps = sum(1 for key in paths if key not in ("log", "chimerax", "plot", "plot_modification", "plot_noise_floor"))
+        n_maps = sum(1 for key in paths if key not in ("log", "chimerax") and not key.startswith("plot"))
         runner.check_memory(settings.chunks, settings.halo, n_maps)
         extra = ("lowpass", "factor") if save_all_maps else ()
         est = stack.enter_context(

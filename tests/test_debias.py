@@ -16,8 +16,8 @@ from phantoms import HELD_OUT_SPECS, make_phantom, relative_occupancies
 from scipy.stats import spearmanr
 
 import occupy_dask
-from occupy_dask.debias import debiased_signal, noise_floor_model, top_tiles
-from occupy_dask.kernels.local import debiased_scale
+from occupy_dask.debias import noise_floor_model, top_tiles
+from occupy_dask.kernels.local import debiased_scale, inverse_response
 from occupy_dask.kernels.tiles import tile_moments
 from occupy_dask.pipeline import ProcessingError, _noise_floor
 from occupy_dask.settings import SettingsError, derive_settings
@@ -158,12 +158,16 @@ def test_the_per_voxel_kernel_matches_the_numpy_inverse():
         value_max=1.2,
     )
     maxima = rng.uniform(-0.2, 2.0, (20, 30, 40)).astype(np.float32)
-    expected = np.clip(debiased_signal(maxima, floor) / floor.signal_max, 0, 1).astype(np.float32)
+    grid = floor.table_start + floor.table_step * np.arange(len(floor.table))
+    m = maxima.astype(np.float64)
+    inverse = np.where(m > grid[-1], m - floor.offset, np.interp(m, grid, floor.table.astype(np.float64)))
+    expected = np.clip(inverse / floor.signal_max, 0, 1).astype(np.float32)
     assert np.allclose(debiased_scale(maxima, floor), expected, atol=1e-6)
+    assert [inverse_response(v, floor) for v in maxima.ravel()[:50]] == pytest.approx(inverse.ravel()[:50], abs=1e-6)
     # the inverse undoes the response, is 0 at and below the floor and 1 at the full-scale reference
     levels = floor.signal_levels[5:-5]
-    assert np.allclose(debiased_signal(floor.response[5:-5], floor), levels, atol=1e-3 * levels.max())
-    assert debiased_signal(np.array([floor.floor - 0.1, floor.floor]), floor).tolist() == [0.0, 0.0]
+    assert np.allclose([floor.signal(r) for r in floor.response[5:-5]], levels, atol=1e-3 * levels.max())
+    assert [inverse_response(floor.floor - 0.1, floor), inverse_response(floor.floor, floor)] == [0.0, 0.0]
     assert debiased_scale(np.array([0.8], np.float32), floor)[0] == pytest.approx(1.0)
     assert np.all(np.diff(floor.response) >= 0) and floor.response[-1] - floor.signal_levels[-1] == pytest.approx(floor.mu, abs=0.05)
 

@@ -123,31 +123,43 @@ def block_moments(raw: np.ndarray, lp: np.ndarray, axis_terms) -> tuple[np.ndarr
     return sums, counts
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _inverse_response(m, table, start, step, offset):  # pragma: no cover
+    """``h^-1(m)`` (float64): linear in ``table`` (``h^-1`` at ``start + i * step``), 0 below it,
+    ``m - offset`` above it."""
+    last = table.size - 1
+    if m > start + last * step:
+        return m - offset
+    x = max((m - start) / step, 0.0)
+    j = min(int(x), last - 1)
+    f = x - j
+    return np.float64(table[j]) * (1.0 - f) + np.float64(table[j + 1]) * f
+
+
+@numba.njit(cache=True, nogil=True)
+def _inverse_response_scalar(m, table, start, step, offset):  # pragma: no cover
+    return _inverse_response(m, table, start, step, offset)
+
+
 @numba.njit(cache=True, nogil=True)
 def _debiased_scale(maxima, table, start, step, offset, signal_max, out):  # pragma: no cover
-    last = table.size - 1
-    top = start + last * step
     flat_in = maxima.ravel()
     flat_out = out.ravel()
     for i in range(flat_in.size):
-        m = np.float64(flat_in[i])
-        if m > top:
-            v = m - offset
-        else:
-            x = (m - start) / step
-            if x < 0.0:
-                x = 0.0
-            j = min(int(x), last - 1)
-            f = x - j
-            v = np.float64(table[j]) * (1.0 - f) + np.float64(table[j + 1]) * f
-        s = v / signal_max
+        s = _inverse_response(np.float64(flat_in[i]), table, start, step, offset) / signal_max
         flat_out[i] = np.float32(min(max(s, 0.0), 1.0))
+
+
+def inverse_response(value: float, floor) -> float:
+    """``h^-1`` of one value (in map units) for ``floor`` a :class:`~occupy_dask.debias.NoiseFloor`:
+    the signal maximum that reads ``value`` through the maximum filter of signal plus noise."""
+    return float(_inverse_response_scalar(float(value), floor.table, floor.table_start, floor.table_step, floor.offset))
 
 
 def debiased_scale(maxima: np.ndarray, floor, out: np.ndarray | None = None) -> np.ndarray:
     """``--debias``: ``clip(h^-1(M) / h^-1(s_max), 0, 1)`` in float32 of the ball maxima ``M``
     (into ``out``, which may be ``maxima``), with ``floor`` a :class:`~occupy_dask.debias.NoiseFloor`
-    and ``h^-1`` its tabulated inverse response (see :func:`occupy_dask.debias.debiased_signal`)."""
+    and ``h^-1`` its tabulated inverse response (:func:`inverse_response` per voxel)."""
     maxima = np.ascontiguousarray(maxima)
     if out is None:
         out = np.empty(maxima.shape, dtype=np.float32)
