@@ -80,7 +80,7 @@ def noise_floor_rows(est: Estimate) -> list[tuple[str, str, str]]:
         ("Noise floor as scale", "scale", f"{nf.floor / est.s_max:.4f} (what the method reads on pure solvent)"),
         ("Noise of the scale data", "map units", f"mu {nf.mu:.6g}, sigma {nf.sigma:.6g}, {nf.correlation}"),
         ("Signal texture kappa", "", f"{nf.kappa:.4f} (sd / level of density in the {nf.texture_tiles} densest tiles, above the noise)"),
-        ("Full scale above noise", "map units", f"{nf.signal_max:.6g} (s_max measured above the noise floor)"),
+        ("Full scale above noise", "map units", f"{nf.signal_max:.6g} (s_max as signal above the solvent mean, the noise's lift removed)"),
     ]
 
 
@@ -241,11 +241,11 @@ def save_noise_floor_plot(est: Estimate, path: Path) -> None:
     left.set_ylabel("density")
     left.set_title("noise alone under the kernel")
     left.legend(fontsize=8, loc="upper right")
-    right.plot(nf.signal_levels + nf.mu, nf.response, color="tab:red", lw=2, label="local max of signal plus noise (median)")
-    right.plot(nf.signal_levels + nf.mu, nf.signal_levels + nf.mu, color="0.6", ls="--", label="no noise")
+    right.plot(nf.signal_levels, nf.response, color="tab:red", lw=2, label="local max of signal plus noise (median)")
+    right.plot(nf.signal_levels, nf.signal_levels + nf.mu, color="0.6", ls="--", label="no noise")
     right.axhline(nf.floor, color="tab:red", ls=":", lw=1, label=f"noise floor {nf.floor:.3g}")
-    right.axvline(nf.signal_max + nf.mu, color="tab:blue", ls="--", label=f"s_max above noise {nf.signal_max:.3g}")
-    right.set_xlabel("signal maximum in the kernel (map units)")
+    right.axvline(nf.signal_max, color="tab:blue", ls="--", label=f"s_max as signal without noise {nf.signal_max:.3g}")
+    right.set_xlabel("signal maximum in the kernel, above the solvent mean (map units)")
     right.set_ylabel("measured local maximum (map units)")
     right.set_title(f"response of the max filter (noise sigma {nf.sigma:.3g}, texture kappa {nf.kappa:.3f})")
     right.legend(fontsize=8, loc="upper left")
