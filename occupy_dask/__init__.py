@@ -1,8 +1,7 @@
 """occupy_dask: local map scale (OccuPy method) of cryo-EM maps, chunked with dask."""
 
-__version__ = "0.1.0"
+from .api import estimate, modify, run_map, write
+from .settings import Settings, derive_settings
+from .version import __version__
 
-from .api import estimate, modify, write  # noqa: E402
-from .settings import Settings, derive_settings  # noqa: E402
-
-__all__ = ["Settings", "__version__", "derive_settings", "estimate", "modify", "write"]
+__all__ = ["Settings", "__version__", "derive_settings", "estimate", "modify", "run_map", "write"]

@@ -1,43 +1,111 @@
-"""Python API: estimate from a path, a numpy array or a dask array; write separately."""
+"""Python API: estimate from a path, a numpy array or a dask array; modify; write; or
+:func:`run_map` from files to files (what the command line runs).
+
+Every run starts the same way: :func:`open_inputs` opens the map and masks and derives the
+settings, :func:`occupy_dask.estimation.estimate_map` runs the method on them.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import dask.array as da
 import numpy as np
 
-from .io.read import ArraySource, MapError, MapInfo, ZarrSource, check_same_grid, open_map
-from .pipeline import IN_MEMORY_LOWPASS_BYTES, Estimate, modify_lazy
-from .pipeline import estimate as _estimate
-from .run import check_outputs, output_paths, resolve_format, write_maps
-from .settings import Settings, SettingsError, check_scale_limit, derive_settings, modifications_from_options
+from .errors import MapError, SettingsError
+from .estimation import Estimate, default_run, estimate_map
+from .fused import modified_name, one_modification
+from .io.read import MapInfo, check_same_grid, open_map
+from .outputs import check_outputs, map_outputs, output_paths, resolve_format, write_maps
+from .scratch import array_source
+from .settings import RunOptions, Settings, check_scale_limit, derive_settings, modifications_from_options
 
 
-def _array_source(data, temp_dir: str | None, distributed: bool = False):
-    """A source for an in-memory or lazy array; large dask arrays, and any array that workers in
-    other processes must read, are spilled to a temporary zarr."""
-    if distributed and not isinstance(data, da.Array):
-        data = da.from_array(np.asarray(data, dtype=np.float32), chunks=(64, -1, -1))
-    if isinstance(data, da.Array):
-        if data.nbytes <= IN_MEMORY_LOWPASS_BYTES and not distributed:
-            return ArraySource(np.ascontiguousarray(data.compute(), dtype=np.float32)), None
-        import zarr
+@dataclass
+class Inputs:
+    """An opened map (and masks) with the settings derived from its geometry; ``close()``
+    removes temporary copies (a decompressed gzip map, spilled arrays)."""
 
-        folder = Path(tempfile.mkdtemp(prefix="occupy_dask_input_", dir=temp_dir)).absolute()
-        path = str(folder / "input.zarr")
-        chunks = tuple(c[0] for c in data.chunks)
-        try:
-            z = zarr.create_array(path, shape=data.shape, chunks=chunks, dtype="float32", fill_value=0.0)
-            da.store(data.astype(np.float32), z, lock=False)
-        except BaseException:  # the caller never learns of the folder
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
-        return ZarrSource(path, tuple(data.shape)), folder
-    return ArraySource(np.ascontiguousarray(data, dtype=np.float32)), None
+    info: MapInfo
+    source: object
+    settings: Settings
+    solvent_def: object | None = None
+    target_mask: object | None = None
+    files: list[Path] = field(default_factory=list)  # input files, never to be overwritten
+    cleanup: list = field(default_factory=list)
+
+    def close(self) -> None:
+        while self.cleanup:
+            self.cleanup.pop()()
+
+
+def open_inputs(
+    data, *, voxel_size=None, solvent_def=None, target_mask=None, settings: Settings | None = None, temp_dir=None, run=None, **options
+) -> Inputs:
+    """Open ``data`` (a map path, or a 3D numpy/dask array with ``voxel_size`` in Å) and the
+    masks (paths or arrays on the same grid); derive the settings (``options``: keywords of
+    :func:`derive_settings`) unless ``settings`` are given. Arrays that workers in other
+    processes must read (a distributed ``run``) are spilled under ``temp_dir``."""
+    inputs = Inputs(info=None, source=None, settings=None)
+    distributed = getattr(run, "distributed", False)
+
+    def spilled(array):
+        source, folder = array_source(array, temp_dir, run or default_run, distributed)
+        if folder is not None:
+            inputs.cleanup.append(lambda: shutil.rmtree(folder, ignore_errors=True))
+        return source
+
+    def mask_source(mask, role):
+        if mask is None:
+            return None
+        if isinstance(mask, (str, os.PathLike)):  # a file: shape and voxel size must match the map's
+            opened = open_map(mask, temp_dir=temp_dir, role=role)
+            inputs.cleanup.append(opened.close)
+            inputs.files.append(Path(mask))
+            check_same_grid(opened.info, inputs.info, role)
+            return opened.source
+        source = spilled(mask)
+        if tuple(source.shape) != tuple(inputs.info.shape):
+            raise MapError(f"{role} has shape {tuple(source.shape)}, the map has {tuple(inputs.info.shape)}")
+        return source
+
+    try:
+        if isinstance(data, (str, os.PathLike)):
+            mapin = open_map(data, temp_dir=temp_dir)
+            inputs.cleanup.append(mapin.close)
+            inputs.files.append(Path(data))
+            inputs.info, inputs.source = mapin.info, mapin.source
+            if voxel_size is not None:
+                inputs.info.voxel_size = tuple(np.broadcast_to(np.asarray(voxel_size, float), (3,)))
+        else:
+            if np.ndim(data) != 3:
+                raise ValueError(f"a 3D volume is needed, got an array of shape {np.shape(data)}")
+            inputs.source = spilled(data)
+            vs = 1.0 if voxel_size is None else voxel_size
+            inputs.info = MapInfo(
+                path=None,
+                name="map",
+                shape=tuple(int(n) for n in np.shape(data)),
+                voxel_size=tuple(float(v) for v in np.broadcast_to(np.asarray(vs, float), (3,))),
+            )
+        inputs.solvent_def = mask_source(solvent_def, "solvent definition")
+        inputs.target_mask = mask_source(target_mask, "target mask")
+        inputs.settings = settings if settings is not None else derive_settings(inputs.info.shape, inputs.info.voxel_size, **options)
+    except BaseException:
+        inputs.close()
+        raise
+    return inputs
+
+
+def _runner(run=None, client=None):
+    from .cluster import Runner
+
+    if client is not None:
+        return Runner(client=client, quiet=True)
+    return run or Runner(quiet=True)
 
 
 def estimate(
@@ -53,77 +121,38 @@ def estimate(
     allow_nonfinite: bool = False,
     **options,
 ) -> Estimate:
-    """Estimate local scale and confidence (ALGORITHM.md sections 1-7).
+    """Estimate local scale and confidence (docs/method.md sections 1-7).
 
-    ``data`` is a map path (MRC/CCP4, optionally gzip), or a 3D numpy/dask array in (z, y, x)
-    order with ``voxel_size`` in Å. ``solvent_def`` and ``target_mask`` (paths or arrays on the
-    same grid) are the solvent definition and the mask whose occupancy is reported as
-    ``target_occupancy`` (ALGORITHM.md section 9). ``options`` are :func:`derive_settings` keywords
-    (``resolution``, ``lowpass``, ``kernel_size``, ``tile_size``, ``occupancy``, ``chunks``, ...).
-    The global numbers (``s_max``, solvent model, limits) are computed now; ``scale`` and
-    ``confidence_map`` are lazy dask arrays. Use it as a context manager, or call ``close()``.
-    With a distributed ``client`` the reductions run on its cluster (compute the lazy maps there
-    too); arrays and the low-passed map are then kept in temporary zarr stores under ``temp_dir``,
-    which must be reachable by the workers.
+    ``data`` is a map path (MRC/CCP4, optionally gzip; zarr or OME-Zarr), or a 3D numpy/dask
+    array in (z, y, x) order with ``voxel_size`` in Å. ``solvent_def`` and ``target_mask`` (paths
+    or arrays on the same grid) are the solvent definition and the mask whose occupancy is
+    reported as ``target_occupancy`` (section 9). ``options`` are :func:`derive_settings`
+    keywords (``resolution``, ``lowpass``, ``kernel_size``, ``tile_size``, ``occupancy``,
+    ``debias``, ``chunks``, ...). The global numbers (``s_max``, solvent model, limits) are
+    computed now; ``scale`` and ``confidence_map`` are lazy dask arrays, and
+    ``variability_limit`` is known once the maps are written. Use it as a context manager, or
+    call ``close()``. With a distributed ``client`` the reductions run on its cluster (compute
+    the lazy maps there too); arrays and the low-passed map are then kept in temporary zarr
+    stores under ``temp_dir``, which must be reachable by the workers.
     """
-    from .cluster import Runner
-
-    cleanups = []
-    if client is not None:
-        run = Runner(client=client, quiet=True)
-    distributed = getattr(run, "distributed", False)
-
-    def spilled(data):
-        source, folder = _array_source(data, temp_dir, distributed)
-        if folder is not None:
-            cleanups.append(lambda: shutil.rmtree(folder, ignore_errors=True))
-        return source
-
-    if isinstance(data, (str, os.PathLike)):
-        mapin = open_map(data, temp_dir=temp_dir)
-        cleanups.append(mapin.close)
-        info, source = mapin.info, mapin.source
-        if voxel_size is not None:
-            info.voxel_size = tuple(np.broadcast_to(np.asarray(voxel_size, float), (3,)))
-    else:
-        if np.ndim(data) != 3:
-            raise ValueError(f"a 3D volume is needed, got an array of shape {np.shape(data)}")
-        source = spilled(data)
-        vs = 1.0 if voxel_size is None else voxel_size
-        info = MapInfo(
-            path=None,
-            name="map",
-            shape=tuple(int(n) for n in np.shape(data)),
-            voxel_size=tuple(float(v) for v in np.broadcast_to(np.asarray(vs, float), (3,))),
-        )
-
-    def mask_source(mask, role):
-        if mask is None:
-            return None
-        if isinstance(mask, (str, os.PathLike)):  # a file: shape and voxel size must match the map's
-            opened = open_map(mask, temp_dir=temp_dir, role=role)
-            cleanups.append(opened.close)
-            check_same_grid(opened.info, info, role)
-            return opened.source
-        source = spilled(mask)
-        if tuple(source.shape) != tuple(info.shape):
-            raise MapError(f"{role} has shape {tuple(source.shape)}, the map has {tuple(info.shape)}")
-        return source
-
+    runner = _runner(run, client) if (run is not None or client is not None) else default_run
+    inputs = open_inputs(
+        data, voxel_size=voxel_size, solvent_def=solvent_def, target_mask=target_mask, settings=settings, temp_dir=temp_dir, run=runner, **options
+    )
     try:
-        soldef_source = mask_source(solvent_def, "solvent definition")
-        target_source = mask_source(target_mask, "target mask")
-        if settings is None:
-            settings = derive_settings(info.shape, info.voxel_size, **options)
-        kwargs = {} if run is None else {"run": run}
-        est = _estimate(
-            source, info, settings, soldef_source, target_mask_source=target_source, temp_dir=temp_dir, allow_nonfinite=allow_nonfinite, **kwargs
+        est = estimate_map(
+            inputs.source,
+            inputs.info,
+            inputs.settings,
+            runner,
+            solvent_def=inputs.solvent_def,
+            target_mask=inputs.target_mask,
+            options=RunOptions(temp_dir=temp_dir, allow_nonfinite=allow_nonfinite),
         )
     except BaseException:
-        for fn in cleanups:
-            fn()
+        inputs.close()
         raise
-    est.cleanup.extend(cleanups)
+    est.cleanup.append(inputs.close)
     return est
 
 
@@ -140,7 +169,7 @@ def modify(
     lowpass_output: float | None = None,
     seed: int | None = None,
 ) -> da.Array:
-    """The input map modified by its local scale (ALGORITHM.md section 8), lazily.
+    """The input map modified by its local scale (docs/method.md section 8), lazily.
 
     Give one modification: ``amount`` (amplify with ``a`` in [-1, 1]; negative attenuates),
     ``gamma`` (with ``attenuate=True`` for attenuation), ``attenuate=True`` alone (amount -1),
@@ -163,12 +192,14 @@ def modify(
         raise SettingsError("give exactly one modification: amount, gamma, attenuate, sigmoid with pivot, or exclude_solvent")
     limit = s.scale_limit if scale_limit is None else float(scale_limit)
     check_scale_limit(limit)
-    return modify_lazy(
-        est,
+    return one_modification(
+        est.plan,
+        est.sources,
+        est.raw_range,
         mods[0],
         exclude_solvent=exclude,
         scale_limit=limit,
-        lowpass_output=lowpass_output,
+        lowpass_output_angstrom=lowpass_output,
         seed=s.seed if seed is None else int(seed),
     )
 
@@ -185,14 +216,64 @@ def write(
 ) -> dict[str, Path]:
     """Write the scale and confidence maps of ``est`` (and its modified maps) as MRC files with
     the input's header geometry, or as zarr / OME-Zarr (``output_format``, or ``output_map``'s
-    suffix); on ``client``'s cluster when given."""
-    from .cluster import Runner
-
+    suffix); on ``client``'s cluster when given. Afterwards ``est.variability_limit`` is known."""
+    options = RunOptions(output_dir=Path(output_dir), output_map=output_map, output_format=output_format, overwrite=overwrite, save_chimerax=False)
     fmt = resolve_format(output_map, output_format)
-    paths = output_paths(est.info, est.settings, Path(output_dir), output_map=output_map, chimerax=False, fmt=fmt)
-    paths = {k: v for k, v in paths.items() if k in est.output_names}
-    inputs = [est.info.path] if est.info.path is not None else []
-    check_outputs(paths, inputs, overwrite)
-    runner = Runner(client=client, quiet=True) if client is not None else run or Runner(quiet=True)
-    written, _ = write_maps(est, paths, runner, fmt)
-    return written
+    paths = {k: v for k, v in output_paths(est.info, est.settings, options, fmt).items() if k in est.output_names}
+    check_outputs(paths, [est.info.path] if est.info.path is not None else [], overwrite)
+    return write_maps(est, paths, _runner(run, client), fmt)
+
+
+@dataclass
+class RunResult:
+    """What :func:`run_map` wrote and found."""
+
+    estimate: Estimate
+    outputs: dict[str, Path]
+    timings: list[tuple[str, float]] = field(default_factory=list)
+
+    @property
+    def variability_limit(self) -> float | None:
+        return self.estimate.variability_limit
+
+
+def run_map(
+    input_map: str | os.PathLike, options: RunOptions = RunOptions(), *, solvent_def=None, target_mask=None, runner=None, **settings_options
+) -> RunResult:
+    """Estimate the local scale of one map file, modify it as the settings ask, and write every
+    output (maps, log, ChimeraX script, plots) as ``options`` say.
+
+    ``settings_options`` are :func:`derive_settings` keywords, applied to the opened map's
+    geometry. On a distributed ``runner`` temporary stores go to the output directory unless
+    ``options.temp_dir`` says otherwise, since workers elsewhere must reach them.
+    """
+    from .report import chimerax_script, write_log
+
+    runner = _runner(runner)
+    fmt = resolve_format(options.output_map, options.output_format)
+    if options.temp_dir is None and runner.distributed:
+        Path(options.output_dir).mkdir(parents=True, exist_ok=True)
+        options = replace(options, temp_dir=str(Path(options.output_dir).absolute()))
+    inputs = open_inputs(input_map, solvent_def=solvent_def, target_mask=target_mask, temp_dir=options.temp_dir, run=runner, **settings_options)
+    try:
+        settings, info = inputs.settings, inputs.info
+        paths = output_paths(info, settings, options, fmt)
+        check_outputs(paths, inputs.files, options.overwrite)
+        runner.check_memory(settings.chunks, settings.halo, len(map_outputs(paths)))
+        with estimate_map(
+            inputs.source, info, settings, runner, solvent_def=inputs.solvent_def, target_mask=inputs.target_mask, options=options
+        ) as est:
+            written = write_maps(est, paths, runner, fmt)
+            modified = [written[modified_name(i)] for i in range(len(settings.modifications))]
+            if options.plot:
+                from .report import save_plots
+
+                written.update(save_plots(est, paths))
+            write_log(paths["log"], est, {**written, "log": paths["log"]}, runner.describe())
+            written["log"] = paths["log"]
+            if "chimerax" in paths:
+                paths["chimerax"].write_text(chimerax_script(est, Path(input_map), written["scale"], modified), encoding="utf-8")
+                written["chimerax"] = paths["chimerax"]
+    finally:
+        inputs.close()
+    return RunResult(est, written, list(runner.timings))

@@ -10,14 +10,12 @@ from pathlib import Path
 
 import typer
 
-from . import __version__
-from .cluster import ClusterError, ClusterSpec, connect, job_script, load_local_config, parse_adaptive
-from .io.read import MapError
-from .pipeline import ProcessingError
+from .api import run_map
+from .cluster import ClusterSpec, connect, job_script
+from .errors import OccupyError, UsageError
 from .report import limits
-from .run import OutputError, run_map
-from .settings import SettingsError, derive_settings, modifications_from_options
-from .solvent import SolventModelError
+from .settings import RunOptions
+from .version import __version__
 
 app = typer.Typer(add_completion=False, context_settings={"help_option_names": ["-h", "--help"]})
 
@@ -29,6 +27,7 @@ def _version(value: bool) -> None:
 
 
 def _fail(message: str, verbose: bool, code: int = 1) -> None:
+    """Print one error line (and the traceback with --verbose) and exit with ``code``."""
     if verbose:
         traceback.print_exc()
     typer.echo(f"occupy-dask: error: {message}", err=True)
@@ -180,118 +179,79 @@ def main_command(
 ) -> None:
     quiet = verbose is False
     verbose = bool(verbose)
-    try:
-        local = load_local_config(cluster_config) if cluster == "local" and cluster_config else {}
-        spec = ClusterSpec(
-            mode=cluster,
-            workers=workers if workers is not None else local.get("workers"),
-            threads=threads if threads is not None else local.get("threads"),
-            memory_limit=memory_limit or local.get("memory_limit"),
-            scheduler_address=scheduler_address,
-            scheduler_file=str(scheduler_file) if scheduler_file else None,
-            cluster_config=str(cluster_config) if cluster_config else None,
-            jobs=jobs,
-            adaptive=parse_adaptive(adaptive),
-            dashboard=dashboard or local.get("dashboard", False),
-            timeout=scheduler_timeout,
-        )
-        if (spec.mode == "slurm" or print_job_script) and (cluster_config is None or spec.mode != "slurm"):
-            raise ClusterError("--cluster slurm and --print-job-script need --cluster slurm --cluster-config FILE (see cluster_configs/slurm.yaml)")
-    except ClusterError as exc:
-        _fail(str(exc), verbose, code=2)
-    if print_job_script:
-        try:
-            typer.echo(job_script(spec))
-        except ClusterError as exc:
-            _fail(str(exc), verbose)
-        raise typer.Exit()
-    if (input_map is None) == (relion_classes is None):
-        _fail("give one input: --input-map/-i MAP or --relion-classes MODEL.star", verbose, code=2)
-    if relion_classes is not None and (output_map is not None or (output_format or "mrc").lower() != "mrc"):
-        _fail(f"{relion_classes}: --relion-classes names its class maps itself, as MRC files RELION reads; drop -o/--format", verbose, code=2)
-    if relion_classes is not None and not (amplify or attenuate or amplify_amount is not None or sigmoid is not None or exclude_solvent):
-        amplify = True  # classes are diversified by amplification unless told otherwise
-    modification = {
-        "amplify": amplify,
-        "attenuate": attenuate,
-        "amplify_amount": amplify_amount,
-        "gamma": gamma,
-        "sigmoid": sigmoid,
-        "pivot": pivot,
-        "exclude_solvent": exclude_solvent,
-    }
-    if relion_classes is not None:
-        try:
-            requested = modifications_from_options(**modification)
-        except SettingsError as exc:
-            _fail(f"{relion_classes}: {exc}", verbose, code=2)
-        if len(requested) != 1:
-            _fail(f"{relion_classes}: --relion-classes writes one modified map per class; ask for one modification", verbose, code=2)
-
-    def settings_factory(info):
-        return derive_settings(
-            info.shape,
-            info.voxel_size,
-            resolution=resolution,
-            lowpass=lowpass_input,
-            kernel_size=kernel_size,
-            kernel_radius=kernel_radius,
-            tau=tau,
-            tile_size=tile_size,
-            tile_grid=tile_grid,
-            occupancy=occupancy,
-            hedge_confidence=hedge_confidence,
-            nlrc=nlrc,
-            debias=debias,
-            reference_compatible=reference_compatible,
-            chunks=chunks,
-            **modification,
-            scale_limit=scale_limit,
-            lowpass_output=lowpass_output,
-            seed=seed,
-        )
-
     source = input_map or relion_classes
     try:
+        spec = ClusterSpec.from_options(
+            mode=cluster,
+            cluster_config=cluster_config,
+            adaptive=adaptive,
+            print_job_script=print_job_script,
+            workers=workers,
+            threads=threads,
+            memory_limit=memory_limit,
+            scheduler_address=scheduler_address,
+            scheduler_file=str(scheduler_file) if scheduler_file else None,
+            jobs=jobs,
+            dashboard=dashboard,
+            timeout=scheduler_timeout,
+        )
+        if print_job_script:
+            typer.echo(job_script(spec))
+            raise typer.Exit()
+        if (input_map is None) == (relion_classes is None):
+            raise UsageError("give one input: --input-map/-i MAP or --relion-classes MODEL.star")
+        options = RunOptions(
+            output_dir=output_dir,
+            output_map=output_map,
+            output_format=output_format,
+            save_all_maps=save_all_maps,
+            save_chimerax=save_chimerax,
+            plot=plot,
+            overwrite=overwrite,
+            temp_dir=str(temp_dir) if temp_dir else None,
+            allow_nonfinite=allow_nonfinite,
+        )
+        settings_options = {
+            "resolution": resolution,
+            "lowpass": lowpass_input,
+            "kernel_size": kernel_size,
+            "kernel_radius": kernel_radius,
+            "tau": tau,
+            "tile_size": tile_size,
+            "tile_grid": tile_grid,
+            "occupancy": occupancy,
+            "hedge_confidence": hedge_confidence,
+            "nlrc": nlrc,
+            "debias": debias,
+            "reference_compatible": reference_compatible,
+            "chunks": chunks,
+            "amplify": amplify,
+            "attenuate": attenuate,
+            "amplify_amount": amplify_amount,
+            "gamma": gamma,
+            "sigmoid": sigmoid,
+            "pivot": pivot,
+            "exclude_solvent": exclude_solvent,
+            "scale_limit": scale_limit,
+            "lowpass_output": lowpass_output,
+            "seed": seed,
+        }
+        masks = {"solvent_def": solvent_def, "target_mask": target_mask}
+        if relion_classes is not None:
+            from .relion import check_class_outputs, class_settings
+
+            check_class_outputs(options)
+            settings_options = class_settings(settings_options)
         with connect(spec, quiet) as runner:
             if relion_classes is not None:
-                _relion(
-                    relion_classes,
-                    settings_factory,
-                    runner,
-                    quiet,
-                    output_dir,
-                    solvent_def,
-                    target_mask,
-                    save_all_maps,
-                    save_chimerax,
-                    plot,
-                    overwrite,
-                    temp_dir,
-                )
+                from .relion import run_relion_classes
+
+                results, new_star = run_relion_classes(relion_classes, settings_options, options, runner, **masks)
+                _print_classes(relion_classes, results, new_star, quiet)
                 return
-            result = run_map(
-                input_map,
-                settings_factory,
-                output_dir=output_dir,
-                output_map=output_map,
-                solvent_def=solvent_def,
-                target_mask=target_mask,
-                save_all_maps=save_all_maps,
-                save_chimerax=save_chimerax,
-                plot=plot,
-                allow_nonfinite=allow_nonfinite,
-                overwrite=overwrite,
-                temp_dir=str(temp_dir) if temp_dir else None,
-                output_format=output_format,
-                runner=runner,
-            )
-    except SettingsError as exc:
-        _fail(f"{source}: {exc}", verbose, code=2)
-    except (MapError, OutputError, ClusterError) as exc:
-        _fail(str(exc), verbose)
-    except (SolventModelError, ProcessingError) as exc:
-        _fail(f"{source}: {exc}", verbose)
+            result = run_map(input_map, options, runner=runner, **masks, **settings_options)
+    except OccupyError as exc:
+        _fail(f"{source}: {exc}" if exc.prefix_source and source else str(exc), verbose, exc.exit_code)
     except MemoryError:
         _fail(f"{source}: out of memory; try a smaller --chunks", verbose)
     except OSError as exc:  # a full disk, a vanished directory, ... while reading or writing
@@ -300,6 +260,11 @@ def main_command(
     except KeyboardInterrupt:
         typer.echo("occupy-dask: interrupted; no output was left half-written", err=True)
         raise typer.Exit(130) from None
+    _print_result(result, verbose, quiet, profile, target_mask)
+
+
+def _print_result(result, verbose: bool, quiet: bool, profile: bool, target_mask: Path | None) -> None:
+    """Warnings, the settings table (--verbose), the target occupancy, stage timings and the files written."""
     est = result.estimate
     for message in est.warnings:
         typer.echo(f"occupy-dask: warning: {message}", err=True)
@@ -310,7 +275,7 @@ def main_command(
         table = Table(title=f"occupy-dask {__version__}: settings and detected limits")
         for col in ("quantity", "unit", "value"):
             table.add_column(col)
-        for row in limits(est, result.variability_limit):
+        for row in limits(est):
             table.add_row(*row)
         Console(stderr=False).print(table)
     if est.target_occupancy is not None and not quiet:
@@ -336,22 +301,8 @@ def _print_profile(timings) -> None:
     Console().print(table)
 
 
-def _relion(star, settings_factory, runner, quiet, output_dir, solvent_def, target_mask, save_all_maps, save_chimerax, plot, overwrite, temp_dir):
-    from .relion import run_relion_classes
-
-    results, new_star = run_relion_classes(
-        star,
-        settings_factory,
-        output_dir=output_dir,
-        runner=runner,
-        solvent_def=solvent_def,
-        target_mask=target_mask,
-        save_all_maps=save_all_maps,
-        save_chimerax=save_chimerax,
-        plot=plot,
-        overwrite=overwrite,
-        temp_dir=str(temp_dir) if temp_dir else None,
-    )
+def _print_classes(star: Path, results, new_star: Path, quiet: bool) -> None:
+    """Each class's warnings, and (unless quiet) the table of classes and the new model file."""
     for r in results:
         for message in r.run.estimate.warnings:
             typer.echo(f"occupy-dask: warning: class {r.index} ({r.source.name}): {message}", err=True)

@@ -20,16 +20,14 @@ import dask
 import dask.threaded
 from dask.callbacks import Callback
 
+from .errors import ClusterError, ClusterUsageError
+
 # A fused chunk task holds its block with halo, the low-passed and raw blocks, scratch for the
 # max filter, noise and factors, and its stacked outputs: about this many padded blocks of
 # float32 plus one per output (the low-pass stage's complex slabs need no more).
 TASK_BLOCKS = 8
 # dask pauses a worker at 80% of its memory limit; leave the rest for the interpreter and buffers.
 USABLE_FRACTION = 0.75
-
-
-class ClusterError(RuntimeError):
-    """A cluster that cannot be started or reached, or a run that would not fit its workers."""
 
 
 class _RichCallback(Callback):
@@ -156,6 +154,27 @@ class ClusterSpec:
             raise ClusterError(f"--adaptive MIN:MAX needs 0 <= MIN <= MAX, MAX >= 1 (got {self.adaptive[0]}:{self.adaptive[1]})")
         if self.timeout <= 0:
             raise ClusterError("--scheduler-timeout must be positive")
+
+    @classmethod
+    def from_options(
+        cls, *, mode: str = "local", cluster_config=None, adaptive: str | None = None, print_job_script: bool = False, **options
+    ) -> ClusterSpec:
+        """The spec the command line's cluster flags ask for: ``options`` are the fields; unset
+        ones (None) come from a local ``cluster_config`` YAML (workers, threads, memory_limit,
+        dashboard). Anything that does not fit together is a usage error."""
+        try:
+            local = load_local_config(cluster_config) if mode == "local" and cluster_config else {}
+            for key in ("workers", "threads", "memory_limit", "dashboard"):
+                if options.get(key) in (None, False):  # the flag wins over the file
+                    options[key] = local.get(key, options.get(key))
+            spec = cls(mode=mode, cluster_config=str(cluster_config) if cluster_config else None, adaptive=parse_adaptive(adaptive), **options)
+        except ClusterError as exc:
+            raise ClusterUsageError(str(exc)) from None
+        if (spec.mode == "slurm" or print_job_script) and (cluster_config is None or spec.mode != "slurm"):
+            raise ClusterUsageError(
+                "--cluster slurm and --print-job-script need --cluster slurm --cluster-config FILE (see cluster_configs/slurm.yaml)"
+            )
+        return spec
 
     @property
     def external(self) -> bool:

@@ -31,8 +31,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .errors import ProcessingError
 from .kernels.fourier import exact_lowpass_mask
 from .kernels.local import inverse_response
+from .settings import Settings
+from .solvent import SOLVENT_ADVICE, ConfidenceTable, SolventModel
 
 SIMULATION_VOXELS = 1_000_000  # voxels of each simulated field (a box of the map's voxel shape)
 SIMULATION_KERNELS = 3000  # kernels sampled from the simulated fields
@@ -68,6 +71,44 @@ class NoiseFloor:
     def signal(self, value: float) -> float:
         """``h^-1`` of one float32 value of the scale data (a full-scale reference, a target's maximum)."""
         return inverse_response(float(np.float32(value)), self)
+
+
+def map_noise_floor(
+    s: Settings, model: SolventModel, table: ConfidenceTable, lp_counts, moments_of_tiles, s_max: float, value_max: float
+) -> NoiseFloor:
+    """The noise-floor model of this map, from the solvent model, the voxels it calls solvent
+    with confidence (content fraction 0), the densest tiles (``moments_of_tiles``: per block,
+    tile ids and per-tile sums) and the largest value of the scale data ``value_max``."""
+    solvent_voxels = int(np.asarray(lp_counts)[np.asarray(table.fraction) <= 0].sum())
+    if solvent_voxels == 0:
+        raise ProcessingError(
+            "--debias needs confident solvent to measure the noise floor, and the solvent model calls no voxel solvent "
+            f"with confidence (no histogram bin has content fraction 0); {SOLVENT_ADVICE}, or run without --debias"
+        )
+    ids = np.concatenate([m[0] for m in moments_of_tiles])
+    sums = np.concatenate([m[1] for m in moments_of_tiles])
+    means, variances = top_tiles(ids, sums, s.tile_size**3)
+    floor = noise_floor_model(
+        kernel=s.kernel,
+        voxel_size=s.voxel_size,
+        lowpass_angstrom=s.lowpass_angstrom,
+        lowpass_applied=s.lowpass_applied,
+        occupancy_mode=s.scale_mode == "occ",
+        resolution_angstrom=s.resolution_angstrom,
+        mu=model.mu,
+        sigma_lowpass=model.sigma,
+        tile_means=means,
+        tile_variances=variances,
+        s_max=s_max,
+        value_max=value_max,
+    )
+    if not floor.signal_max > 0:
+        raise ProcessingError(
+            f"--debias: the full-scale reference s_max {s_max:.4g} does not rise above the noise floor {floor.floor:.4g} "
+            f"(noise {floor.correlation}), so no scale can be measured above the noise; "
+            "give --resolution (a band-limited map has less noise per voxel), try --occupancy, or run without --debias"
+        )
+    return floor
 
 
 def _band(shape, voxel_size, cutoff_angstrom: float | None) -> np.ndarray | bool:

@@ -1,4 +1,4 @@
-"""Chunked Fourier low-pass (ALGORITHM.md sections 3 and 11) as a pencil FFT.
+"""Chunked Fourier low-pass (docs/method.md sections 3 and 11) as a pencil FFT.
 
 The 1D transforms run in the order ``scipy.fft.rfftn``/``irfftn`` use for a whole array, each
 on whole lines, so the result is bit-identical to the unchunked transform whatever the

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .io.read import MapError, check_same_grid, open_map
-from .pipeline import modified_name
-from .run import RunResult, run_map
-from .settings import SettingsError
+from .api import RunResult, run_map
+from .errors import MapError, SettingsError
+from .fused import modified_name
+from .io.read import check_same_grid, open_map
+from .settings import RunOptions, modifications_from_options
 
 CLASSES_BLOCK = "model_classes"
 IMAGE_COLUMN = "rlnReferenceImage"
@@ -76,35 +77,48 @@ def _median_confident_scale(result: RunResult) -> tuple[float | None, int]:
     return (float(np.median(values)) if values.size else None), int(values.size)
 
 
-def run_relion_classes(
-    star_path: str | os.PathLike,
-    settings_factory,
-    *,
-    output_dir: str | os.PathLike = ".",
-    runner=None,
-    **run_options,
-) -> tuple[list[ClassResult], Path]:
-    """Run every class map of a RELION model file; returns the per-class results and the new
-    ``_model.star`` (in ``output_dir``) that points at the modified class maps.
+MODIFICATION_KEYS = ("amplify", "attenuate", "amplify_amount", "gamma", "sigmoid", "pivot", "exclude_solvent")
 
-    ``settings_factory(info)`` must ask for exactly one modification (the CLI asks for
-    amplification, amount 1, when the user chose none).
-    """
+
+def class_settings(settings_options: dict) -> dict:
+    """The settings every class runs with: classes are diversified by amplification (amount 1)
+    unless the options ask for another modification; exactly one modification per class."""
+    options = dict(settings_options)
+    if not any(options.get(key) not in (None, False) for key in MODIFICATION_KEYS):
+        options["amplify"] = True
+    requested = modifications_from_options(**{key: options[key] for key in MODIFICATION_KEYS if key in options})
+    if len(requested) != 1:
+        raise SettingsError("--relion-classes writes one modified map per class; ask for one modification")
+    return options
+
+
+def check_class_outputs(options: RunOptions) -> None:
+    """Class maps are named by the classes and written as MRC files RELION reads."""
+    if options.output_map is not None or (options.output_format or "mrc").lower() != "mrc":
+        raise SettingsError("--relion-classes names its class maps itself, as MRC files RELION reads; drop -o/--format")
+
+
+def run_relion_classes(
+    star_path: str | os.PathLike, settings_options: dict, options: RunOptions = RunOptions(), runner=None, solvent_def=None, target_mask=None
+) -> tuple[list[ClassResult], Path]:
+    """Run every class map of a RELION model file with one modification (see
+    :func:`class_settings`); returns the per-class results and the new ``_model.star`` (in the
+    output directory) that points at the modified class maps."""
     import starfile
 
     star_path = Path(star_path)
-    output_dir = Path(output_dir)
+    check_class_outputs(options)
+    settings_options = class_settings(settings_options)
+    output_dir = Path(options.output_dir)
     blocks, class_paths = read_class_paths(star_path)
     stem = star_path.name.removesuffix(".star").removesuffix("_model")
     new_star = output_dir / f"{stem}_occupy_model.star"
-    if new_star.exists() and not run_options.get("overwrite", False):
+    if new_star.exists() and not options.overwrite:
         raise MapError(f"{new_star}: output exists (use --overwrite to replace it)")
     _check_same_grids(class_paths)
     results = []
     for i, path in enumerate(class_paths, start=1):
-        run = run_map(path, settings_factory, output_dir=output_dir, runner=runner, **run_options)
-        if len(run.estimate.settings.modifications) != 1:
-            raise SettingsError("--relion-classes needs exactly one modification per class")
+        run = run_map(path, options, runner=runner, solvent_def=solvent_def, target_mask=target_mask, **settings_options)
         median, count = _median_confident_scale(run)
         results.append(ClassResult(i, path, run.outputs[modified_name(0)], median, count, run))
     table = blocks[CLASSES_BLOCK].copy()

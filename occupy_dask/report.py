@@ -6,18 +6,20 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .pipeline import Estimate, modification_factor
+from .estimation import Estimate
+from .fused import modification_factor
 from .settings import Modification
 from .solvent import gaussian
+from .version import __version__
 
 # ChimeraX palette over [min_vis_scale, 1]: low scale red through white to blue (full scale).
 PALETTE = ("#d73027", "#fc8d59", "#fee090", "#ffffff", "#91bfdb", "#4575b4")
 
 
-def limits(est: Estimate, variability_limit: float | None) -> list[tuple[str, str, str]]:
-    """(name, unit, value) rows of everything derived (ALGORITHM.md section 10)."""
+def limits(est: Estimate) -> list[tuple[str, str, str]]:
+    """(name, unit, value) rows of everything derived (docs/method.md section 10)."""
     s = est.settings
+    variability_limit = est.variability_limit
     sm = est.solvent_model
     rows = [
         ("Input", "", str(est.info.path) if est.info.path else est.info.name),
@@ -46,6 +48,10 @@ def limits(est: Estimate, variability_limit: float | None) -> list[tuple[str, st
         ("Noise-level recalibration", "", "on" if s.nlrc else "off"),
         *noise_floor_rows(est),
         ("Reference-compatible", "", "yes" if s.reference_compatible else "no"),
+        ("Solvent definition threshold", "0-1", f"{s.solvent_def_threshold:g} (--solvent-def voxels above it are solvent)"),
+        ("Target mask threshold", "0-1", f"{s.target_threshold:g} (--target-mask voxels above it are the target)"),
+        ("Flattened-map limit", "fraction", f"{s.flattened_fraction:g} (more exact zeros inside the inscribed sphere: refused)"),
+        ("Pure-noise limit", "ratio", f"{s.noise_power_ratio:g} (low-pass power over white noise's below it: refused)"),
         ("Chunks", "voxels", " x ".join(map(str, s.chunks)) + (" (automatic)" if s.chunk_edge is None else "")),
     ]
     for mod in s.modifications:
@@ -85,19 +91,21 @@ def noise_floor_rows(est: Estimate) -> list[tuple[str, str, str]]:
 
 
 def describe_modification(mod: Modification) -> str:
-    if mod.kind == "sigmoid":
-        return f"sigmoid, power {mod.power:g}, pivot {mod.pivot:g}"
+    """A modification for the log and plots: its description and the factor it applies."""
     if mod.kind == "exclude":
         return "solvent exclusion only"
-    return f"{mod.kind}, amount {mod.amount:.4g} (factor scale^{mod.exponent:.4g}), file tag {mod.tag}"
+    if mod.kind == "sigmoid":
+        return f"{mod.describe()} (factor f(S)/S)"
+    return f"{mod.describe()} (factor S^{mod.exponent:.4g})"
 
 
-def write_log(path: Path, est: Estimate, variability_limit: float | None, outputs: dict[str, Path], computed_on: str | None = None) -> None:
-    width = max(len(r[0]) for r in limits(est, variability_limit))
+def write_log(path: Path, est: Estimate, outputs: dict[str, Path], computed_on: str | None = None) -> None:
+    rows = limits(est)
+    width = max(len(r[0]) for r in rows)
     lines = [f"occupy_dask {__version__}: local map scale (OccuPy method)", ""]
     if computed_on:
         lines += [f"Computed on: {computed_on}", ""]
-    for name, unit, value in limits(est, variability_limit):
+    for name, unit, value in rows:
         lines.append(f"{name:<{width}}  {('[' + unit + ']') if unit else '':<11} {value}")
     if est.warnings:
         lines += ["", "Warnings:"] + [f"  {w}" for w in est.warnings]

@@ -1,4 +1,4 @@
-"""Derived settings of the method (ALGORITHM.md section 2), computed once into one frozen object.
+"""Derived settings of the method (docs/method.md section 2), computed once into one frozen object.
 
 Every array axis here is in *stored* order (sections, rows, columns) as ``mrcfile`` returns the
 data; ``voxel_size`` is given per stored axis in Å.
@@ -9,9 +9,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 from scipy.optimize import brentq
+
+from .errors import SettingsError
 
 ANISOTROPY_TOLERANCE = 1e-3
 DEFAULT_TILE_SIZE = 12
@@ -22,10 +25,6 @@ MAX_SLAB_BYTES = 64 << 20  # ...or MIN_SLAB_PLANES planes up to this many bytes
 MIN_SLAB_PLANES = 16  # thinner slabs re-read too much halo; use cubes then
 MIN_SLABS = 8  # smaller maps are still cut into this many slabs (of at least MIN_SLAB_PLANES): every core stays busy and a task's buffers stay small
 KERNEL_SIZE_RANGE = (3, 9)
-
-
-class SettingsError(ValueError):
-    """A setting that cannot be used with this map (a usage error)."""
 
 
 @lru_cache(maxsize=4096)
@@ -60,7 +59,7 @@ def ball_kernel(size: tuple[int, int, int], radius: tuple[float, float, float]) 
 
 @dataclass(frozen=True)
 class Modification:
-    """One way of changing the map by its local scale (ALGORITHM.md section 8).
+    """One way of changing the map by its local scale (docs/method.md section 8).
 
     ``kind`` is "amplify" or "attenuate" (factor ``S_t**exponent``, ``exponent = -amount``),
     "sigmoid" (factor ``f(S)/S``) or "exclude" (solvent exclusion alone, factor 1).
@@ -76,6 +75,14 @@ class Modification:
     @property
     def amount(self) -> float:
         return -self.exponent
+
+    def describe(self) -> str:
+        """The modification in a few words, for map headers, the log and plots."""
+        if self.kind == "sigmoid":
+            return f"sigmoid power {self.power:g} pivot {self.pivot:g}"
+        if self.kind == "exclude":
+            return "input"
+        return f"{'amplified' if self.kind == 'amplify' else 'attenuated'}, amount {self.amount:.3g}"
 
 
 def _gamma_tag(prefix: str, gamma: float) -> str:
@@ -157,13 +164,13 @@ def check_scale_limit(scale_limit: float) -> None:
 
 
 def is_isotropic(voxel_size: tuple[float, float, float]) -> bool:
-    """Voxel sizes that differ by at most 0.1% count as one size (ALGORITHM.md section 2)."""
+    """Voxel sizes that differ by at most 0.1% count as one size (docs/method.md section 2)."""
     return max(voxel_size) / min(voxel_size) - 1.0 <= ANISOTROPY_TOLERANCE
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Every setting of one run of the method, derived once (ALGORITHM.md section 2).
+    """Every setting of one run of the method, derived once (docs/method.md section 2).
 
     Lengths named ``*_angstrom`` are in Å, ``*_voxels`` in voxels; 3-tuples are per stored axis.
     """
@@ -185,12 +192,17 @@ class Settings:
     reference_compatible: bool = False
     chunk_edge: int | None = None  # None: automatic (slabs of whole planes, or 256^3 cubes)
     resolution_angstrom: float | None = None
-    # modification (ALGORITHM.md section 8)
+    # modification (docs/method.md section 8)
     modifications: tuple[Modification, ...] = ()
     scale_limit: float = 0.05
     exclude_solvent: bool = False
     lowpass_output_angstrom: float | None = None
     seed: int = 0
+    # fixed thresholds of the method (logged)
+    solvent_def_threshold: float = 0.9  # --solvent-def voxels above it are solvent
+    target_threshold: float = 0.5  # --target-mask voxels above it are the target
+    flattened_fraction: float = 0.2  # more exact zeros inside the inscribed sphere: flattened, no solvent noise
+    noise_power_ratio: float = 1.5  # a low-pass keeping less than this many times white noise's power: noise alone
 
     @property
     def isotropic(self) -> bool:
@@ -221,6 +233,27 @@ class Settings:
         return tuple(min(DEFAULT_CHUNK_EDGE, n) for n in self.shape)
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How one run reads, writes and keeps its data; none of it changes a number of the method."""
+
+    output_dir: Path = Path(".")
+    output_map: str | None = None  # the modified map's name (relative: inside output_dir)
+    output_format: str | None = None  # mrc, zarr or ome.zarr (None: from output_map's suffix, else mrc)
+    save_all_maps: bool = False  # also the low-passed input and each modification's factor
+    save_chimerax: bool = True
+    plot: bool = False
+    overwrite: bool = False
+    temp_dir: str | None = None  # temporary files (gzip input, spilled maps); None: the system's
+    allow_nonfinite: bool = False  # replace NaN and infinite voxels with the median of the finite ones
+    spill_lowpass: bool | None = None  # keep the low-passed map on disk (None: when large or distributed)
+
+    @property
+    def extra_outputs(self) -> tuple[str, ...]:
+        """Per-voxel outputs beyond scale, confidence and modified maps."""
+        return ("lowpass", "factor") if self.save_all_maps else ()
+
+
 def derive_settings(
     shape: tuple[int, int, int],
     voxel_size: float | tuple[float, float, float],
@@ -249,7 +282,7 @@ def derive_settings(
     lowpass_output: float | None = None,
     seed: int = 0,
 ) -> Settings:
-    """Derive every setting of ALGORITHM.md section 2 from the map geometry and user choices.
+    """Derive every setting of docs/method.md section 2 from the map geometry and user choices.
 
     ``shape`` and ``voxel_size`` are in stored axis order; ``voxel_size`` in Å (a float means
     isotropic). User lengths ``kernel_size``/``kernel_radius`` are in voxels of the fastest axis.

@@ -1,4 +1,4 @@
-"""Solvent model (ALGORITHM.md section 6) and confidence table (section 7).
+"""Solvent model (docs/method.md section 6) and confidence table (section 7).
 
 Both work on histograms only (1000 bins), so they are tiny and run on the client.
 """
@@ -11,12 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import OptimizeWarning, curve_fit
 
+from .errors import SolventModelError
 from .kernels.histogram import N_BINS
-
-
-class SolventModelError(RuntimeError):
-    """The solvent model could not be fitted; the message says what to try."""
-
 
 SOLVENT_ADVICE = "the map may be solvent-flattened or masked; try --solvent-def <mask.mrc> or a stronger --lowpass"
 

@@ -14,14 +14,14 @@ import pytest
 from distributed import Client, LocalCluster
 
 from occupy_dask.cluster import ClusterError, ClusterSpec, Runner, check_task_memory, connect, task_memory
-from occupy_dask.run import run_map
-from occupy_dask.settings import derive_settings
+from occupy_dask.api import run_map
+from occupy_dask.settings import RunOptions
 
 MAPS = ("scale_occ_{}.mrc", "conf_{}.mrc", "out_{}.mrc")
 
 
-def _factory(chunks):
-    return lambda info: derive_settings(info.shape, info.voxel_size, chunks=chunks, amplify=True)
+def _run(phantom, out, runner=None):
+    return run_map(phantom, RunOptions(output_dir=out), runner=runner, chunks=24, amplify=True)
 
 
 def _maps(folder, name):
@@ -37,7 +37,7 @@ def _assert_same(a, b):
 def threaded(tmp_path_factory, phantom):
     """Outputs of the plain threaded run of the 96^3 phantom in 24^3 chunks."""
     out = tmp_path_factory.mktemp("threads")
-    run_map(phantom, _factory(24), output_dir=out)
+    _run(phantom, out)
     return _maps(out, "phantom96")
 
 
@@ -45,7 +45,7 @@ def test_local_cluster_of_processes_matches_threads(tmp_path, phantom, threaded)
     spec = ClusterSpec(workers=2, threads=1)
     with connect(spec, quiet=True) as runner:
         assert runner.distributed
-        result = run_map(phantom, _factory(24), output_dir=tmp_path, runner=runner)
+        result = _run(phantom, tmp_path, runner)
     _assert_same(_maps(tmp_path, "phantom96"), threaded)
     assert "2 worker(s)" in (tmp_path / "log_phantom96.txt").read_text()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # spilled stores removed
@@ -91,7 +91,7 @@ def test_a_worker_killed_mid_run_changes_nothing(tmp_path, phantom, threaded):
         Client(cluster) as client,
     ):
         runner = _KillingRunner(client=client, quiet=True)
-        run_map(phantom, _factory(24), output_dir=tmp_path, runner=runner)
+        _run(phantom, tmp_path, runner)
     assert runner.killed_while_running is True
     _assert_same(_maps(tmp_path, "phantom96"), threaded)
 
@@ -112,7 +112,7 @@ def test_existing_scheduler_by_address_and_by_file(tmp_path, phantom, threaded):
         ):
             out = tmp_path / kind
             with connect(spec, quiet=True) as runner:
-                run_map(phantom, _factory(24), output_dir=out, runner=runner)
+                _run(phantom, out, runner)
             _assert_same(_maps(out, "phantom96"), threaded)
             assert f"dask scheduler {cluster.scheduler_address}" in (out / "log_phantom96.txt").read_text()
 

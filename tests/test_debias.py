@@ -19,7 +19,8 @@ import occupy_dask
 from occupy_dask.debias import noise_floor_model, top_tiles
 from occupy_dask.kernels.local import debiased_scale, inverse_response
 from occupy_dask.kernels.tiles import tile_moments
-from occupy_dask.pipeline import ProcessingError, _noise_floor
+from occupy_dask.debias import map_noise_floor
+from occupy_dask.errors import ProcessingError
 from occupy_dask.settings import SettingsError, derive_settings
 
 ACCURACY = 0.06  # largest error of a domain's relative occupancy on the held-out phantoms
@@ -137,7 +138,7 @@ def test_no_confident_solvent_is_refused():
 
     s = derive_settings((64, 64, 64), 1.0, debias=True)
     with pytest.raises(ProcessingError, match="confident solvent"):
-        _noise_floor(s, None, Table(), np.ones(1000), [], 1.0, 1.0)
+        map_noise_floor(s, None, Table(), np.ones(1000), [], 1.0, 1.0)
 
 
 def test_the_per_voxel_kernel_matches_the_numpy_inverse():
@@ -187,14 +188,13 @@ def test_tile_moments_and_top_tiles():
 
 def test_a_local_cluster_of_processes_gives_the_same_debiased_maps(tmp_path, phantom):
     from occupy_dask.cluster import ClusterSpec, connect
-    from occupy_dask.run import run_map
+    from occupy_dask.api import run_map
+    from occupy_dask.settings import RunOptions
 
-    def factory(info):
-        return derive_settings(info.shape, info.voxel_size, chunks=32, amplify=True, debias=True)
-
-    run_map(phantom, factory, output_dir=tmp_path / "threads")
+    settings = {"chunks": 32, "amplify": True, "debias": True}
+    run_map(phantom, RunOptions(output_dir=tmp_path / "threads"), **settings)
     with connect(ClusterSpec(workers=2, threads=1), quiet=True) as runner:
-        run_map(phantom, factory, output_dir=tmp_path / "processes", runner=runner)
+        run_map(phantom, RunOptions(output_dir=tmp_path / "processes"), runner=runner, **settings)
     for name in ("scale_occ_phantom96.mrc", "conf_phantom96.mrc", "out_phantom96.mrc"):
         assert np.array_equal(mrcfile.read(tmp_path / "threads" / name), mrcfile.read(tmp_path / "processes" / name)), name
     assert "Noise floor" in (tmp_path / "processes" / "log_phantom96.txt").read_text()

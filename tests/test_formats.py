@@ -9,26 +9,25 @@ import numpy as np
 import pytest
 import zarr
 
-from occupy_dask.run import run_map
-from occupy_dask.settings import derive_settings
+from occupy_dask.api import run_map
+from occupy_dask.settings import RunOptions, derive_settings
 
 CHUNKS = 40
 
 
-def _factory(info):
-    return derive_settings(info.shape, info.voxel_size, chunks=CHUNKS, amplify=True)
+SETTINGS = {"chunks": CHUNKS, "amplify": True}
 
 
 @pytest.fixture(scope="module")
 def mrc_run(tmp_path_factory, phantom):
     out = tmp_path_factory.mktemp("mrc")
-    result = run_map(phantom, _factory, output_dir=out, save_all_maps=True)
+    result = run_map(phantom, RunOptions(output_dir=out, save_all_maps=True), **SETTINGS)
     return out, result
 
 
 def test_zarr_output_equals_mrc_and_carries_the_geometry(tmp_path, phantom, mrc_run):
     mrc_dir, mrc_result = mrc_run
-    result = run_map(phantom, _factory, output_dir=tmp_path, output_format="zarr", save_all_maps=True)
+    result = run_map(phantom, RunOptions(output_dir=tmp_path, output_format="zarr", save_all_maps=True), **SETTINGS)
     assert set(result.outputs) == set(mrc_result.outputs) - {"chimerax"}
     for key, path in result.outputs.items():
         if key == "log":
@@ -56,7 +55,7 @@ def test_ome_zarr_is_read_by_ome_zarr_py_with_voxel_size_and_pyramid(tmp_path, p
     from ome_zarr.reader import Multiscales, Reader
 
     _, mrc_result = mrc_run
-    result = run_map(phantom, _factory, output_dir=tmp_path, output_map="amplified.ome.zarr")
+    result = run_map(phantom, RunOptions(output_dir=tmp_path, output_map="amplified.ome.zarr"), **SETTINGS)
     path = result.outputs["modified_0"]
     assert path.name == "amplified.ome.zarr" and result.outputs["scale"].name == "scale_occ_phantom96.ome.zarr"
     image = [node for node in Reader(parse_url(str(path)))() if node.load(Multiscales)][0]
@@ -87,7 +86,7 @@ def test_zarr_and_ome_zarr_inputs_give_the_mrc_numbers(tmp_path, phantom, mrc_ru
     datasets = [{"path": "s0", "coordinateTransformations": [{"type": "scale", "scale": [0.11, 0.11, 0.11]}]}]
     group.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": axes, "datasets": datasets}]}
     for source, name in ((tmp_path / "phantom96.zarr", "phantom96"), (tmp_path / "other.ome.zarr", "other")):
-        result = run_map(source, _factory, output_dir=tmp_path / name)
+        result = run_map(source, RunOptions(output_dir=tmp_path / name), **SETTINGS)
         assert result.estimate.info.voxel_size == pytest.approx((1.1, 1.1, 1.1))
         for key in ("scale", "confidence", "modified_0"):
             assert np.array_equal(mrcfile.read(result.outputs[key]), mrcfile.read(mrc_result.outputs[key])), (name, key)

@@ -214,15 +214,15 @@ def test_zarr_block_reads_into_buffers(tmp_path, chunks, compressed):
 
 
 @pytest.mark.parametrize("chunks", [(4, 6, 5), (3, 6, 5), (4, 3, 2)])
-def test_chunk_file_target_writes_what_zarr_reads(tmp_path, chunks):
+def test_plain_target_writes_what_zarr_reads(tmp_path, chunks):
     import zarr
 
     from occupy_dask.io.read import ZarrSource
-    from occupy_dask.io.write import ChunkFileTarget
+    from occupy_dask.io.zarr_chunks import PlainTarget
 
     data = np.random.default_rng(2).normal(size=(10, 6, 5)).astype(np.float32)
     zarr.create_array(str(tmp_path / "s.zarr"), shape=data.shape, chunks=chunks, dtype="float32", fill_value=0.0, compressors=None)
-    target = ChunkFileTarget(str(tmp_path / "s.zarr"), data.shape, chunks).prepare()
+    target = PlainTarget(str(tmp_path / "s.zarr"), data.shape, chunks).prepare()
     for z in range(0, 10, 4):  # blocks of 4 planes: whole chunks for (4, 6, 5), zarr's own writes otherwise
         target[z : z + 4, 0:6, 0:5] = data[z : z + 4]
     assert np.array_equal(zarr.open_array(str(tmp_path / "s.zarr"), mode="r")[:], data)

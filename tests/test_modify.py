@@ -306,10 +306,9 @@ def test_relion_classes_end_to_end(tmp_path):
         assert (out / image).is_file() and image.startswith("out_run_it025_class00")
     from occupy_dask.relion import run_relion_classes
 
-    def factory(info):
-        return derive_settings(info.shape, info.voxel_size, amplify=True)
+    from occupy_dask.settings import RunOptions
 
-    results, _ = run_relion_classes(star, factory, output_dir=tmp_path / "again")
+    results, _ = run_relion_classes(star, {"amplify": True}, RunOptions(output_dir=tmp_path / "again"))
     medians = [r.median_scale for r in results]
     assert medians[0] > medians[1] > medians[2]  # lower occupancy, lower median confident scale
     assert "median scale" in result.output

@@ -6,6 +6,7 @@ import pytest
 from scipy import ndimage
 
 import occupy_dask
+from occupy_dask.errors import ProcessingError
 from occupy_dask.settings import ball_kernel
 
 
@@ -86,14 +87,15 @@ def test_nlrc_and_hedge_change_what_they_should(phantom96):
 
 def test_spilled_lowpass_gives_the_same_numbers(phantom96, tmp_path):
     from occupy_dask.io.read import ArraySource, MapInfo
-    from occupy_dask.pipeline import estimate
+    from occupy_dask.estimation import estimate_map
+    from occupy_dask.settings import RunOptions
     from occupy_dask.settings import derive_settings
 
     s = derive_settings(phantom96.shape, 1.1, occupancy=True, chunks=40)
     info = MapInfo(path=None, name="p", shape=phantom96.shape, voxel_size=(1.1,) * 3)
-    with estimate(ArraySource(phantom96), info, s, spill_lowpass=False) as a:
+    with estimate_map(ArraySource(phantom96), info, s, options=RunOptions(spill_lowpass=False)) as a:
         expected = a.scale.compute()
-    with estimate(ArraySource(phantom96), info, s, spill_lowpass=True, temp_dir=str(tmp_path)) as b:
+    with estimate_map(ArraySource(phantom96), info, s, options=RunOptions(spill_lowpass=True, temp_dir=str(tmp_path))) as b:
         assert any(tmp_path.iterdir())
         assert np.array_equal(b.scale.compute(), expected)
     assert not any(tmp_path.iterdir())  # the temporary zarr store is removed on close
@@ -101,23 +103,24 @@ def test_spilled_lowpass_gives_the_same_numbers(phantom96, tmp_path):
 
 def test_spilled_spectrum_gives_the_same_numbers(phantom96, tmp_path, monkeypatch):
     from occupy_dask import lowpass as lowpass_stage
-    from occupy_dask import pipeline
+    from occupy_dask import estimation
     from occupy_dask.io.read import ArraySource, MapInfo
+    from occupy_dask.settings import RunOptions
     from occupy_dask.settings import derive_settings
 
     s = derive_settings(phantom96.shape, 1.1, occupancy=True, chunks=40)
     info = MapInfo(path=None, name="p", shape=phantom96.shape, voxel_size=(1.1,) * 3)
-    with pipeline.estimate(ArraySource(phantom96), info, s) as a:
+    with estimation.estimate_map(ArraySource(phantom96), info, s) as a:
         expected = a.scale.compute(), a.confidence_map.compute()
     labels = []
 
     def run(*objs, label=""):
         labels.append(label)
-        return pipeline._default_run(*objs)
+        return estimation.default_run(*objs)
 
-    monkeypatch.setattr(pipeline, "IN_MEMORY_LOWPASS_BYTES", 100_000)  # spill the spectra and the low-passed map
+    monkeypatch.setattr(estimation, "IN_MEMORY_BYTES", 100_000)  # spill the spectra and the low-passed map
     monkeypatch.setattr(lowpass_stage, "TARGET_BLOCK_BYTES", 150_000)  # many slabs and pencils
-    with pipeline.estimate(ArraySource(phantom96), info, s, temp_dir=str(tmp_path), run=run) as b:
+    with estimation.estimate_map(ArraySource(phantom96), info, s, run, options=RunOptions(temp_dir=str(tmp_path))) as b:
         assert [p.name.startswith("occupy_dask_fft_") for p in tmp_path.iterdir()] == [False]  # spectra removed, lp kept
         assert np.array_equal(b.scale.compute(), expected[0])
         assert np.array_equal(b.confidence_map.compute(), expected[1])
@@ -126,9 +129,9 @@ def test_spilled_spectrum_gives_the_same_numbers(phantom96, tmp_path, monkeypatc
 
 
 def test_spilled_dask_inputs_are_removed_on_close(golden_dir, phantom96, tmp_path, monkeypatch):
-    import occupy_dask.api
+    import occupy_dask.scratch
 
-    monkeypatch.setattr(occupy_dask.api, "IN_MEMORY_LOWPASS_BYTES", 0)  # spill every dask array
+    monkeypatch.setattr(occupy_dask.scratch, "IN_MEMORY_BYTES", 0)  # spill every dask array
     soldef = mrcfile.read(golden_dir / "soldef96.mrc").astype(np.float32)
     with occupy_dask.estimate(
         da.from_array(phantom96, chunks=48), voxel_size=1.1, solvent_def=da.from_array(soldef, chunks=48), temp_dir=str(tmp_path)
@@ -143,13 +146,14 @@ def test_spilled_dask_inputs_are_removed_on_close(golden_dir, phantom96, tmp_pat
 @pytest.mark.parametrize("shape", [(20, 21, 22), (21, 21, 21)])
 def test_finite_median_is_exact(shape):
     from occupy_dask.io.read import ArraySource
-    from occupy_dask.pipeline import _default_run, finite_median
+    from occupy_dask.estimation import default_run
+    from occupy_dask.reductions import finite_median
 
     data = np.random.default_rng(4).normal(size=shape).astype(np.float32)
     data[data > 2.5] = np.nan
     data.flat[::997] = np.inf
     finite = data[np.isfinite(data)]
-    median, bad = finite_median(ArraySource(data), shape, (8, 9, 10), _default_run)
+    median, bad = finite_median(ArraySource(data), shape, (8, 9, 10), default_run)
     assert bad == data.size - finite.size
     assert median == pytest.approx(float(np.median(finite)), rel=1e-6, abs=1e-7)
 
@@ -165,15 +169,15 @@ def test_allow_nonfinite_replaces_with_the_median(phantom96):
     fixed[~np.isfinite(fixed)] = np.median(phantom96[np.isfinite(data)])
     with occupy_dask.estimate(fixed, voxel_size=1.1, chunks=40) as ref:
         assert np.array_equal(scale, ref.scale.compute())
-    with pytest.raises(occupy_dask.pipeline.ProcessingError, match="1 NaN and 2 infinite"):
+    with pytest.raises(ProcessingError, match="1 NaN and 2 infinite"):
         occupy_dask.estimate(data, voxel_size=1.1, chunks=40)
 
 
 def test_one_pass_and_two_pass_reductions_agree(phantom96, monkeypatch):
-    from occupy_dask import pipeline
+    from occupy_dask import reductions
 
     one = _outputs(phantom96, chunks=32)
-    monkeypatch.setattr(pipeline, "_combined_ranges", lambda parts: (np.nan,) * 4)  # ranges unknown: histograms in a second pass
+    monkeypatch.setattr(reductions, "_known_histogram_ranges", lambda sources, ranges: None)  # ranges unknown: histograms in a second pass
     two = _outputs(phantom96, chunks=32)
     assert one[0] == two[0]
     assert np.array_equal(one[1], two[1]) and np.array_equal(one[2], two[2])
@@ -183,7 +187,8 @@ def test_one_pass_and_two_pass_reductions_agree(phantom96, monkeypatch):
 
 def test_an_interrupt_while_spilling_the_lowpass_leaves_no_store(phantom96, tmp_path):
     from occupy_dask.io.read import ArraySource, MapInfo
-    from occupy_dask.pipeline import estimate
+    from occupy_dask.estimation import estimate_map
+    from occupy_dask.settings import RunOptions
     from occupy_dask.settings import derive_settings
 
     s = derive_settings(phantom96.shape, 1.1, occupancy=True, chunks=40)
@@ -196,5 +201,5 @@ def test_an_interrupt_while_spilling_the_lowpass_leaves_no_store(phantom96, tmp_
         return dask.compute(*objs)
 
     with pytest.raises(KeyboardInterrupt):
-        estimate(ArraySource(phantom96), info, s, run=interrupted, spill_lowpass=True, temp_dir=str(tmp_path))
+        estimate_map(ArraySource(phantom96), info, s, interrupted, options=RunOptions(spill_lowpass=True, temp_dir=str(tmp_path)))
     assert not any(tmp_path.iterdir())

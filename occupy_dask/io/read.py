@@ -6,9 +6,7 @@ it opens the file inside ``__getitem__`` so that no array ever enters a task gra
 
 from __future__ import annotations
 
-import functools
 import gzip
-import json
 import os
 import shutil
 import tempfile
@@ -20,13 +18,12 @@ import mrcfile
 import mrcfile.utils
 import numpy as np
 
+from ..errors import MapError
+from .zarr_chunks import plain_layout, read_plain_block
+
 SUPPORTED_MODES = {0: "int8", 1: "int16", 2: "float32", 6: "uint16", 12: "float16"}
 MAP_SUFFIXES = (".mrc", ".map", ".ccp4", ".mrcs", ".rec", ".mrc.gz", ".map.gz", ".ccp4.gz", ".ome.zarr", ".zarr")
 UNIT_ANGSTROM = {"angstrom": 1.0, "nanometer": 10.0, "micrometer": 1e4, "picometer": 0.01}
-
-
-class MapError(ValueError):
-    """A map that cannot be used; the message names the file and the problem in one line."""
 
 
 @dataclass(frozen=True)
@@ -110,83 +107,13 @@ class ZarrSource:
         return np.asarray(zarr.open_array(self.path, mode="r")[key], dtype=np.float32)
 
     def read_into(self, key: tuple[slice, slice, slice], out: np.ndarray) -> np.ndarray:
-        """Read the block ``key`` into ``out``. An uncompressed little-endian float32 zarr v3
-        array (the spilled stores) is read straight from its chunk files, chunk by chunk, into
-        ``out`` (whole planes of a chunk in one positioned read); any other through zarr."""
-        layout = _raw_zarr_layout(self.path)
-        if layout is None:
+        """Read the block ``key`` into ``out``: a plain store of ours (the spilled maps) straight
+        from its chunk files (see :mod:`occupy_dask.io.zarr_chunks`), any other through zarr."""
+        layout = plain_layout(self.path)
+        if layout is None or layout.dtype != np.dtype("<f4"):
             out[...] = self[key]
             return out
-        chunk, separator, fill = layout
-        bounds = [k.indices(n)[:2] for k, n in zip(key, self.shape)]
-        ranges = [range(a // c, (b - 1) // c + 1) for (a, b), c in zip(bounds, chunk)]
-        plane = chunk[1] * chunk[2]
-        for index in ((i, j, k) for i in ranges[0] for j in ranges[1] for k in ranges[2]):
-            lo = [max(a, i * c) for (a, _), i, c in zip(bounds, index, chunk)]
-            hi = [min(b, (i + 1) * c) for (_, b), i, c in zip(bounds, index, chunk)]
-            dst = out[tuple(slice(a - o[0], b - o[0]) for a, b, o in zip(lo, hi, bounds))]
-            path = (
-                os.path.join(self.path, "c", *map(str, index))
-                if separator == "/"
-                else os.path.join(self.path, "c" + separator + separator.join(map(str, index)))
-            )
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                dst[...] = fill  # a chunk never written holds the fill value
-                continue
-            try:
-                z_in = lo[0] - index[0] * chunk[0]
-                whole = all(a == i * c and b - a == c for a, b, i, c in zip(lo[1:], hi[1:], index[1:], chunk[1:])) and dst.flags.c_contiguous
-                if whole:  # whole planes of the chunk: one read into place
-                    view = memoryview(dst.reshape(-1)).cast("B")
-                    got = os.preadv(fd, [view], 4 * z_in * plane)
-                else:
-                    data = np.empty(chunk, dtype="<f4")
-                    view = memoryview(data.reshape(-1)).cast("B")
-                    got = os.preadv(fd, [view], 0)
-                    dst[...] = data[tuple(slice(a - i * c, b - i * c) for a, b, i, c in zip(lo, hi, index, chunk))]
-                if got != view.nbytes:
-                    raise MapError(f"{path}: zarr chunk file is shorter than its chunk")
-                if self.scratch:  # re-reading from disk is cheaper than growing the page cache by a map-sized store
-                    drop_cached(fd)
-            finally:
-                os.close(fd)
-        return out
-
-
-def drop_cached(fd: int, start: int = 0, length: int = 0) -> None:
-    """Drop a range of a file (default: all of it) from the page cache. Fresh page-cache pages
-    cost more than disk reads, above all on virtual machines, so scratch stores and written
-    outputs are not left to crowd it. A filesystem or platform without it: left to the kernel."""
-    try:
-        os.posix_fadvise(fd, start, length, os.POSIX_FADV_DONTNEED)
-    except (OSError, AttributeError):
-        pass
-
-
-@functools.lru_cache(maxsize=64)
-def _raw_zarr_layout(path: str) -> tuple[tuple[int, int, int], str, float] | None:
-    """(chunk shape, key separator, fill value) of a zarr v3 array stored as plain
-    little-endian float32 chunks, else None."""
-    try:
-        meta = json.loads(Path(path, "zarr.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    plain = (
-        meta.get("zarr_format") == 3
-        and meta.get("data_type") == "float32"
-        and meta.get("codecs") == [{"name": "bytes", "configuration": {"endian": "little"}}]
-        and meta.get("chunk_grid", {}).get("name") == "regular"
-        and meta.get("chunk_key_encoding", {}).get("name") == "default"
-        and not meta.get("storage_transformers")
-        and len(meta.get("shape", ())) == 3
-    )
-    if not plain:
-        return None
-    separator = meta["chunk_key_encoding"].get("configuration", {}).get("separator", "/")
-    chunks = tuple(int(c) for c in meta["chunk_grid"]["configuration"]["chunk_shape"])
-    return chunks, separator, float(np.float32(meta.get("fill_value", 0.0)))
+        return read_plain_block(self.path, layout, self.shape, key, out, drop=self.scratch)
 
 
 @dataclass(frozen=True)
@@ -284,10 +211,20 @@ def _stored_voxel_size(header) -> tuple[float, float, float]:
     for length, m, fallback in zip(cella, sampling, axis_len):
         intervals = m if m > 0 else fallback
         per_xyz.append(length / intervals if intervals > 0 and length > 0 else 0.0)
-    mapc, mapr, maps = int(header.mapc), int(header.mapr), int(header.maps)
-    if sorted((mapc, mapr, maps)) != [1, 2, 3]:
-        mapc, mapr, maps = 1, 2, 3
+    mapc, mapr, maps = stored_axis_order((int(header.mapc), int(header.mapr), int(header.maps)))
     return (per_xyz[maps - 1], per_xyz[mapr - 1], per_xyz[mapc - 1])
+
+
+def stored_axis_order(axis_order) -> tuple[int, int, int]:
+    """(mapc, mapr, maps) when they permute 1, 2, 3; else (1, 2, 3), as mrcfile reads such a map."""
+    order = tuple(int(a) for a in axis_order)
+    return order if sorted(order) == [1, 2, 3] else (1, 2, 3)
+
+
+def axis_names(info: MapInfo) -> tuple[str, str, str]:
+    """Names of the stored axes (sections, rows, columns): z, y, x unless the header permutes them."""
+    mapc, mapr, maps = stored_axis_order(info.axis_order)
+    return ("xyz"[maps - 1], "xyz"[mapr - 1], "xyz"[mapc - 1])
 
 
 class MapInput:

@@ -11,8 +11,9 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 
-from .. import __version__
-from .read import MapInfo, drop_cached
+from ..version import __version__
+from .read import MapInfo, axis_names
+from .zarr_chunks import release_written
 
 HEADER_BYTES = 1024
 
@@ -38,7 +39,7 @@ class MrcTarget:
                 return
             with open(self.path, "r+b", buffering=0) as f:
                 os.pwrite(f.fileno(), memoryview(block.reshape(-1)).cast("B"), start)
-                _release_written(f.fileno(), start, block.nbytes)
+                release_written(f.fileno(), start, block.nbytes)
             return
         mm = np.memmap(self.path, dtype=np.float32, mode="r+", offset=self.offset, shape=self.shape)
         mm[key] = value
@@ -74,60 +75,6 @@ def _write_direct(path: str, block: np.ndarray, start: int) -> bool:
         raise
     finally:
         os.close(fd)
-
-
-def _release_written(fd: int, start: int, length: int) -> None:
-    """Flush a written range to disk and drop it from the page cache: the next slabs reuse
-    those pages instead of claiming new memory, so writing maps larger than memory keeps the
-    page cache (and, on virtual machines, first-touch costs of fresh pages) small."""
-    try:
-        os.fdatasync(fd)
-    except (OSError, AttributeError):  # a filesystem or platform without it: leave it to the kernel
-        return
-    drop_cached(fd, start, length)
-
-
-@dataclass(frozen=True)
-class ChunkFileTarget:
-    """Picklable write target for ``da.store`` into an uncompressed little-endian float32 zarr
-    v3 array (default chunk keys) that occupy_dask created: a block covering exactly one chunk
-    is written straight to that chunk's file, flushed and dropped from the page cache (a spilled
-    map is read back once per pass, not kept in memory); other blocks go through zarr."""
-
-    path: str
-    shape: tuple[int, int, int]
-    chunks: tuple[int, int, int]
-
-    def prepare(self) -> ChunkFileTarget:
-        """Make the chunk folders ``c/i/j`` before any write."""
-        counts = [-(-n // c) for n, c in zip(self.shape, self.chunks)]
-        for i in range(counts[0]):
-            for j in range(counts[1]):
-                os.makedirs(os.path.join(self.path, "c", str(i), str(j)), exist_ok=True)
-        return self
-
-    def __setitem__(self, key, value) -> None:
-        bounds = [k.indices(n)[:2] for k, n in zip(key, self.shape)]
-        index = [a // c for (a, _), c in zip(bounds, self.chunks)]
-        whole = all(a == i * c and b == min((i + 1) * c, n) for (a, b), i, c, n in zip(bounds, index, self.chunks, self.shape))
-        if not whole:
-            import zarr
-
-            zarr.open_array(self.path, mode="r+")[key] = value
-            return
-        block = np.ascontiguousarray(value, dtype="<f4")
-        # the folders exist (prepare()); never made here, so a store removed meanwhile stays removed
-        fd = os.open(os.path.join(self.path, "c", *map(str, index)), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            if block.shape == tuple(self.chunks):
-                os.pwrite(fd, memoryview(block.reshape(-1)).cast("B"), 0)
-            else:  # an edge chunk: zarr stores it at the full chunk shape
-                full = np.zeros(self.chunks, dtype="<f4")
-                full[tuple(slice(0, n) for n in block.shape)] = block
-                os.pwrite(fd, memoryview(full.reshape(-1)).cast("B"), 0)
-            _release_written(fd, 0, 4 * int(np.prod(self.chunks)))
-        finally:
-            os.close(fd)
 
 
 def partial_path(final: Path) -> Path:
@@ -179,14 +126,6 @@ def format_of(path: str | os.PathLike) -> str | None:
     if name.endswith((".mrc", ".map", ".ccp4")):
         return "mrc"
     return None
-
-
-def axis_names(info: MapInfo) -> tuple[str, str, str]:
-    """Names of the stored axes (sections, rows, columns): z, y, x unless the header permutes them."""
-    mapc, mapr, maps = info.axis_order
-    if sorted(info.axis_order) != [1, 2, 3]:
-        mapc, mapr, maps = 1, 2, 3
-    return ("xyz"[maps - 1], "xyz"[mapr - 1], "xyz"[mapc - 1])
 
 
 def physical_origin(info: MapInfo) -> tuple[float, float, float]:

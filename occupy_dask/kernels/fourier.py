@@ -1,4 +1,4 @@
-"""Spherical low-pass masks on blocks of the (real-FFT) frequency grid (ALGORITHM.md 3, 11)."""
+"""Spherical low-pass masks on blocks of the (real-FFT) frequency grid (docs/method.md 3, 11)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def reference_lowpass_mask(
     lowpass_angstrom: float,
     region: tuple[slice, slice, slice],
 ) -> np.ndarray:
-    """The reference's shifted-grid mask (ALGORITHM.md section 11), for a cubic box."""
+    """The reference's shifted-grid mask (docs/method.md section 11), for a cubic box."""
     n = shape[0]
     ks = min(int(np.floor(n * voxel_size / lowpass_angstrom)), n // 2)
     kz = np.round(np.fft.fftfreq(n) * n).astype(np.int64)[region[0]]

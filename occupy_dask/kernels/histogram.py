@@ -1,4 +1,4 @@
-"""Histogram counts and bin lookups on blocks (ALGORITHM.md sections 6 and 7).
+"""Histogram counts and bin lookups on blocks (docs/method.md sections 6 and 7).
 
 The 1000 equal bins over ``[lo, hi]`` have float32 edges computed in double precision and
 rounded once (the way numpy 1.x builds the edges of a float32 histogram; numpy 2 accumulates
@@ -99,7 +99,7 @@ def confidence_lookup(lp: np.ndarray, table: np.ndarray, edges: np.ndarray, out:
 
 
 def confidence_lookup_reference(lp: np.ndarray, table: np.ndarray, lp_min: float, lp_max: float, out: np.ndarray | None = None) -> np.ndarray:
-    """The reference's lookup (ALGORITHM.md 11): ``int(u*1000 - 1)`` of the range-scaled map,
+    """The reference's lookup (docs/method.md 11): ``int(u*1000 - 1)`` of the range-scaled map,
     where -1 (the minimum voxel) wraps to the last bin."""
     lp = np.ascontiguousarray(lp, dtype=np.float32)
     span = np.float32(lp_max) - np.float32(lp_min)

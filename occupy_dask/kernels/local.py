@@ -1,5 +1,5 @@
 """Per-voxel stages of the fused per-chunk pass: scale, noise-level recalibration, and the
-geometry of the inscribed ellipsoid (ALGORITHM.md sections 5-7)."""
+geometry of the inscribed ellipsoid (docs/method.md sections 5-7)."""
 
 from __future__ import annotations
 

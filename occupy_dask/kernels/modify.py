@@ -1,4 +1,4 @@
-"""Map modification by local scale on numpy blocks (ALGORITHM.md section 8).
+"""Map modification by local scale on numpy blocks (docs/method.md section 8).
 
 Everything here is float32 and works voxel by voxel, except the synthetic solvent, which is
 drawn from a random stream fixed per global noise tile so that it does not depend on chunking.
@@ -75,7 +75,7 @@ def sigmoid(x: np.ndarray, power: float, pivot: float) -> np.ndarray:
 
 
 def sigmoid_table_reference(power: float, pivot: float, n: int = SIGMOID_TABLE_SIZE) -> np.ndarray:
-    """The reference's sigmoid table (ALGORITHM.md 11): ``f`` on ``linspace(0, 1, n)`` in float32,
+    """The reference's sigmoid table (docs/method.md 11): ``f`` on ``linspace(0, 1, n)`` in float32,
     ``f(0) = 0``, made non-decreasing."""
     x = np.linspace(0.0, 1.0, n).astype(np.float32)
     mu = sigmoid_mu(pivot, power)

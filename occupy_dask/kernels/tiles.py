@@ -1,4 +1,4 @@
-"""Tile layout and tile quantiles for the full-scale reference (ALGORITHM.md section 4)."""
+"""Tile layout and tile quantiles for the full-scale reference (docs/method.md section 4)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,322 @@
+"""The method from a map to its lazy per-voxel outputs, step by step (docs/method.md).
+
+1. non-finite voxels (refused, or replaced with ``--allow-nonfinite``);
+2. the low-pass (section 3), computed once into memory or a scratch store;
+3. the global reductions (sections 3-4, :mod:`occupy_dask.reductions`);
+4. the solvent model and the confidence table (sections 6-7, :mod:`occupy_dask.solvent`), and
+   with ``--debias`` the noise floor (:mod:`occupy_dask.debias`);
+5. the fused per-chunk pass (sections 5-8, :mod:`occupy_dask.fused`), returned lazily.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+
+from . import lowpass as lowpass_stage
+from .blocks import Moments
+from .buffers import POOL
+from .debias import NoiseFloor, map_noise_floor
+from .fused import LocalPlan, factor_name, fused_graph, lowpass_modified, modified_name, output_moments, variability_limit
+from .io.read import FiniteSource, MapInfo
+from .kernels.histogram import N_BINS, density_from_counts, histogram_edges
+from .kernels.local import block_moments, ellipsoid_terms
+from .reductions import Reductions, finite_median, global_reductions
+from .scratch import IN_MEMORY_BYTES, materialise, scratch_folder, spiller
+from .settings import RunOptions, Settings
+from .solvent import SOLVENT_ADVICE, ConfidenceTable, SolventModel, confidence_table, content_one_percent, fit_solvent_model, solvent_edge
+
+
+def estimate_map(raw_source, info: MapInfo, s: Settings, run=None, *, solvent_def=None, target_mask=None, options: RunOptions = RunOptions()) -> Estimate:
+    """Run the global steps of the method on the map ``raw_source`` (a source: ``shape`` and
+    ``__getitem__``, stored axis order) and return the lazy per-voxel outputs. ``run(*objs,
+    label=...)`` computes dask objects (progress and scheduler are the caller's)."""
+    run = run or default_run
+    temp_dirs: list[Path] = []
+    notes = []
+    try:
+        if options.allow_nonfinite:
+            median, bad = finite_median(raw_source, s.shape, s.chunks, run)
+            if bad:
+                raw_source = FiniteSource(raw_source, median)
+                notes.append(f"replaced {bad} NaN or infinite voxels with the median of the finite ones ({median:.6g})")
+        sources = {"raw": raw_source}
+        sources["lp"], lp_ranges = _lowpassed(raw_source, s, run, options, temp_dirs)
+        if solvent_def is not None:
+            sources["solvent_def"] = solvent_def
+        if target_mask is not None:
+            sources["target_mask"] = target_mask
+        sources["scale"] = sources["lp"] if s.scale_mode == "occ" else sources["raw"]
+        reductions = global_reductions(sources, s, run, lp_ranges)
+        est = _estimate_from(reductions, sources, info, s, options.extra_outputs)
+    except BaseException:
+        for path in temp_dirs:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    est.warnings[:0] = notes
+    est.cleanup.extend(lambda path=path: shutil.rmtree(path, ignore_errors=True) for path in temp_dirs)
+    return est
+
+
+def default_run(*objs, label: str = ""):
+    """Compute dask objects on dask's default scheduler (``label`` names the stage for progress)."""
+    return dask.compute(*objs)
+
+
+def _lowpassed(raw_source, s: Settings, run, options: RunOptions, temp_dirs: list):
+    """The low-passed map as a source (the raw map when the low-pass is below Nyquist) and its
+    ranges (min, max, and both inside the inscribed ellipsoid), from the tasks that store it."""
+    if not s.lowpass_applied:
+        return raw_source, None
+    spill_spectrum, fft_folder = None, None
+    if lowpass_stage.spectrum_bytes(s.shape, s.voxel_size, s.lowpass_angstrom, s.reference_compatible) > IN_MEMORY_BYTES:
+        fft_folder = scratch_folder(options.temp_dir, "occupy_dask_fft_")
+        spill_spectrum = spiller(fft_folder, run)
+    try:
+        lp_lazy = lowpass_stage.lowpass(
+            da.from_array(raw_source, chunks=lowpass_stage.input_chunks(s.shape), lock=False, asarray=False, meta=np.empty((0, 0, 0), np.float32)),
+            s.voxel_size,
+            s.lowpass_angstrom,
+            reference=s.reference_compatible,
+            slab_planes=s.chunks[0] if s.chunks[1:] == s.shape[1:] else None,  # slabs as the block reads
+            spill=spill_spectrum,
+        )
+        to_disk = options.spill_lowpass
+        if to_disk is None:  # tasks in other processes cannot read this one's memory
+            to_disk = lp_lazy.nbytes > IN_MEMORY_BYTES or getattr(run, "distributed", False)
+        source, folder, parts = materialise(lp_lazy, to_disk, options.temp_dir, run, "low-pass", read_chunks=s.chunks, measure=lowpass_block_ranges)
+    finally:
+        if fft_folder is not None:  # the spectra are not needed once the low-passed map exists
+            shutil.rmtree(fft_folder, ignore_errors=True)
+    if folder is not None:
+        temp_dirs.append(folder)
+    parts = np.array(parts)
+    return source, (float(parts[:, 0].min()), float(parts[:, 1].max()), float(parts[:, 2].min()), float(parts[:, 3].max()))
+
+
+def lowpass_block_ranges(block: np.ndarray, shape, start) -> np.ndarray:
+    """(min, max, min inside, max inside the inscribed ellipsoid) of one block of the low-passed map."""
+    stop = tuple(a + n for a, n in zip(start, block.shape))
+    sums, _ = block_moments(block, block, ellipsoid_terms(shape, start, stop))
+    return np.array([sums[1, 2], sums[1, 3], sums[2, 2], sums[2, 3]])
+
+
+def _estimate_from(red: Reductions, sources: dict, info: MapInfo, s: Settings, extra_outputs) -> Estimate:
+    """Steps 4 and 5: solvent model, confidence, noise floor and target occupancy from the
+    reductions; the lazy fused pass."""
+    warnings: list[str] = []
+    model, table, lp_edges, edge, content = _solvent_model(red, s)
+    if table.suspicious:
+        warnings.append(
+            f"potentially bad solvent model: {table.n_unconfident} of {N_BINS} histogram bins are "
+            f"mostly solvent (lowest confident scale {table.limit_value / red.s_max:.2f}); check --plot and "
+            "consider --solvent-def <mask.mrc> or a stronger --lowpass"
+        )
+    noise_floor = None
+    if s.debias:
+        value_max = (red.raw if s.scale_mode == "res" else red.lp).hi
+        noise_floor = map_noise_floor(s, model, table, red.lp_counts, red.tile_moments, red.s_max, value_max)
+        if table.suspicious:
+            warnings.append("the noise floor of --debias comes from that solvent model and is unreliable too")
+    if np.count_nonzero(table.fraction > 0) == 0:
+        warnings.append(
+            f"the solvent model leaves no voxel with confident content (confidence is 0 everywhere; the scale is unaffected); {SOLVENT_ADVICE}"
+        )
+    nlrc_limit = (table.limit_value / red.s_max) if s.nlrc else None
+    target_occupancy = None
+    if red.target_tau is not None:
+        target_occupancy = TargetOccupancy(red.target.n, red.target_tau, red.target.hi, red.target_s_max, nlrc_limit, noise_floor)
+    for mod in s.modifications:
+        if mod.kind != "exclude" and mod.amount < -1:
+            warnings.append(f"amplify amount {mod.amount:g} is below -1 (attenuation beyond the scale itself); this is untested")
+
+    outputs = output_names(s, extra_outputs)
+    raw_range = (red.raw.lo, red.raw.hi)
+    plan = LocalPlan(
+        settings=s,
+        s_max=red.s_max,
+        table=table.fraction.astype(np.float32),
+        edges=lp_edges,
+        lp_range=(red.lp.lo, red.lp.hi),
+        outputs=outputs,
+        nlrc_limit=nlrc_limit,
+        noise_floor=noise_floor,
+        raw_range=None if s.lowpass_output_angstrom else raw_range,
+        solvent_mu=model.mu,
+        solvent_sigma=model.sigma,
+    )
+    stacked, stats = fused_graph(plan, sources)
+    final = {}
+    if s.lowpass_output_angstrom:
+        final = {modified_name(i): lowpass_modified(stacked[outputs.index(modified_name(i))], s, raw_range) for i in range(len(s.modifications))}
+    return Estimate(
+        settings=s,
+        info=info,
+        s_max=red.s_max,
+        best_tile=tuple(int(v) for v in red.tile_index[red.best_tile]),
+        best_tile_centre=tuple(float(v) for v in red.tile_origins[red.best_tile] + s.tile_size / 2.0),
+        n_tiles=len(red.tile_origins),
+        solvent_model=model,
+        solvent_region=red.solvent_region_name(s),
+        solvent_edge=edge,
+        content_1pct=content,
+        confidence=table,
+        raw_range=raw_range,
+        lp_range=plan.lp_range,
+        outputs=stacked,
+        output_names=outputs,
+        block_stats=stats,
+        plan=plan,
+        sources=sources,
+        final=final,
+        target_occupancy=target_occupancy,
+        noise_floor=noise_floor,
+        warnings=warnings,
+    )
+
+
+def _solvent_model(red: Reductions, s: Settings):
+    """Sections 6-7: the solvent model fitted to the solvent region's histogram, the confidence
+    table over the low-passed map's histogram, its bin edges, the solvent edge and the content
+    level at 1% of solvent."""
+    lp_edges = histogram_edges(red.lp.lo, red.lp.hi)
+    region_edges = histogram_edges(red.region.lo, red.region.hi)
+    if s.reference_compatible:
+        fit_x = np.linspace(float(np.float32(red.region.lo)), float(np.float32(red.region.hi)), N_BINS)
+    else:
+        fit_x = region_edges[:-1].astype(np.float64)
+    model = fit_solvent_model(fit_x, density_from_counts(red.region_counts, region_edges), region_edges)
+    table = confidence_table(model, density_from_counts(red.lp_counts, lp_edges), lp_edges, s.hedge_confidence, reference=s.reference_compatible)
+    return model, table, lp_edges, solvent_edge(model, region_edges), content_one_percent(model, region_edges)
+
+
+def output_names(s: Settings, extra_outputs=()) -> tuple[str, ...]:
+    """The per-voxel outputs of the fused pass: scale, confidence, the extra ones asked for
+    (``lowpass``; ``factor`` adds each modification's factor) and each modified map."""
+    outputs = ["scale", "confidence", *[n for n in extra_outputs if n != "factor"]]
+    for i, mod in enumerate(s.modifications):
+        outputs.append(modified_name(i))
+        if "factor" in extra_outputs and mod.kind != "exclude":
+            outputs.append(factor_name(i))
+    return tuple(outputs)
+
+
+# --------------------------------------------------------------------------- the result
+
+
+@dataclass(frozen=True)
+class TargetOccupancy:
+    """Section 9: the occupancy of the region a target mask selects."""
+
+    n_voxels: int
+    tau: float  # tau for n_voxels samples
+    value_max: float  # largest scale-data value inside the mask
+    s_max: float  # the full-scale reference at that tau
+    nlrc_limit: float | None = None
+    noise_floor: NoiseFloor | None = None  # --debias: both measured above the noise floor
+
+    @property
+    def occupancy(self) -> float:
+        if self.noise_floor is not None:
+            return float(np.clip(self.noise_floor.signal(self.value_max) / self.noise_floor.signal(self.s_max), 0.0, 1.0))
+        occ = self.value_max / self.s_max
+        if self.nlrc_limit is not None:
+            occ = float(np.clip((occ - self.nlrc_limit) / (1.0 - self.nlrc_limit), 0.0, 1.0))
+        return occ
+
+
+@dataclass
+class Estimate:
+    """The result of the method on one map: global numbers computed, per-voxel maps lazy (dask
+    arrays in stored axis order; ``scale`` and ``confidence`` float32 in [0, 1]).
+
+    Use it as a context manager, or call ``close()``: it removes the temporary stores the lazy
+    maps read."""
+
+    settings: Settings
+    info: MapInfo
+    s_max: float
+    best_tile: tuple[int, int, int]
+    best_tile_centre: tuple[float, float, float]
+    n_tiles: int
+    solvent_model: SolventModel
+    solvent_region: str
+    solvent_edge: float
+    content_1pct: float
+    confidence: ConfidenceTable
+    raw_range: tuple[float, float]
+    lp_range: tuple[float, float]
+    outputs: da.Array  # stacked (n_outputs, *shape)
+    output_names: tuple[str, ...]
+    block_stats: object  # lazy list of per-chunk statistics of the fused pass
+    plan: LocalPlan
+    sources: dict = field(default_factory=dict, repr=False)
+    final: dict = field(default_factory=dict, repr=False)  # outputs replaced by a later stage (low-passed modified maps)
+    target_occupancy: TargetOccupancy | None = None
+    noise_floor: NoiseFloor | None = None  # --debias
+    warnings: list[str] = field(default_factory=list)
+    cleanup: list = field(default_factory=list, repr=False)  # callables run by close()
+    _stats: list | None = field(default=None, repr=False)  # the fused pass's statistics, once computed
+
+    def __getitem__(self, name: str) -> da.Array:
+        if name in self.final:
+            return self.final[name]
+        return self.outputs[self.output_names.index(name)]
+
+    def has_block_stats(self, name: str) -> bool:
+        """Whether the fused pass's per-chunk statistics describe output ``name`` as written."""
+        return name in self.output_names and name not in self.final
+
+    def modified(self, i: int = 0) -> da.Array:
+        """The ``i``-th modified map of ``settings.modifications`` (lazy, float32)."""
+        return self[modified_name(i)]
+
+    @property
+    def scale(self) -> da.Array:
+        return self["scale"]
+
+    @property
+    def confidence_map(self) -> da.Array:
+        return self["confidence"]
+
+    @property
+    def confidence_limit(self) -> float:
+        """Scale below which the solvent model gives content less than half the voxels."""
+        return self.confidence.limit_value / self.s_max
+
+    def record_block_stats(self, stats: list) -> None:
+        """Keep the fused pass's per-chunk statistics (a writer computed them)."""
+        self._stats = list(stats)
+
+    @property
+    def variability_limit(self) -> float | None:
+        """Section 10: the mean scale data where the local scale is 1, over ``s_max`` (None
+        when no voxel has full scale). Known once the maps are written; otherwise this runs the
+        fused pass once (on dask's default scheduler) to find it."""
+        if self._stats is None:
+            self._stats = list(dask.compute(self.block_stats)[0])
+        return variability_limit(self._stats, self.s_max)
+
+    def output_moments(self, name: str) -> Moments | None:
+        """Moments of output ``name`` as the fused pass made it (None before it ran)."""
+        if self._stats is None or not self.has_block_stats(name):
+            return None
+        return output_moments(self._stats, name)
+
+    def close(self) -> None:
+        """Remove temporary files and stores (a spilled low-passed map); lazy maps that read
+        them cannot be computed afterwards."""
+        while self.cleanup:
+            self.cleanup.pop()()
+        POOL.clear()  # the chunk buffers this process lent the passes (free ones only)
+
+    def __enter__(self) -> Estimate:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

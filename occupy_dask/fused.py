@@ -1,0 +1,228 @@
+"""Sections 5-8 of the method: the fused per-chunk pass.
+
+One task per chunk reads the chunk's scale data with its halo, the low-passed and the raw block,
+and makes every per-voxel output there: the ball maximum and the local scale (debiased or
+recalibrated when asked), the confidence from the solvent model's table, and each modification
+of the map with its factor. The same task returns the chunk's statistics (moments of each output
+for the map headers, and the sums of the variability limit), so no output is read back.
+"""
+
+from __future__ import annotations
+
+import operator
+import uuid
+from dataclasses import dataclass, replace
+from functools import cached_property
+
+import dask
+import dask.array as da
+import numpy as np
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
+
+from . import lowpass as lowpass_stage
+from .blocks import Moments, block_grid, block_of, region
+from .buffers import POOL
+from .debias import NoiseFloor
+from .io.read import read_with_halo
+from .kernels.ballmax import ball_max_valid, ring_shape
+from .kernels.histogram import confidence_lookup, confidence_lookup_reference
+from .kernels.local import debiased_scale, local_scale, masked_sum, recalibrate_noise_level
+from .kernels.modify import modify_into, power_factor, sigmoid_factor, synthetic_solvent
+from .settings import Modification, Settings
+
+
+def modified_name(i: int) -> str:
+    """The output name of the ``i``-th modified map."""
+    return f"modified_{i}"
+
+
+def factor_name(i: int) -> str:
+    """The output name of the ``i``-th modification's factor."""
+    return f"factor_{i}"
+
+
+@dataclass(frozen=True)
+class LocalPlan:
+    """What every chunk of the fused pass needs besides its data (small, picklable): the settings
+    and the global numbers the reductions found."""
+
+    settings: Settings
+    s_max: float  # the full-scale reference
+    table: np.ndarray  # confidence per histogram bin of the low-passed map (float32)
+    edges: np.ndarray  # that histogram's bin edges
+    lp_range: tuple[float, float]  # min and max of the low-passed map
+    outputs: tuple[str, ...]  # which per-voxel results to make, in this order
+    nlrc_limit: float | None = None  # --nlrc: the scale at the confidence limit
+    noise_floor: NoiseFloor | None = None  # --debias: the scale is measured above it
+    raw_range: tuple[float, float] | None = None  # clip modified maps to it (None: a later stage clips)
+    solvent_mu: float = 0.0  # the solvent model, for the synthetic solvent of attenuation
+    solvent_sigma: float = 0.0
+
+    @cached_property
+    def kernel(self) -> np.ndarray:
+        return self.settings.kernel
+
+    @property
+    def halo(self) -> tuple[int, int, int]:
+        return self.settings.halo
+
+
+def modification_factor(mod: Modification, scale: np.ndarray, scale_limit: float, reference: bool, out: np.ndarray | None = None) -> np.ndarray:
+    """Per-voxel factor (float32) that modification ``mod`` multiplies the map by, given the
+    scale: ``S_t**exponent``, the sigmoid's ``f(S)/S``, or 1 for solvent exclusion alone."""
+    if out is None:
+        out = np.empty(np.shape(scale), dtype=np.float32)
+    if mod.kind == "sigmoid":
+        out[...] = sigmoid_factor(scale, mod.power, mod.pivot, reference)
+    elif mod.kind == "exclude":
+        out[...] = 1.0
+    else:
+        power_factor(scale, mod.exponent, scale_limit, out=out)
+    return out
+
+
+def local_outputs(plan: LocalPlan, scale_padded, lp_block, raw_block, start, stop, out=None, take=None) -> dict[str, np.ndarray]:
+    """All per-voxel results of one chunk ``[start, stop)`` from its scale data (with halo),
+    low-passed and raw data: scale, confidence, and each modification's map and factor.
+
+    Each result asked for in ``plan.outputs`` is written into its slot of ``out`` (an
+    ``(n_outputs, *block)`` float32 array, allocated when not given); ``take(shape)``, when
+    given, lends the scratch arrays (intermediates not asked for, the max filter's buffer), so
+    that a chunk touches as little fresh memory as it can.
+    """
+    s = plan.settings
+    shape = tuple(b - a for a, b in zip(start, stop))
+    take = take or (lambda shape: np.empty(shape, dtype=np.float32))
+    if out is None:
+        out = np.empty((len(plan.outputs), *shape), dtype=np.float32)
+    slots = {name: out[i] for i, name in enumerate(plan.outputs)}
+
+    def slot(name):  # an output's slot, or a scratch block for an intermediate not asked for
+        if name not in slots:
+            slots[name] = take(shape)
+        return slots[name]
+
+    scale = slot("scale")
+    ball_max_valid(scale_padded, plan.kernel, out=scale, scratch=take(ring_shape(scale_padded.shape, plan.kernel)))
+    if plan.noise_floor is not None:
+        debiased_scale(scale, plan.noise_floor, out=scale)
+    else:
+        local_scale(scale, plan.s_max, out=scale)
+    if plan.nlrc_limit is not None:
+        recalibrate_noise_level(scale, plan.nlrc_limit, out=scale)
+    confidence = slot("confidence")
+    if s.reference_compatible:
+        confidence_lookup_reference(lp_block, plan.table, *plan.lp_range, out=confidence)
+    else:
+        confidence_lookup(lp_block, plan.table, plan.edges, out=confidence)
+    if "lowpass" in plan.outputs:
+        slots["lowpass"][...] = lp_block
+    raw_block = np.asarray(raw_block, dtype=np.float32)
+    for i, mod in enumerate(s.modifications):
+        if modified_name(i) not in plan.outputs and factor_name(i) not in plan.outputs:
+            continue
+        factor = modification_factor(mod, scale, s.scale_limit, s.reference_compatible, out=slot(factor_name(i)))
+        noise = None
+        if mod.kind == "attenuate" and not s.exclude_solvent:
+            noise = synthetic_solvent(start, stop, s.seed, plan.solvent_mu, plan.solvent_sigma)
+        modify_into(raw_block, factor, confidence, slot(modified_name(i)), exclude_solvent=s.exclude_solvent, value_range=plan.raw_range, noise=noise)
+    return slots
+
+
+def chunk_task(plan: LocalPlan, sources, start, stop, targets=None):
+    """One chunk's outputs and statistics. With ``targets`` (one writable region target per
+    output, or None to skip it) the outputs are written here from lent buffers and only the
+    statistics are returned; otherwise ``(stacked outputs, statistics)``."""
+    halo = plan.halo
+    shape = tuple(b - a for a, b in zip(start, stop))
+    key = region(start, stop)
+    with POOL.borrow() as take:
+        scale_padded = read_with_halo(sources["scale"], start, stop, halo, out=take(tuple(n + 2 * h for n, h in zip(shape, halo))))
+        lp_block = block_of(sources["lp"], key, take)
+        raw_block = block_of(sources["raw"], key, take)
+        stacked = take((len(plan.outputs), *shape)) if targets is not None else np.empty((len(plan.outputs), *shape), dtype=np.float32)
+        results = local_outputs(plan, scale_padded, lp_block, raw_block, start, stop, out=stacked, take=take)
+        core = tuple(slice(h, h + n) for h, n in zip(halo, shape))
+        stats = {"variability": masked_sum(results["scale"], scale_padded[core], 1.0)}
+        for name in plan.outputs:
+            stats[name] = Moments.of(results[name])
+        if targets is None:
+            return stacked, stats
+        for name, target in zip(plan.outputs, targets):
+            if target is not None:
+                target[key] = results[name]
+    return stats
+
+
+def variability_limit(stats: list[dict], s_max: float) -> float | None:
+    """Section 10: the mean scale data at full scale (local scale 1) over ``s_max``; None where
+    no voxel has full scale. From the per-chunk statistics of the fused pass."""
+    count = sum(st["variability"][0] for st in stats)
+    total = sum(st["variability"][1] for st in stats)
+    return (total / count) / s_max if count else None
+
+
+def output_moments(stats: list[dict], name: str) -> Moments:
+    """Moments of output ``name`` over the whole map, from the per-chunk statistics."""
+    total = Moments()
+    for st in stats:
+        total = total + st[name]
+    return total
+
+
+def store_outputs(plan: LocalPlan, sources: dict, targets: dict) -> Delayed:
+    """A lazy list of per-chunk statistics whose computation writes the outputs named in
+    ``targets`` (name -> region-writable target, e.g. an MRC or zarr target) chunk by chunk,
+    each from the fused task that makes it: no chunk result waits in memory for a store task."""
+    chunks = plan.settings.chunks
+    per_output = tuple(targets.get(name) for name in plan.outputs)
+    token = dask.base.tokenize(plan.settings.shape, chunks, plan.s_max, plan.outputs, uuid.uuid4().hex)
+    name, gather = f"occupy-fused-store-{token}", f"occupy-gather-{token}"
+    layer = {(name, *index): (chunk_task, plan, sources, start, stop, per_output) for index, start, stop in block_grid(plan.settings.shape, chunks)}
+    layer[gather] = (list, list(layer))
+    return Delayed(gather, HighLevelGraph.from_collections(gather, layer, dependencies=()))
+
+
+def fused_graph(plan: LocalPlan, sources: dict):
+    """Lazy stacked outputs ``(n_outputs, *shape)`` and a lazy list of per-chunk statistics;
+    each chunk's fused task runs once however many of its outputs are used."""
+    shape, chunks = plan.settings.shape, plan.settings.chunks
+    token = dask.base.tokenize(shape, chunks, plan.s_max, plan.outputs, uuid.uuid4().hex)
+    fused, out, stats, gather = (f"occupy-{kind}-{token}" for kind in ("fused", "out", "stats", "gather"))
+    fused_layer, array_layer, stats_layer = {}, {}, {}
+    for index, start, stop in block_grid(shape, chunks):
+        fused_layer[(fused, *index)] = (chunk_task, plan, sources, start, stop)
+        for c in range(len(plan.outputs)):
+            array_layer[(out, c, *index)] = (_take_output, (fused, *index), c)
+        stats_layer[(stats, *index)] = (operator.getitem, (fused, *index), 1)
+    graph = HighLevelGraph(
+        {fused: fused_layer, out: array_layer, stats: stats_layer, gather: {gather: (list, list(stats_layer))}},
+        {fused: set(), out: {fused}, stats: {fused}, gather: {stats}},
+    )
+    dim_chunks = tuple(tuple(min(c, n - s) for s in range(0, n, c)) for n, c in zip(shape, chunks))
+    stacked = da.Array(graph, out, ((1,) * len(plan.outputs), *dim_chunks), dtype=np.float32)
+    return stacked, Delayed(gather, graph)
+
+
+def _take_output(result, channel):
+    return result[0][channel : channel + 1]
+
+
+def lowpass_modified(array: da.Array, s: Settings, raw_range) -> da.Array:
+    """``--lowpass-amplified``: low-pass a modified map (pencil FFT as the input's) and clip it
+    to the input's range."""
+    filtered = lowpass_stage.lowpass(array, s.voxel_size, s.lowpass_output_angstrom, reference=s.reference_compatible)
+    lo, hi = np.float32(raw_range[0]), np.float32(raw_range[1])
+    return filtered.rechunk(s.chunks, method="tasks").map_blocks(np.clip, lo, hi, dtype=np.float32)
+
+
+def one_modification(plan: LocalPlan, sources: dict, raw_range, mod: Modification, **changes) -> da.Array:
+    """One more modification of an estimated map as a lazy array (its own fused pass);
+    ``changes`` are settings that differ from the estimate's (exclude_solvent, scale_limit,
+    lowpass_output_angstrom, seed)."""
+    s = replace(plan.settings, modifications=(mod,), **changes)
+    lowpassed = s.lowpass_output_angstrom is not None
+    plan = replace(plan, settings=s, outputs=(modified_name(0),), raw_range=None if lowpassed else raw_range)
+    stacked, _ = fused_graph(plan, sources)
+    return lowpass_modified(stacked[0], s, raw_range) if lowpassed else stacked[0]

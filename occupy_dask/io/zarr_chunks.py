@@ -1,0 +1,171 @@
+"""Raw chunk-file access to the plain zarr v3 arrays occupy_dask makes for scratch data.
+
+The spilled low-passed map is read back once per pass and every block read hits a few chunk
+files; going through zarr there costs a decode copy per chunk and leaves the data in the page
+cache. For an uncompressed little-endian array with default chunk keys the chunk file is the
+chunk's bytes in C order, so a block is read (and written) here with positioned reads straight
+into its buffer, and dropped from the page cache afterwards. Every other array goes through
+zarr. The tests check both directions against zarr's own reads and writes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+def drop_cached(fd: int, start: int = 0, length: int = 0) -> None:
+    """Drop a range of a file (default: all of it) from the page cache. Fresh page-cache pages
+    cost more than disk reads, above all on virtual machines, so scratch stores and written
+    outputs are not left to crowd it. A filesystem or platform without it: left to the kernel."""
+    try:
+        os.posix_fadvise(fd, start, length, os.POSIX_FADV_DONTNEED)
+    except (OSError, AttributeError):
+        pass
+
+
+def release_written(fd: int, start: int, length: int) -> None:
+    """Flush a written range to disk and drop it from the page cache: the next blocks reuse
+    those pages instead of claiming new memory, so writing maps larger than memory keeps the
+    page cache (and, on virtual machines, first-touch costs of fresh pages) small."""
+    try:
+        os.fdatasync(fd)
+    except (OSError, AttributeError):  # a filesystem or platform without it: leave it to the kernel
+        return
+    drop_cached(fd, start, length)
+
+
+@dataclass(frozen=True)
+class PlainLayout:
+    """Where a plain zarr v3 array keeps its chunks."""
+
+    chunks: tuple[int, int, int]
+    separator: str
+    fill: complex
+    dtype: np.dtype  # little-endian
+
+    def chunk_path(self, path: str, index) -> str:
+        if self.separator == "/":
+            return os.path.join(path, "c", *map(str, index))
+        return os.path.join(path, "c" + self.separator + self.separator.join(map(str, index)))
+
+
+@functools.lru_cache(maxsize=64)
+def plain_layout(path: str) -> PlainLayout | None:
+    """The layout of a 3D zarr v3 array of float32 or complex64 stored as plain little-endian
+    chunks (no compression, no sharding, regular grid, default keys), else None."""
+    try:
+        meta = json.loads(Path(path, "zarr.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    plain = (
+        meta.get("zarr_format") == 3
+        and meta.get("data_type") in ("float32", "complex64")
+        and meta.get("codecs") == [{"name": "bytes", "configuration": {"endian": "little"}}]
+        and meta.get("chunk_grid", {}).get("name") == "regular"
+        and meta.get("chunk_key_encoding", {}).get("name") == "default"
+        and not meta.get("storage_transformers")
+        and len(meta.get("shape", ())) == 3
+    )
+    if not plain:
+        return None
+    dtype = np.dtype(meta["data_type"]).newbyteorder("<")
+    fill = meta.get("fill_value", 0.0)
+    fill = complex(*fill) if isinstance(fill, list) else dtype.type(fill).item()
+    separator = meta["chunk_key_encoding"].get("configuration", {}).get("separator", "/")
+    chunks = tuple(int(c) for c in meta["chunk_grid"]["configuration"]["chunk_shape"])
+    return PlainLayout(chunks, separator, fill, dtype)
+
+
+def read_plain_block(path: str, layout: PlainLayout, shape, key, out: np.ndarray, drop: bool = False) -> np.ndarray:
+    """Read the block ``key`` of the plain array at ``path`` into ``out``, chunk file by chunk
+    file (whole planes of a chunk in one positioned read); with ``drop`` each chunk file read is
+    dropped from the page cache."""
+    chunk = layout.chunks
+    itemsize = layout.dtype.itemsize
+    bounds = [k.indices(n)[:2] for k, n in zip(key, shape)]
+    ranges = [range(a // c, (b - 1) // c + 1) for (a, b), c in zip(bounds, chunk)]
+    plane = chunk[1] * chunk[2]
+    for index in ((i, j, k) for i in ranges[0] for j in ranges[1] for k in ranges[2]):
+        lo = [max(a, i * c) for (a, _), i, c in zip(bounds, index, chunk)]
+        hi = [min(b, (i + 1) * c) for (_, b), i, c in zip(bounds, index, chunk)]
+        dst = out[tuple(slice(a - o[0], b - o[0]) for a, b, o in zip(lo, hi, bounds))]
+        chunk_path = layout.chunk_path(path, index)
+        try:
+            fd = os.open(chunk_path, os.O_RDONLY)
+        except FileNotFoundError:
+            dst[...] = layout.fill  # a chunk never written holds the fill value
+            continue
+        try:
+            z_in = lo[0] - index[0] * chunk[0]
+            whole = all(a == i * c and b - a == c for a, b, i, c in zip(lo[1:], hi[1:], index[1:], chunk[1:]))
+            if whole and dst.flags.c_contiguous and dst.dtype == layout.dtype:  # whole planes of the chunk: one read into place
+                view = memoryview(dst.reshape(-1)).cast("B")
+                got = os.preadv(fd, [view], itemsize * z_in * plane)
+            else:
+                data = np.empty(chunk, dtype=layout.dtype)
+                view = memoryview(data.reshape(-1)).cast("B")
+                got = os.preadv(fd, [view], 0)
+                dst[...] = data[tuple(slice(a - i * c, b - i * c) for a, b, i, c in zip(lo, hi, index, chunk))]
+            if got != view.nbytes:
+                raise OSError(f"{chunk_path}: zarr chunk file is shorter than its chunk")
+            if drop:  # re-reading from disk is cheaper than growing the page cache by a map-sized store
+                drop_cached(fd)
+        finally:
+            os.close(fd)
+    return out
+
+
+def create_plain_array(path: str, shape, chunks, dtype) -> PlainTarget:
+    """Create an uncompressed zarr v3 array (through zarr) and return a target writing into it."""
+    import zarr
+
+    zarr.create_array(path, shape=tuple(shape), chunks=tuple(chunks), dtype=np.dtype(dtype), fill_value=0, compressors=None)
+    return PlainTarget(path, tuple(shape), tuple(chunks), np.dtype(dtype).str).prepare()
+
+
+@dataclass(frozen=True)
+class PlainTarget:
+    """Picklable write target (``target[key] = block``) of a plain zarr v3 array: a block covering
+    exactly one chunk is written straight to that chunk's file, flushed and dropped from the page
+    cache; other blocks go through zarr."""
+
+    path: str
+    shape: tuple[int, int, int]
+    chunks: tuple[int, int, int]
+    dtype: str = "<f4"
+
+    def prepare(self) -> PlainTarget:
+        """Make the chunk folders ``c/i/j`` before any write."""
+        counts = [-(-n // c) for n, c in zip(self.shape, self.chunks)]
+        for i in range(counts[0]):
+            for j in range(counts[1]):
+                os.makedirs(os.path.join(self.path, "c", str(i), str(j)), exist_ok=True)
+        return self
+
+    def __setitem__(self, key, value) -> None:
+        bounds = [k.indices(n)[:2] for k, n in zip(key, self.shape)]
+        index = [a // c for (a, _), c in zip(bounds, self.chunks)]
+        whole = all(a == i * c and b == min((i + 1) * c, n) for (a, b), i, c, n in zip(bounds, index, self.chunks, self.shape))
+        if not whole:
+            import zarr
+
+            zarr.open_array(self.path, mode="r+")[key] = value
+            return
+        block = np.ascontiguousarray(value, dtype=self.dtype)
+        if block.shape != tuple(self.chunks):  # an edge chunk: zarr stores it at the full chunk shape
+            full = np.zeros(self.chunks, dtype=self.dtype)
+            full[tuple(slice(0, n) for n in block.shape)] = block
+            block = full
+        # the folders exist (prepare()); never made here, so a store removed meanwhile stays removed
+        fd = os.open(os.path.join(self.path, "c", *map(str, index)), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.pwrite(fd, memoryview(block.reshape(-1)).cast("B"), 0)
+            release_written(fd, 0, block.nbytes)
+        finally:
+            os.close(fd)

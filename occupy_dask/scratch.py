@@ -1,0 +1,109 @@
+"""Temporary copies of lazy maps: in memory, or spilled to uncompressed zarr stores on disk.
+
+The low-passed map is computed once and read by every pass; the Fourier stage's spectra of a
+large map, and arrays handed to the API, are spilled too. Every store is written block by block
+(each block covering whole store chunks, see :mod:`occupy_dask.io.zarr_chunks`) and read back by
+block reads or as a lazy dask array; the folders are removed when the run ends.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+
+from .blocks import region
+from .io.read import ArraySource, ZarrSource
+from .io.zarr_chunks import create_plain_array
+
+IN_MEMORY_BYTES = 2 << 30  # larger low-passed maps and spectra go to disk
+
+
+def scratch_folder(temp_dir: str | None, prefix: str = "occupy_dask_") -> Path:
+    """A new temporary folder under ``temp_dir`` (default: the system's)."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=temp_dir)).absolute()
+
+
+def store_blocks(array: da.Array, target, run, label: str, measure=None) -> list:
+    """Compute ``array`` block by block into ``target`` (a numpy array or a store target whose
+    chunks the blocks cover); returns ``measure(block, shape, start)`` of every block, from the
+    same tasks (None without ``measure``)."""
+    starts = [np.cumsum((0, *c[:-1])) for c in array.chunks]
+    blocks = array.to_delayed(optimize_graph=False)
+    tasks = [
+        dask.delayed(_store_block, pure=False)(
+            blocks[i, j, k], target, array.shape, (int(starts[0][i]), int(starts[1][j]), int(starts[2][k])), measure
+        )
+        for i, j, k in np.ndindex(*blocks.shape)
+    ]
+    return list(run(*tasks, label=label))
+
+
+def _store_block(block: np.ndarray, target, shape, start, measure):
+    target[region(start, tuple(a + n for a, n in zip(start, block.shape)))] = block
+    return None if measure is None else measure(block, shape, start)
+
+
+def spill(array: da.Array, path: Path, chunks, run, label: str, measure=None):
+    """Compute ``array`` into a new plain zarr store at ``path`` chunked ``chunks`` (every block
+    of ``array`` covers whole store chunks); returns the per-block ``measure`` results."""
+    target = create_plain_array(str(path), array.shape, chunks, array.dtype)
+    return store_blocks(array, target, run, label, measure)
+
+
+def materialise(array: da.Array, to_disk: bool, temp_dir: str | None, run, label: str, read_chunks=None, measure=None):
+    """Compute a lazy float32 map into memory or, ``to_disk``, into a temporary store; returns
+    the source, the temporary folder (or None) and the per-block ``measure`` results.
+
+    The store is chunked as the array's z-slabs cut along y and x like ``read_chunks`` (the
+    later block reads), so a block read touches hardly more than its own data."""
+    if not to_disk:
+        target = np.empty(array.shape, dtype=np.float32)
+        return ArraySource(target), None, store_blocks(array, target, run, label, measure)
+    folder = scratch_folder(temp_dir)
+    chunks = [c[0] for c in array.chunks]
+    if read_chunks is not None:
+        for axis in (1, 2):
+            if len(array.chunks[axis]) == 1:  # blocks span the axis: any cut along it stays aligned
+                chunks[axis] = min(read_chunks[axis], array.shape[axis])
+    try:
+        measured = spill(array, folder / "map.zarr", chunks, run, label, measure)
+    except BaseException:  # an error or an interrupt while writing: the caller never learns of the folder
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return ZarrSource(str(folder / "map.zarr"), tuple(array.shape), scratch=True), folder, measured
+
+
+def spiller(folder: Path, run):
+    """``spill(array, chunks, name)`` for the low-pass: computes an intermediate spectrum into
+    ``folder`` and returns a lazy array reading it back."""
+
+    def spill_spectrum(array: da.Array, chunks, name: str) -> da.Array:
+        path = folder / f"{name}.zarr"
+        spill(array, path, chunks, run, f"low-pass ({name})")
+        return da.from_zarr(str(path))
+
+    return spill_spectrum
+
+
+def array_source(data, temp_dir: str | None, run, distributed: bool = False):
+    """A source for an in-memory or lazy array and its temporary folder (or None): large dask
+    arrays, and any array that workers in other processes must read, are spilled to disk."""
+    if distributed and not isinstance(data, da.Array):
+        data = da.from_array(np.asarray(data, dtype=np.float32), chunks=(64, -1, -1))
+    if not isinstance(data, da.Array):
+        return ArraySource(np.ascontiguousarray(data, dtype=np.float32)), None
+    if data.nbytes <= IN_MEMORY_BYTES and not distributed:
+        return ArraySource(np.ascontiguousarray(data.compute(), dtype=np.float32)), None
+    folder = scratch_folder(temp_dir, "occupy_dask_input_")
+    chunks = tuple(max(c) for c in data.chunks)  # regular blocks, each covering one store chunk
+    try:
+        spill(data.astype(np.float32).rechunk(chunks), folder / "input.zarr", chunks, run, "input")
+    except BaseException:  # the caller never learns of the folder
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return ZarrSource(str(folder / "input.zarr"), tuple(data.shape)), folder
