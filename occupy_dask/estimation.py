@@ -32,7 +32,9 @@ from .settings import RunOptions, Settings
 from .solvent import SOLVENT_ADVICE, ConfidenceTable, SolventModel, confidence_table, content_one_percent, fit_solvent_model, solvent_edge
 
 
-def estimate_map(raw_source, info: MapInfo, s: Settings, run=None, *, solvent_def=None, target_mask=None, options: RunOptions = RunOptions()) -> Estimate:
+def estimate_map(
+    raw_source, info: MapInfo, s: Settings, run=None, *, solvent_def=None, target_mask=None, options: RunOptions = RunOptions()
+) -> Estimate:
     """Run the global steps of the method on the map ``raw_source`` (a source: ``shape`` and
     ``__getitem__``, stored axis order) and return the lazy per-voxel outputs. ``run(*objs,
     label=...)`` computes dask objects (progress and scheduler are the caller's)."""

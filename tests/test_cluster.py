@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from distributed import Client, LocalCluster
 
-from occupy_dask.cluster import ClusterError, ClusterSpec, Runner, check_task_memory, connect, task_memory
 from occupy_dask.api import run_map
+from occupy_dask.cluster import ClusterError, ClusterSpec, Runner, check_task_memory, connect, task_memory
 from occupy_dask.settings import RunOptions
 
 MAPS = ("scale_occ_{}.mrc", "conf_{}.mrc", "out_{}.mrc")

@@ -16,11 +16,10 @@ from phantoms import HELD_OUT_SPECS, make_phantom, relative_occupancies
 from scipy.stats import spearmanr
 
 import occupy_dask
-from occupy_dask.debias import noise_floor_model, top_tiles
+from occupy_dask.debias import map_noise_floor, noise_floor_model, top_tiles
+from occupy_dask.errors import ProcessingError
 from occupy_dask.kernels.local import debiased_scale, inverse_response
 from occupy_dask.kernels.tiles import tile_moments
-from occupy_dask.debias import map_noise_floor
-from occupy_dask.errors import ProcessingError
 from occupy_dask.settings import SettingsError, derive_settings
 
 ACCURACY = 0.06  # largest error of a domain's relative occupancy on the held-out phantoms
@@ -187,8 +186,8 @@ def test_tile_moments_and_top_tiles():
 
 
 def test_a_local_cluster_of_processes_gives_the_same_debiased_maps(tmp_path, phantom):
-    from occupy_dask.cluster import ClusterSpec, connect
     from occupy_dask.api import run_map
+    from occupy_dask.cluster import ClusterSpec, connect
     from occupy_dask.settings import RunOptions
 
     settings = {"chunks": 32, "amplify": True, "debias": True}

@@ -10,7 +10,7 @@ import pytest
 import zarr
 
 from occupy_dask.api import run_map
-from occupy_dask.settings import RunOptions, derive_settings
+from occupy_dask.settings import RunOptions
 
 CHUNKS = 40
 

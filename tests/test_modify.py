@@ -305,7 +305,6 @@ def test_relion_classes_end_to_end(tmp_path):
     for image in images:
         assert (out / image).is_file() and image.startswith("out_run_it025_class00")
     from occupy_dask.relion import run_relion_classes
-
     from occupy_dask.settings import RunOptions
 
     results, _ = run_relion_classes(star, {"amplify": True}, RunOptions(output_dir=tmp_path / "again"))

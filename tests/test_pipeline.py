@@ -86,10 +86,9 @@ def test_nlrc_and_hedge_change_what_they_should(phantom96):
 
 
 def test_spilled_lowpass_gives_the_same_numbers(phantom96, tmp_path):
-    from occupy_dask.io.read import ArraySource, MapInfo
     from occupy_dask.estimation import estimate_map
-    from occupy_dask.settings import RunOptions
-    from occupy_dask.settings import derive_settings
+    from occupy_dask.io.read import ArraySource, MapInfo
+    from occupy_dask.settings import RunOptions, derive_settings
 
     s = derive_settings(phantom96.shape, 1.1, occupancy=True, chunks=40)
     info = MapInfo(path=None, name="p", shape=phantom96.shape, voxel_size=(1.1,) * 3)
@@ -102,11 +101,10 @@ def test_spilled_lowpass_gives_the_same_numbers(phantom96, tmp_path):
 
 
 def test_spilled_spectrum_gives_the_same_numbers(phantom96, tmp_path, monkeypatch):
-    from occupy_dask import lowpass as lowpass_stage
     from occupy_dask import estimation
+    from occupy_dask import lowpass as lowpass_stage
     from occupy_dask.io.read import ArraySource, MapInfo
-    from occupy_dask.settings import RunOptions
-    from occupy_dask.settings import derive_settings
+    from occupy_dask.settings import RunOptions, derive_settings
 
     s = derive_settings(phantom96.shape, 1.1, occupancy=True, chunks=40)
     info = MapInfo(path=None, name="p", shape=phantom96.shape, voxel_size=(1.1,) * 3)
@@ -145,8 +143,8 @@ def test_spilled_dask_inputs_are_removed_on_close(golden_dir, phantom96, tmp_pat
 
 @pytest.mark.parametrize("shape", [(20, 21, 22), (21, 21, 21)])
 def test_finite_median_is_exact(shape):
-    from occupy_dask.io.read import ArraySource
     from occupy_dask.estimation import default_run
+    from occupy_dask.io.read import ArraySource
     from occupy_dask.reductions import finite_median
 
     data = np.random.default_rng(4).normal(size=shape).astype(np.float32)
@@ -186,10 +184,9 @@ def test_one_pass_and_two_pass_reductions_agree(phantom96, monkeypatch):
 
 
 def test_an_interrupt_while_spilling_the_lowpass_leaves_no_store(phantom96, tmp_path):
-    from occupy_dask.io.read import ArraySource, MapInfo
     from occupy_dask.estimation import estimate_map
-    from occupy_dask.settings import RunOptions
-    from occupy_dask.settings import derive_settings
+    from occupy_dask.io.read import ArraySource, MapInfo
+    from occupy_dask.settings import RunOptions, derive_settings
 
     s = derive_settings(phantom96.shape, 1.1, occupancy=True, chunks=40)
     info = MapInfo(path=None, name="p", shape=phantom96.shape, voxel_size=(1.1,) * 3)
