@@ -1,3 +1,5 @@
+"""cli.py: the command line as a user runs it."""
+
 import shutil
 import subprocess
 import sys
@@ -7,8 +9,75 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import occupy_dask
 from occupy_dask import __version__
 from occupy_dask.cli import app
+from occupy_dask.io.read import MapError
+from occupy_dask.kernels.modify import (
+    power_factor,
+)
+
+
+def test_cli_several_modifications(golden_dir, tmp_path):
+    mask = tmp_path / "target.mrc"
+    data = mrcfile.read(golden_dir / "phantom64.mrc")
+    target = np.zeros_like(data)
+    target[20:30, 25:35, 30:40] = 1
+    with mrcfile.new(mask) as m:
+        m.set_data(target)
+        m.voxel_size = 1.5
+    out = tmp_path / "out"
+    args = ["-i", str(golden_dir / "phantom64.mrc"), "-d", str(out), "--amplify", "--attenuate", "--gamma", "2"]
+    args += ["--sigmoid", "2", "--pivot", "0.3", "--exclude-solvent", "--plot", "--save-all-maps", "--target-mask", str(mask)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    names = {p.name for p in out.iterdir()}
+    for name in (
+        "ampl_2.0_solExcl_out_phantom64.mrc",
+        "attn_2.0_solExcl_out_phantom64.mrc",
+        "sigm_2.0-0.30_solExcl_out_phantom64.mrc",
+        "modfactor_ampl_2.0_phantom64.mrc",
+        "lowpass_phantom64.mrc",
+        "solModel_phantom64.png",
+        "modification_phantom64.png",
+        "scale_occ_phantom64.mrc",
+    ):
+        assert name in names, name
+    for png in ("solModel_phantom64.png", "modification_phantom64.png"):
+        blob = (out / png).read_bytes()
+        assert blob[:8] == b"\x89PNG\r\n\x1a\n" and 20_000 < len(blob) < 2_000_000
+    script = (out / "chimX_phantom64.cxc").read_text()
+    assert script.count("open ") == 5 and "ampl_2.0_solExcl_out_phantom64.mrc" in script
+    assert "target occupancy" in result.output
+    assert "Target occupancy" in (out / "log_phantom64.txt").read_text()
+    with mrcfile.open(out / "modfactor_ampl_2.0_phantom64.mrc") as f, mrcfile.open(out / "scale_occ_phantom64.mrc") as s:
+        assert np.allclose(f.data, power_factor(s.data, -0.5, 0.05))
+
+
+def test_cli_one_modification_writes_the_output_name(golden_dir, tmp_path):
+    result = runner.invoke(app, ["-i", str(golden_dir / "phantom64.mrc"), "-d", str(tmp_path), "--amplify", "-o", "boosted.mrc"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "boosted.mrc").exists()
+    result = runner.invoke(app, ["-i", str(golden_dir / "phantom64.mrc"), "-d", str(tmp_path / "b"), "--exclude-solvent"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "b" / "out_phantom64.mrc").exists()
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--amplify", "--gamma", "2", "--amplify-amount", "0.5"], ["--amplify-amount", "2"], ["--sigmoid", "2"], ["--gamma", "3"]],
+)
+def test_cli_conflicting_modification_flags_are_usage_errors(golden_dir, tmp_path, flags):
+    result = runner.invoke(app, ["-i", str(golden_dir / "phantom64.mrc"), "-d", str(tmp_path), *flags])
+    assert result.exit_code == 2
+    assert not any(tmp_path.iterdir())
+
+
+def test_amount_below_minus_one_warns(golden_dir, tmp_path):
+    result = runner.invoke(app, ["-i", str(golden_dir / "phantom64.mrc"), "-d", str(tmp_path), "--amplify-amount", "-1.5"])
+    assert result.exit_code == 0, result.output
+    assert "untested" in result.output
+
 
 runner = CliRunner()
 
@@ -177,8 +246,6 @@ def test_pure_noise_map_fails_clearly(tmp_path, noise):
 
 
 def test_api_refuses_a_mask_file_of_another_voxel_size(tmp_path, data_dir):
-    import occupy_dask
-    from occupy_dask.io.read import MapError
 
     mask = tmp_path / "mask.mrc"
     with mrcfile.new(mask) as m:

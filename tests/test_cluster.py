@@ -3,7 +3,6 @@ killed mid-run; an unreachable scheduler; chunks too large for the workers."""
 
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -16,6 +15,8 @@ from distributed import Client, LocalCluster
 from occupy_dask.api import run_map
 from occupy_dask.cluster import ClusterError, ClusterSpec, Runner, check_task_memory, connect, task_memory
 from occupy_dask.settings import RunOptions
+
+pytestmark = pytest.mark.slow  # processes, clusters, many runs
 
 MAPS = ("scale_occ_{}.mrc", "conf_{}.mrc", "out_{}.mrc")
 
@@ -117,13 +118,9 @@ def test_existing_scheduler_by_address_and_by_file(tmp_path, phantom, threaded):
             assert f"dask scheduler {cluster.scheduler_address}" in (out / "log_phantom96.txt").read_text()
 
 
-def _cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "occupy_dask", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
-
-
-def test_unreachable_scheduler_fails_within_the_timeout(tmp_path, data_dir):
+def test_unreachable_scheduler_fails_within_the_timeout(tmp_path, data_dir, cli):
     start = time.monotonic()
-    proc = _cli("-i", data_dir / "emd_1832.map", "-d", "out", "--scheduler-address", "tcp://127.0.0.1:1", "--scheduler-timeout", "2", cwd=tmp_path)
+    proc = cli("-i", data_dir / "emd_1832.map", "-d", "out", "--scheduler-address", "tcp://127.0.0.1:1", "--scheduler-timeout", "2", cwd=tmp_path)
     assert time.monotonic() - start < 30
     assert proc.returncode == 1
     assert "cannot reach the dask scheduler at tcp://127.0.0.1:1 within 2 s" in proc.stderr
@@ -131,14 +128,14 @@ def test_unreachable_scheduler_fails_within_the_timeout(tmp_path, data_dir):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_chunks_too_large_for_the_memory_limit_are_refused_before_running(tmp_path, data_dir):
+def test_chunks_too_large_for_the_memory_limit_are_refused_before_running(tmp_path, data_dir, cli):
     # default chunks of the 64^3 map: 4 slabs of 16x64x64 voxels (3.4 MB per task with halo and 3 outputs)
-    proc = _cli("-i", data_dir / "emd_1832.map", "-d", "out", "--memory-limit", "4MB", "--threads", "2", "--amplify", cwd=tmp_path)
+    proc = cli("-i", data_dir / "emd_1832.map", "-d", "out", "--memory-limit", "4MB", "--threads", "2", "--amplify", cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
     assert "chunks of 16x64x64 voxels need about" in line and "GiB per task" in line and "2 thread(s) each" in line and "--chunks" in line
     assert not [p for p in (tmp_path / "out").iterdir()]
-    proc = _cli("-i", data_dir / "emd_1832.map", "-d", "out", "--memory-limit", "4MB", "--threads", "2", "--amplify", "--chunks", "16", cwd=tmp_path)
+    proc = cli("-i", data_dir / "emd_1832.map", "-d", "out", "--memory-limit", "4MB", "--threads", "2", "--amplify", "--chunks", "16", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
 
 
@@ -164,8 +161,8 @@ def test_task_memory_numbers():
         (["--format", "zarr", "-o", "x.mrc"], "--format says zarr"),
     ],
 )
-def test_cluster_and_format_usage_errors(tmp_path, data_dir, args, message):
-    proc = _cli("-i", data_dir / "emd_1832.map", "-d", "out", *args, cwd=tmp_path)
+def test_cluster_and_format_usage_errors(tmp_path, data_dir, args, message, cli):
+    proc = cli("-i", data_dir / "emd_1832.map", "-d", "out", *args, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
@@ -186,10 +183,10 @@ jobqueue:
 """
 
 
-def test_print_job_script_renders_the_config(tmp_path):
+def test_print_job_script_renders_the_config(tmp_path, cli):
     config = tmp_path / "slurm.yaml"
     config.write_text(SLURM_CONFIG)
-    proc = _cli("--cluster", "slurm", "--cluster-config", config, "--print-job-script", cwd=tmp_path)
+    proc = cli("--cluster", "slurm", "--cluster-config", config, "--print-job-script", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     script = proc.stdout
     for line in (
@@ -205,10 +202,10 @@ def test_print_job_script_renders_the_config(tmp_path):
     assert "--nthreads 2" in script and "--interface lo" in script and "#SBATCH --mem=" in script
 
 
-def test_bad_cluster_config_is_one_clear_error(tmp_path):
+def test_bad_cluster_config_is_one_clear_error(tmp_path, cli):
     config = tmp_path / "slurm.yaml"
     config.write_text("jobqueue:\n  pbs:\n    cores: 1\n")
-    proc = _cli("--cluster", "slurm", "--cluster-config", config, "--print-job-script", cwd=tmp_path)
+    proc = cli("--cluster", "slurm", "--cluster-config", config, "--print-job-script", cwd=tmp_path)
     assert proc.returncode == 1
     assert "no 'jobqueue: slurm:' section" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -229,7 +226,7 @@ def test_threads_option_limits_the_pool(data_dir, tmp_path):
     assert len(seen) == 1
 
 
-def test_shipped_cluster_configs_load(tmp_path):
+def test_shipped_cluster_configs_load(tmp_path, cli):
     from pathlib import Path
 
     from occupy_dask.cluster import load_local_config, slurm_worker_memory
@@ -238,16 +235,16 @@ def test_shipped_cluster_configs_load(tmp_path):
     assert load_local_config(configs / "local.yaml") == {"dashboard": False}
     memory, threads = slurm_worker_memory(ClusterSpec(mode="slurm", cluster_config=str(configs / "slurm.yaml")))
     assert (memory, threads) == (16 * 10**9, 4)
-    proc = _cli("--cluster", "slurm", "--cluster-config", configs / "slurm.yaml", "--print-job-script", cwd=tmp_path)
+    proc = cli("--cluster", "slurm", "--cluster-config", configs / "slurm.yaml", "--print-job-script", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "#SBATCH --cpus-per-task=8" in proc.stdout and "--nworkers 2" in proc.stdout and "tcp://127.0.0.1:" in proc.stdout
 
 
-def test_dashboard_link_is_printed_and_the_maps_are_unchanged(tmp_path, data_dir):
-    proc = _cli("-i", data_dir / "emd_1832.map", "-d", "dash", "--dashboard", cwd=tmp_path)
+def test_dashboard_link_is_printed_and_the_maps_are_unchanged(tmp_path, data_dir, cli):
+    proc = cli("-i", data_dir / "emd_1832.map", "-d", "dash", "--dashboard", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "dask dashboard: http://127.0.0.1:" in proc.stderr
-    plain = _cli("-i", data_dir / "emd_1832.map", "-d", "plain", "-q", cwd=tmp_path)
+    plain = cli("-i", data_dir / "emd_1832.map", "-d", "plain", "-q", cwd=tmp_path)
     assert plain.returncode == 0
     for name in ("scale_res_emd_1832.mrc", "conf_emd_1832.mrc"):
         assert np.array_equal(mrcfile.read(tmp_path / "dash" / name), mrcfile.read(tmp_path / "plain" / name))

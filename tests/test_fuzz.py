@@ -2,11 +2,14 @@
 
 import mrcfile
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from occupy_dask.cli import app
+
+pytestmark = pytest.mark.slow  # processes, clusters, many runs
 
 runner = CliRunner()
 

@@ -1,7 +1,35 @@
+"""settings.py: tau, kernels, derived settings, modification spellings."""
+
 import numpy as np
 import pytest
 
 from occupy_dask.settings import SettingsError, ball_kernel, derive_settings, tau_for_kernel
+
+
+def test_amount_and_gamma_spellings():
+    def mods(**kw):
+        return derive_settings((64,) * 3, 1.5, **kw).modifications
+
+    assert mods(amplify=True, gamma=2.0)[0].exponent == mods(amplify=True, amplify_amount=0.5)[0].exponent
+    assert mods(attenuate=True, gamma=2.0)[0].exponent == mods(attenuate=True)[0].exponent == 1.0
+    assert mods(amplify=True, gamma=3.0)[0].exponent == -mods(amplify_amount=1 - 1 / 3.0)[0].amount
+    assert [m.tag for m in mods(amplify=True, attenuate=True, gamma=2.0, sigmoid=2, pivot=0.3)] == ["ampl_2.0", "attn_2.0", "sigm_2.0-0.30"]
+    assert mods(exclude_solvent=True)[0].kind == "exclude"
+    assert derive_settings((64,) * 3, 1.5, amplify=True).scale_mode == "occ"  # occupancy mode when modifying
+    assert derive_settings((64,) * 3, 1.5, amplify=True, occupancy=False).scale_mode == "res"
+    for bad in (
+        {"amplify": True, "gamma": 2.0, "amplify_amount": 0.5},
+        {"amplify_amount": 1.5},
+        {"gamma": 2.0},
+        {"amplify": True, "gamma": 1.0},
+        {"sigmoid": 2.0},
+        {"sigmoid": 2.0, "pivot": 1.2},
+        {"sigmoid": 0.5, "pivot": 0.3},
+        {"attenuate": True, "amplify_amount": 0.5},
+        {"amplify": True, "lowpass_output": 1.0},
+    ):
+        with pytest.raises(SettingsError):
+            derive_settings((64,) * 3, 1.5, **bad)
 
 
 def _root_by_bisection(n: int) -> float:
@@ -89,4 +117,6 @@ def test_settings_are_frozen():
     s = derive_settings((64,) * 3, 1.0)
     with pytest.raises(AttributeError):
         s.tau = 0.5
-    assert np.array_equal(s.kernel, ball_kernel(s.kernel_size, s.kernel_radius_voxels))
+    centre = (np.array(s.kernel_size) - 1) / 2
+    inside = [np.linalg.norm(np.array(i) - centre) <= s.kernel_radius_voxels[0] for i in np.ndindex(*s.kernel_size)]
+    assert s.kernel.shape == s.kernel_size and s.kernel.sum() == s.n_v == sum(inside)

@@ -5,7 +5,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 
 import mrcfile
 import numpy as np
@@ -32,11 +31,7 @@ def slurm():
         pytest.skip("no SLURM here (scripts/slurm/start.sh starts one)")
 
 
-def _cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "occupy_dask", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600)
-
-
-def test_slurm_run_on_two_worker_jobs_equals_the_local_run(slurm, tmp_path, data_dir):
+def test_slurm_run_on_two_worker_jobs_equals_the_local_run(slurm, tmp_path, data_dir, cli):
     logs = tmp_path / "logs"
     config = tmp_path / "slurm.yaml"
     config.write_text(
@@ -52,9 +47,9 @@ def test_slurm_run_on_two_worker_jobs_equals_the_local_run(slurm, tmp_path, data
         f"    log-directory: {logs}\n"
     )
     common = ("-i", data_dir / "emd_1832.map", "--amplify", "--chunks", "32", "--save-all-maps")
-    local = _cli(*common, "-d", "local", "-q", cwd=tmp_path)
+    local = cli(*common, "-d", "local", "-q", cwd=tmp_path)
     assert local.returncode == 0, local.stderr
-    run = _cli(*common, "-d", "slurm", "--cluster", "slurm", "--cluster-config", config, "--jobs", "2", "--scheduler-timeout", "120", cwd=tmp_path)
+    run = cli(*common, "-d", "slurm", "--cluster", "slurm", "--cluster-config", config, "--jobs", "2", "--scheduler-timeout", "120", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
 
     # the work ran in two SLURM jobs, whose worker logs say so

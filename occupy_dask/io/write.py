@@ -231,8 +231,8 @@ PYRAMID_FACTORS = (1, 2, 4)
 
 class OmeZarrOutput(ZarrOutput):
     """An OME-NGFF 0.5 image: level 0 written by the run, levels 2x and 4x (means over 2^3 and
-    4^3 voxels, as far as the box allows) made from it at the end; scales and translations in
-    angstrom."""
+    4^3 voxels, as far as the box allows) made from it at the end; the multiscales metadata
+    (scales and translations in angstrom) written by ome-zarr-py."""
 
     def _create(self):
         import zarr
@@ -247,17 +247,18 @@ class OmeZarrOutput(ZarrOutput):
         chunks = tuple(max(c // factor, 1) for c in self.chunks)
         return self.group.create_array(str(index), **self._array_spec(shape, chunks))
 
-    def multiscales(self) -> dict:
-        names = axis_names(self.info)
+    def datasets(self) -> list[dict]:
+        """Each level's path and its scale and translation in angstrom (voxel centres: a level
+        of factor f starts (f - 1) / 2 voxels of level 0 further in)."""
         origin = physical_origin(self.info)
         datasets = []
         for level, factor in enumerate(self.factors):
             scale = [float(v * factor) for v in self.info.voxel_size]
             shift = [float(o + (factor - 1) / 2 * v) for o, v in zip(origin, self.info.voxel_size)]
-            transforms = [{"type": "scale", "scale": scale}, {"type": "translation", "translation": shift}]
-            datasets.append({"path": str(level), "coordinateTransformations": transforms})
-        axes = [{"name": n, "type": "space", "unit": "angstrom"} for n in names]
-        return {"version": "0.5", "multiscales": [{"name": self.path.name, "axes": axes, "datasets": datasets}]}
+            datasets.append(
+                {"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": scale}, {"type": "translation", "translation": shift}]}
+            )
+        return datasets
 
     def finish(self, stats, run) -> None:
         import dask.array as da
@@ -272,7 +273,12 @@ class OmeZarrOutput(ZarrOutput):
             stores.append(da.store(reduced.rechunk(target.chunks, method="tasks"), target, lock=False, compute=False))
         if stores:
             run(*stores, label="pyramid")
-        self.group.attrs.update({"ome": self.multiscales(), "occupy_dask": self._with_statistics(stats)})
+        from ome_zarr.format import FormatV05
+        from ome_zarr.writer import write_multiscales_metadata
+
+        axes = [{"name": n, "type": "space", "unit": "angstrom"} for n in axis_names(self.info)]
+        write_multiscales_metadata(self.group, self.datasets(), fmt=FormatV05(), axes=axes, name=self.path.name)
+        self.group.attrs.update({"occupy_dask": self._with_statistics(stats)})
 
 
 def open_output(path: Path, fmt: str, info: MapInfo, label: str, chunks) -> MrcOutput:

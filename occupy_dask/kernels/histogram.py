@@ -12,6 +12,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from .local import ellipsoid_mask, inside_ellipsoid
+
 N_BINS = 1000
 
 
@@ -126,7 +128,7 @@ def _count_with_region(lp, tz, ty, tx, edges, region_edges, counts, region_count
                 v = lp[z, y, x]
                 if v >= lo and v <= hi:
                     counts[_bin_of(v, edges, scale)] += 1
-                if zy + tx[x] <= 1.0 and v >= region_lo and v <= region_hi:
+                if inside_ellipsoid(zy, tx[x]) and v >= region_lo and v <= region_hi:
                     region_counts[_bin_of(v, region_edges, region_scale)] += 1
 
 
@@ -136,9 +138,7 @@ def histogram_counts_inside(lp: np.ndarray, axis_terms, lp_range, region_range, 
     same numbers as :func:`histogram_counts` on the block and on its inside voxels."""
     edges, region_edges = histogram_edges(*lp_range, n_bins), histogram_edges(*region_range, n_bins)
     if edges[-1] <= edges[0] or region_edges[-1] <= region_edges[0]:
-        tz, ty, tx = axis_terms
-        inside = (tz[:, None, None] + ty[None, :, None]) + tx[None, None, :] <= 1.0
-        return histogram_counts(lp, *lp_range, n_bins), histogram_counts(lp[inside], *region_range, n_bins)
+        return histogram_counts(lp, *lp_range, n_bins), histogram_counts(lp[ellipsoid_mask(axis_terms)], *region_range, n_bins)
     counts, region_counts = np.zeros(n_bins, np.int64), np.zeros(n_bins, np.int64)
     _count_with_region(np.asarray(lp, dtype=np.float32), *axis_terms, edges, region_edges, counts, region_counts)
     return counts, region_counts

@@ -73,8 +73,21 @@ def ellipsoid_terms(shape, start, stop) -> tuple[np.ndarray, np.ndarray, np.ndar
 def inscribed_ellipsoid(shape, start, stop) -> np.ndarray:
     """Boolean block ``[start, stop)`` of the ellipsoid inscribed in a box of ``shape`` voxels
     (voxel centres at ``i + 0.5``; semi-axes half the box)."""
-    tz, ty, tx = ellipsoid_terms(shape, start, stop)
-    return (tz[:, None, None] + ty[None, :, None]) + tx[None, None, :] <= 1.0
+    return ellipsoid_mask(ellipsoid_terms(shape, start, stop))
+
+
+def ellipsoid_mask(axis_terms) -> np.ndarray:
+    """The inside of the inscribed ellipsoid over a block, from its :func:`ellipsoid_terms`,
+    with the test the kernels make voxel by voxel (:func:`inside_ellipsoid`)."""
+    tz, ty, tx = axis_terms
+    return inside_ellipsoid(tz[:, None, None] + ty[None, :, None], tx[None, None, :])
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def inside_ellipsoid(zy, tx):  # pragma: no cover
+    """Whether a voxel lies inside the inscribed ellipsoid, from ``t_z + t_y`` of its plane and
+    row and ``t_x`` of its column (added in this order, so every caller agrees to the bit)."""
+    return zy + tx <= 1.0
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -104,7 +117,7 @@ def _block_moments(raw, lp, tz, ty, tx, sums, counts):  # pragma: no cover
                     counts[2] += 1
                 elif np.isinf(r):
                     counts[3] += 1
-                if zy + tx[x] <= 1.0:
+                if inside_ellipsoid(zy, tx[x]):
                     counts[0] += 1
                     if r == 0.0:
                         counts[1] += 1

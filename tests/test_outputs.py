@@ -1,8 +1,6 @@
-"""Output formats (MRC, zarr v3, OME-Zarr) and zarr input."""
+"""outputs.py: MRC, zarr and OME-Zarr outputs of one run, output names and formats."""
 
 import json
-import subprocess
-import sys
 
 import mrcfile
 import numpy as np
@@ -94,22 +92,18 @@ def test_zarr_and_ome_zarr_inputs_give_the_mrc_numbers(tmp_path, phantom, mrc_ru
             assert float(m.voxel_size.x) == pytest.approx(1.1)
 
 
-def _cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "occupy_dask", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
-
-
-def test_output_name_picks_the_format_and_existing_zarr_needs_overwrite(tmp_path, data_dir):
+def test_output_name_picks_the_format_and_existing_zarr_needs_overwrite(tmp_path, data_dir, cli):
     args = ("-i", data_dir / "emd_1832.map", "--amplify", "-o", "amp.zarr", "-q")
-    assert _cli(*args, cwd=tmp_path).returncode == 0
+    assert cli(*args, cwd=tmp_path).returncode == 0
     assert (tmp_path / "amp.zarr" / "zarr.json").exists() and (tmp_path / "scale_occ_emd_1832.zarr").is_dir()
     assert not (tmp_path / "chimX_emd_1832.cxc").exists()  # ChimeraX opens MRC outputs only
-    again = _cli(*args, cwd=tmp_path)
+    again = cli(*args, cwd=tmp_path)
     assert again.returncode == 1 and "output exists (use --overwrite" in again.stderr
-    assert _cli(*args, "--overwrite", cwd=tmp_path).returncode == 0
+    assert cli(*args, "--overwrite", cwd=tmp_path).returncode == 0
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
 
 
-def test_bad_zarr_inputs_are_one_clear_error(tmp_path):
+def test_bad_zarr_inputs_are_one_clear_error(tmp_path, cli):
     zarr.open_group(str(tmp_path / "group.zarr"), mode="w")
     flat = zarr.create_array(str(tmp_path / "nosize.zarr"), shape=(8, 8, 8), dtype="float32")
     flat[:] = 1
@@ -120,6 +114,6 @@ def test_bad_zarr_inputs_are_one_clear_error(tmp_path):
         ("nosize.zarr", "no voxel size in the zarr attributes"),
         ("image.zarr", "a 2D zarr array, a 3D volume is needed"),
     ):
-        proc = _cli("-i", tmp_path / name, "-d", "out", cwd=tmp_path)
+        proc = cli("-i", tmp_path / name, "-d", "out", cwd=tmp_path)
         assert proc.returncode == 1, (name, proc.stderr)
         assert message in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,70 @@
+"""io/zarr_chunks.py: raw chunk reads and writes of plain stores agree with zarr's own."""
+
+import numpy as np
+import pytest
+
+
+@pytest.mark.parametrize("chunks, compressed", [((4, 6, 5), False), ((3, 4, 2), False), ((4, 6, 5), True)])
+def test_zarr_block_reads_into_buffers(tmp_path, chunks, compressed):
+    import itertools
+
+    import zarr
+
+    from occupy_dask.io.read import ZarrSource
+
+    data = np.random.default_rng(1).normal(size=(10, 6, 5)).astype(np.float32)
+    codec = {} if compressed else {"compressors": None}
+    z = zarr.create_array(str(tmp_path / "a.zarr"), shape=data.shape, chunks=chunks, dtype="float32", fill_value=0.0, **codec)
+    z[:] = data
+    for scratch in (False, True):  # a scratch store's reads also drop it from the page cache
+        source = ZarrSource(str(tmp_path / "a.zarr"), data.shape, scratch=scratch)
+        for a, b in itertools.product([(0, 10), (3, 7), (4, 8), (9, 10)], [(0, 6), (1, 5)]):
+            key = (slice(*a), slice(*b), slice(1, 5))
+            out = np.empty([k.stop - k.start for k in key], np.float32)
+            assert np.array_equal(source.read_into(key, out), data[key])
+            whole = (slice(*a), slice(0, 6), slice(0, 5))
+            out = np.empty([k.stop - k.start for k in whole], np.float32)
+            assert np.array_equal(source.read_into(whole, out), data[whole])
+
+
+@pytest.mark.parametrize("chunks", [(4, 6, 5), (3, 6, 5), (4, 3, 2)])
+def test_plain_target_writes_what_zarr_reads(tmp_path, chunks):
+    import zarr
+
+    from occupy_dask.io.read import ZarrSource
+    from occupy_dask.io.zarr_chunks import PlainTarget
+
+    data = np.random.default_rng(2).normal(size=(10, 6, 5)).astype(np.float32)
+    zarr.create_array(str(tmp_path / "s.zarr"), shape=data.shape, chunks=chunks, dtype="float32", fill_value=0.0, compressors=None)
+    target = PlainTarget(str(tmp_path / "s.zarr"), data.shape, chunks).prepare()
+    for z in range(0, 10, 4):  # blocks of 4 planes: whole chunks for (4, 6, 5), zarr's own writes otherwise
+        target[z : z + 4, 0:6, 0:5] = data[z : z + 4]
+    assert np.array_equal(zarr.open_array(str(tmp_path / "s.zarr"), mode="r")[:], data)
+    out = np.empty_like(data)
+    assert np.array_equal(ZarrSource(str(tmp_path / "s.zarr"), data.shape).read_into((slice(0, 10), slice(0, 6), slice(0, 5)), out), data)
+
+
+def test_zarr_chunks_never_written_read_as_the_fill_value(tmp_path):
+    import zarr
+
+    from occupy_dask.io.read import ZarrSource
+
+    z = zarr.create_array(str(tmp_path / "f.zarr"), shape=(8, 4, 4), chunks=(4, 4, 4), dtype="float32", fill_value=2.5, compressors=None)
+    z[:4] = 1.0  # the second chunk is never written
+    out = np.empty((8, 4, 4), np.float32)
+    ZarrSource(str(tmp_path / "f.zarr"), (8, 4, 4)).read_into((slice(0, 8), slice(0, 4), slice(0, 4)), out)
+    assert np.array_equal(out, z[:]) and out[4:].min() == 2.5
+
+
+def test_spectra_round_trip_through_plain_complex_stores(tmp_path):
+    import dask.array as da
+
+    from occupy_dask.io.zarr_chunks import create_plain_array, plain_layout
+
+    rng = np.random.default_rng(9)
+    data = (rng.normal(size=(9, 6, 5)) + 1j * rng.normal(size=(9, 6, 5))).astype(np.complex64)
+    target = create_plain_array(str(tmp_path / "c.zarr"), data.shape, (4, 6, 5), np.complex64)
+    for z in range(0, 9, 4):  # whole chunks, the last one short
+        target[z : z + 4, 0:6, 0:5] = data[z : z + 4]
+    assert plain_layout(str(tmp_path / "c.zarr")).dtype == np.dtype("<c8")
+    assert np.array_equal(da.from_zarr(str(tmp_path / "c.zarr")).compute(), data)

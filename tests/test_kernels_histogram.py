@@ -1,0 +1,55 @@
+"""kernels/histogram.py: counts against numpy's histogram, confidence lookups, counts inside the ellipsoid."""
+
+import numpy as np
+
+from occupy_dask.kernels.histogram import (
+    confidence_lookup,
+    confidence_lookup_reference,
+    histogram_counts,
+    histogram_edges,
+)
+
+RNG = np.random.default_rng(7)
+
+
+def test_histogram_counts_add_up_to_numpy_histogram():
+    data = RNG.normal(size=(30, 40, 50)).astype(np.float32)
+    lo, hi = data.min(), data.max()
+    edges = histogram_edges(lo, hi)
+    # float32 edges of a double-precision linspace (numpy 1.x's float32 histogram edges)
+    assert edges.dtype == np.float32 and edges[0] == lo and edges[-1] == hi
+    assert np.array_equal(edges, np.linspace(float(lo), float(hi), 1001).astype(np.float32))
+    counts = sum(histogram_counts(data[i : i + 7], lo, hi) for i in range(0, 30, 7))
+    expected, _ = np.histogram(data, bins=edges)
+    assert np.array_equal(counts, expected)
+
+
+def test_confidence_lookups():
+    data = RNG.normal(size=(10, 11, 12)).astype(np.float32)
+    edges = histogram_edges(data.min(), data.max())
+    table = np.linspace(-0.2, 1.3, 1000)
+    got = confidence_lookup(data, table, edges)
+    idx = np.clip(np.searchsorted(edges, data, side="right") - 1, 0, 999)  # the bin by its edges, last bin closed
+    assert np.array_equal(got, np.clip(table[idx], 0, 1).astype(np.float32))
+    ref = confidence_lookup_reference(data, table, data.min(), data.max())
+    u = data / (data.max() - data.min())
+    u -= u.min()
+    idx = (u * 1000 - 1).astype(int)
+    assert np.array_equal(ref, np.clip(table[idx], 0, 1).astype(np.float32))
+    # the minimum voxel wraps to the last bin, as in the reference
+    assert ref.ravel()[np.argmin(data)] == np.float32(np.clip(table[-1], 0, 1))
+
+
+def test_counts_inside_the_ellipsoid_equal_counts_of_the_inside_voxels():
+    from occupy_dask.kernels.histogram import histogram_counts_inside
+    from occupy_dask.kernels.local import ellipsoid_terms, inscribed_ellipsoid
+
+    shape, start, stop = (30, 32, 34), (5, 0, 7), (25, 20, 30)
+    block = RNG.normal(size=tuple(b - a for a, b in zip(start, stop))).astype(np.float32)
+    inside = inscribed_ellipsoid(shape, start, stop)
+    lp_range, region_range = (float(block.min()), float(block.max())), (float(block[inside].min()), float(block[inside].max()) - 0.5)
+    counts, region_counts = histogram_counts_inside(block, ellipsoid_terms(shape, start, stop), lp_range, region_range)
+    assert np.array_equal(counts, histogram_counts(block, *lp_range))
+    assert np.array_equal(region_counts, histogram_counts(block[inside], *region_range))  # values above the range are left out
+    degenerate = histogram_counts_inside(block, ellipsoid_terms(shape, start, stop), lp_range, (0.0, 0.0))  # an empty range: the numpy path
+    assert np.array_equal(degenerate[1], histogram_counts(block[inside], 0.0, 0.0))

@@ -1,0 +1,90 @@
+"""relion.py: --relion-classes end to end and its refusals."""
+
+import mrcfile
+import numpy as np
+from typer.testing import CliRunner
+
+from occupy_dask.cli import app
+
+runner = CliRunner()
+
+
+def _class_phantom(occupancy: float, seed: int) -> np.ndarray:
+    """Solvent noise with two blobs: one at full occupancy, one at ``occupancy``."""
+    z, y, x = np.indices((64,) * 3)
+    full = np.exp(-((z - 24) ** 2 + (y - 32) ** 2 + (x - 32) ** 2) / (2 * 6.0**2))
+    part = np.exp(-((z - 42) ** 2 + (y - 32) ** 2 + (x - 32) ** 2) / (2 * 6.0**2))
+    noise = np.random.default_rng(seed).normal(0, 0.05, full.shape)
+    return (full + occupancy * part + noise).astype(np.float32)
+
+
+def test_relion_classes_end_to_end(tmp_path):
+    job = tmp_path / "Class3D" / "job010"
+    job.mkdir(parents=True)
+    occupancies = [1.0, 0.6, 0.3]
+    for k, occ in enumerate(occupancies, start=1):
+        with mrcfile.new(job / f"run_it025_class00{k}.mrc") as m:
+            m.set_data(_class_phantom(occ, k))
+            m.voxel_size = 1.5
+    star = job / "run_it025_model.star"
+    rows = "\n".join(f"Class3D/job010/run_it025_class00{k}.mrc 0.33" for k in (1, 2, 3))
+    star.write_text(
+        "data_model_general\n\n_rlnNrClasses 3\n_rlnPixelSize 1.5\n\n"
+        f"data_model_classes\n\nloop_\n_rlnReferenceImage #1\n_rlnClassDistribution #2\n{rows}\n"
+    )
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["--relion-classes", str(star), "-d", str(out)])
+    assert result.exit_code == 0, result.output
+    import starfile
+
+    new = starfile.read(out / "run_it025_occupy_model.star", always_dict=True)
+    images = list(new["model_classes"]["rlnReferenceImage"])
+    assert len(images) == 3 and new["model_general"]["rlnNrClasses"] == 3
+    for image in images:
+        assert (out / image).is_file() and image.startswith("out_run_it025_class00")
+    from occupy_dask.relion import run_relion_classes
+    from occupy_dask.settings import RunOptions
+
+    results, _ = run_relion_classes(star, {"amplify": True}, RunOptions(output_dir=tmp_path / "again"))
+    medians = [r.median_scale for r in results]
+    assert medians[0] > medians[1] > medians[2]  # lower occupancy, lower median confident scale
+    assert "median scale" in result.output
+    for r in results:
+        assert f"{r.median_scale:.3f}" in result.output
+
+
+def test_relion_class_maps_of_another_box_or_voxel_size_are_refused_before_running(tmp_path):
+    for k, (n, voxel) in enumerate([(48, 1.5), (48, 1.5), (40, 1.5)], start=1):
+        with mrcfile.new(tmp_path / f"c{k}.mrc") as m:
+            m.set_data(np.zeros((n, n, n), np.float32))
+            m.voxel_size = voxel
+    with mrcfile.new(tmp_path / "c4.mrc") as m:
+        m.set_data(np.zeros((48, 48, 48), np.float32))
+        m.voxel_size = 2.0
+    for bad, message in (("c3.mrc", "shape (40, 40, 40)"), ("c4.mrc", "voxel size (2.0, 2.0, 2.0)")):
+        star = tmp_path / "run_model.star"
+        star.write_text(f"data_model_classes\n\nloop_\n_rlnReferenceImage #1\nc1.mrc\nc2.mrc\n{bad}\n")
+        result = runner.invoke(app, ["--relion-classes", str(star), "-d", str(tmp_path / "o")])
+        assert result.exit_code == 1 and bad in result.output and message in result.output, result.output
+        assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())  # nothing ran
+
+
+def test_relion_star_without_classes_table(tmp_path):
+    star = tmp_path / "bad_model.star"
+    star.write_text("data_model_general\n\n_rlnNrClasses 3\n")
+    result = runner.invoke(app, ["--relion-classes", str(star), "-d", str(tmp_path / "o")])
+    assert result.exit_code == 1
+    assert "model_classes" in result.output
+
+
+def test_relion_classes_need_one_modification(tmp_path):
+    star = tmp_path / "run_model.star"
+    star.write_text("data_model_classes\n\nloop_\n_rlnReferenceImage #1\nmissing.mrc\n")
+    result = runner.invoke(app, ["--relion-classes", str(star), "-d", str(tmp_path / "o"), "--amplify", "--attenuate"])
+    assert result.exit_code == 2
+    assert "one modification" in result.output
+    result = runner.invoke(app, ["--relion-classes", str(star), "-d", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "missing.mrc" in result.output  # a class map that is not there
+    for flags in (["--format", "zarr"], ["-o", "x.mrc"]):
+        result = runner.invoke(app, ["--relion-classes", str(star), "-d", str(tmp_path / "o"), *flags])
+        assert result.exit_code == 2 and "drop -o/--format" in result.output
