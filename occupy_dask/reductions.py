@@ -26,8 +26,8 @@ from .solvent import SOLVENT_ADVICE
 
 SOLVENT_REGIONS = {
     "inside": "inscribed ellipsoid",
-    "R": "solvent definition > {threshold:g}",
-    "R'": "solvent definition <= {threshold:g}",
+    "definition_high": "solvent definition > {threshold:g}",
+    "definition_low": "solvent definition <= {threshold:g}",
 }
 
 
@@ -41,7 +41,7 @@ class Reductions:
     best_tile: int  # the tile it comes from (id into ``tile_origins``)
     tile_origins: np.ndarray
     tile_index: np.ndarray  # each tile's grid index
-    region_kind: str  # "inside", "R" or "R'" (see SOLVENT_REGIONS)
+    region_kind: str  # "inside" (the ellipsoid), or the ellipsoid where the solvent definition is above or at most its threshold
     region: Moments  # the low-passed map inside the solvent region
     lp_counts: np.ndarray  # histogram of the low-passed map over ``lp`` range
     region_counts: np.ndarray  # histogram of the solvent region over its range
@@ -76,7 +76,10 @@ def global_reductions(sources: dict, s: Settings, run, lp_ranges=None) -> Reduct
     totals, tiles, histograms, moments_of_tiles = _combine_first_pass(run(*tasks, label="reductions"))
     best, s_max = largest_tile(tiles)
     check_map(totals, s_max, s)
-    region_kind = "inside" if "inside" in totals else ("R" if totals["R"].variance < totals["R'"].variance else "R'")
+    region_kind = "inside"
+    if "inside" not in totals:  # either polarity of the user's mask: solvent has the smaller variance
+        high, low = totals["definition_high"], totals["definition_low"]
+        region_kind = "definition_high" if high.variance < low.variance else "definition_low"
     solvent = totals[region_kind]
     if solvent.n < 2 or solvent.lo == solvent.hi:
         raise SolventModelError(f"the solvent region holds no variation ({solvent.n} voxels); {SOLVENT_ADVICE}")
@@ -169,8 +172,8 @@ def first_pass_block(sources, s: Settings, start, stop, tile_ids, tile_origins, 
         if "solvent_def" in sources:
             inside = inscribed_ellipsoid(s.shape, start, stop)
             solvent = sources["solvent_def"][key] > s.solvent_def_threshold
-            out["R"] = Moments.of(lp[solvent & inside])
-            out["R'"] = Moments.of(lp[~solvent & inside])
+            out["definition_high"] = Moments.of(lp[solvent & inside])
+            out["definition_low"] = Moments.of(lp[~solvent & inside])
         else:
             out["inside"] = Moments.from_row(n_inside, sums[2])
         if "target_mask" in sources:
@@ -201,7 +204,7 @@ def histogram_block(sources, s: Settings, start, stop, lp_range, region_kind, re
         else:
             counts = histogram_counts(lp, *lp_range)
             solvent = sources["solvent_def"][region(start, stop)] > s.solvent_def_threshold
-            mask = (solvent if region_kind == "R" else ~solvent) & inscribed_ellipsoid(s.shape, start, stop)
+            mask = (solvent if region_kind == "definition_high" else ~solvent) & inscribed_ellipsoid(s.shape, start, stop)
             region_counts = histogram_counts(lp[mask], *region_range)
     return counts, region_counts, target_quantiles
 

@@ -305,72 +305,13 @@ def derive_settings(
             raise SettingsError(f"--reference-compatible needs isotropic voxels (the reference uses one voxel size), this map has {voxel_size} Å")
         if len(set(shape)) != 1:
             raise SettingsError(f"--reference-compatible needs a cubic box (as the reference), got {shape}")
-    apix_x = voxel_size[2]
-    apix_max = max(voxel_size)
-
-    for name, value in (("resolution", resolution), ("lowpass", lowpass)):
-        if value is not None and not (value > 0 and math.isfinite(value)):
-            raise SettingsError(f"--{name} must be a positive length in Å, got {value}")
-        if value is not None and value < 2.0 * min(voxel_size):
-            raise SettingsError(
-                f"--{name} {value:g} Å is finer than 2 voxels ({2.0 * min(voxel_size):.3g} Å, the Nyquist limit of this map); "
-                "no map holds detail beyond it"
-            )
-    if lowpass is not None and resolution is not None:
-        lowpass_angstrom = max(lowpass, resolution)
-    elif lowpass is not None:
-        lowpass_angstrom = float(lowpass)
-    elif resolution is not None:
-        lowpass_angstrom = float(resolution)
-    else:
-        lowpass_angstrom = max(8.0, 3.0 * apix_max)
+    lowpass_angstrom = _lowpass_length(voxel_size, resolution, lowpass)
     lowpass_applied = lowpass_angstrom > 2.0 * min(voxel_size)
-
-    if kernel_size is not None:
-        if kernel_size < 3 or kernel_size % 2 == 0:
-            raise SettingsError(f"--kernel-size must be odd and at least 3, got {kernel_size}")
-        sizes = tuple(max(3, odd_kernel_size(kernel_size * apix_x / v)) if not isotropic else kernel_size for v in voxel_size)
-    else:
-        lo, hi = KERNEL_SIZE_RANGE
-        sizes = tuple(int(np.clip(odd_kernel_size(lowpass_angstrom / v), lo, hi)) for v in voxel_size)
-    if kernel_radius is not None:
-        if not (kernel_radius > 0 and math.isfinite(kernel_radius)):
-            raise SettingsError(f"--kernel-radius must be positive, got {kernel_radius}")
-        radii = tuple(float(kernel_radius) if isotropic else kernel_radius * apix_x / v for v in voxel_size)
-    else:
-        radii = tuple(lowpass_angstrom / (2.0 * v) for v in voxel_size)
-    if isotropic:
-        radii = (radii[2],) * 3
-    kernel = ball_kernel(sizes, radii)
-    n_v = int(kernel.sum())
-    if n_v < 1:
-        raise SettingsError(f"the kernel (size {sizes}, radius {radii} voxels) holds no voxel")
-
-    if tau is not None:
-        if not 0.0 < tau < 1.0:
-            raise SettingsError(f"--tau must lie strictly between 0 and 1, got {tau}")
-        tau_value = float(tau)
-    else:
-        tau_value = tau_for_kernel(n_v)
-
-    if reference_compatible:
-        tile_grid = REFERENCE_TILE_GRID if tile_grid is None else tile_grid
-        tile_size = shape[0] // tile_grid if tile_size is None else tile_size
-    if tile_size is None:
-        tile_size = DEFAULT_TILE_SIZE if tile_grid is None else max(1, min(shape) // tile_grid)
-    if tile_size < 1:
-        raise SettingsError(f"--tile-size must be at least 1 voxel, got {tile_size}")
-    if tile_size > min(shape):
-        raise SettingsError(f"--tile-size {tile_size} is larger than the box {shape}")
-    if tile_grid is not None:
-        if tile_grid < 2:
-            raise SettingsError(f"--tile-grid must be at least 2, got {tile_grid}")
-        step = tile_size + (min(shape) - tile_grid * tile_size) // (tile_grid - 1)
-        if step < 1:
-            raise SettingsError(
-                f"--tile-grid {tile_grid} tiles of {tile_size} voxels do not fit in the box {shape} "
-                "(tiles may overlap, but not start at the same voxel)"
-            )
+    sizes, radii, n_v = _kernel_shape(voxel_size, lowpass_angstrom, kernel_size, kernel_radius)
+    if tau is not None and not 0.0 < tau < 1.0:
+        raise SettingsError(f"--tau must lie strictly between 0 and 1, got {tau}")
+    tau_value = float(tau) if tau is not None else tau_for_kernel(n_v)
+    tile_size, tile_grid = _tiles(shape, tile_size, tile_grid, reference_compatible)
 
     modifications = modifications_from_options(
         amplify=amplify,
@@ -420,3 +361,67 @@ def derive_settings(
         lowpass_output_angstrom=lowpass_output,
         seed=int(seed),
     )
+
+
+def _lowpass_length(voxel_size, resolution: float | None, lowpass: float | None) -> float:
+    """Section 2: the low-pass in Å, the larger of ``lowpass`` and ``resolution`` when both are
+    given, else the one given, else ``max(8, 3 x the largest voxel size)``."""
+    for name, value in (("resolution", resolution), ("lowpass", lowpass)):
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise SettingsError(f"--{name} must be a positive length in Å, got {value}")
+        if value is not None and value < 2.0 * min(voxel_size):
+            raise SettingsError(
+                f"--{name} {value:g} Å is finer than 2 voxels ({2.0 * min(voxel_size):.3g} Å, the Nyquist limit of this map); "
+                "no map holds detail beyond it"
+            )
+    given = [float(v) for v in (lowpass, resolution) if v is not None]
+    return max(given) if given else max(8.0, 3.0 * max(voxel_size))
+
+
+def _kernel_shape(voxel_size, lowpass_angstrom: float, kernel_size: int | None, kernel_radius: float | None):
+    """Section 2: per-axis kernel box sizes and radii in voxels, and the kernel's voxel count. A
+    user's size and radius are in voxels of the fastest axis, the reference's unit."""
+    isotropic = is_isotropic(voxel_size)
+    apix_x = voxel_size[2]
+    if kernel_size is not None:
+        if kernel_size < 3 or kernel_size % 2 == 0:
+            raise SettingsError(f"--kernel-size must be odd and at least 3, got {kernel_size}")
+        sizes = tuple(max(3, odd_kernel_size(kernel_size * apix_x / v)) if not isotropic else kernel_size for v in voxel_size)
+    else:
+        lo, hi = KERNEL_SIZE_RANGE
+        sizes = tuple(int(np.clip(odd_kernel_size(lowpass_angstrom / v), lo, hi)) for v in voxel_size)
+    if kernel_radius is not None:
+        if not (kernel_radius > 0 and math.isfinite(kernel_radius)):
+            raise SettingsError(f"--kernel-radius must be positive, got {kernel_radius}")
+        radii = tuple(float(kernel_radius) if isotropic else kernel_radius * apix_x / v for v in voxel_size)
+    else:
+        radii = tuple(lowpass_angstrom / (2.0 * v) for v in voxel_size)
+    if isotropic:
+        radii = (radii[2],) * 3
+    n_v = int(ball_kernel(sizes, radii).sum())
+    if n_v < 1:
+        raise SettingsError(f"the kernel (size {sizes}, radius {radii} voxels) holds no voxel")
+    return sizes, radii, n_v
+
+
+def _tiles(shape, tile_size: int | None, tile_grid: int | None, reference_compatible: bool) -> tuple[int, int | None]:
+    """Section 4: the tile edge and the reference's grid (None: non-overlapping tiles)."""
+    if reference_compatible:
+        tile_grid = REFERENCE_TILE_GRID if tile_grid is None else tile_grid
+        tile_size = shape[0] // tile_grid if tile_size is None else tile_size
+    if tile_size is None:
+        tile_size = DEFAULT_TILE_SIZE if tile_grid is None else max(1, min(shape) // tile_grid)
+    if tile_size < 1:
+        raise SettingsError(f"--tile-size must be at least 1 voxel, got {tile_size}")
+    if tile_size > min(shape):
+        raise SettingsError(f"--tile-size {tile_size} is larger than the box {shape}")
+    if tile_grid is not None:
+        if tile_grid < 2:
+            raise SettingsError(f"--tile-grid must be at least 2, got {tile_grid}")
+        step = tile_size + (min(shape) - tile_grid * tile_size) // (tile_grid - 1)
+        if step < 1:
+            raise SettingsError(
+                f"--tile-grid {tile_grid} tiles of {tile_size} voxels do not fit in the box {shape} "
+                "(tiles may overlap, but not start at the same voxel)"
+            )
+    return int(tile_size), tile_grid
