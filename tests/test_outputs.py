@@ -43,8 +43,7 @@ def test_zarr_output_equals_mrc_and_carries_the_geometry(tmp_path, phantom, mrc_
         assert meta["voxel_size_angstrom"] == pytest.approx([1.1, 1.1, 1.1])
         assert meta["axis_order"] == {"mapc": 1, "mapr": 2, "maps": 3}
         codecs = json.loads((path / "zarr.json").read_text())["codecs"]
-        blosc = [c for c in codecs if c["name"] == "blosc"]
-        assert blosc and blosc[0]["configuration"]["cname"] == "zstd"
+        assert any(c["name"] == "zstd" for c in codecs)
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
 
 

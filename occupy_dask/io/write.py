@@ -154,10 +154,12 @@ def map_attributes(info: MapInfo, label: str) -> dict:
     }
 
 
-def _blosc_zstd():
-    from zarr.codecs import BloscCodec
+def _zstd():
+    """zstd at its default level, no shuffle (zarr's own default for v3): on maps, scales and
+    confidences measured smaller and faster to write than blosc-zstd with bit shuffling."""
+    from zarr.codecs import ZstdCodec
 
-    return BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+    return ZstdCodec(level=0)
 
 
 class MrcOutput:
@@ -179,7 +181,7 @@ class MrcOutput:
 
 
 class ZarrOutput(MrcOutput):
-    """A zarr v3 array (blosc-zstd, chunks equal to the dask chunks so every write covers whole
+    """A zarr v3 array (zstd, chunks equal to the dask chunks so every write covers whole
     chunks) with dimension names and the map geometry as attributes."""
 
     def __init__(self, path: Path, info: MapInfo, label: str, chunks):
@@ -196,13 +198,13 @@ class ZarrOutput(MrcOutput):
         return zarr.create_array(str(self.partial), attributes=self.attributes, overwrite=True, **self._array_spec(self.info.shape, self.chunks))
 
     def _array_spec(self, shape, chunks) -> dict:
-        """Keywords of a float32, blosc-zstd array of ``shape`` in ``chunks`` with the map's axis names."""
+        """Keywords of a float32, zstd-compressed array of ``shape`` in ``chunks`` with the map's axis names."""
         return {
             "shape": tuple(shape),
             "chunks": tuple(min(c, n) for c, n in zip(chunks, shape)),
             "dtype": "float32",
             "fill_value": 0.0,
-            "compressors": _blosc_zstd(),
+            "compressors": _zstd(),
             "dimension_names": axis_names(self.info),
         }
 
