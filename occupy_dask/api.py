@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -19,8 +20,18 @@ from .errors import MapError, SettingsError
 from .estimation import Estimate, default_run, estimate_map
 from .fused import modified_name, one_modification
 from .io.read import MapInfo, check_same_grid, open_map
-from .outputs import check_outputs, map_outputs, output_paths, resolve_format, write_maps
-from .scratch import array_source
+from .outputs import (
+    check_outputs,
+    make_folders,
+    map_outputs,
+    output_bytes,
+    output_locks,
+    output_paths,
+    remove_empty_folders,
+    resolve_format,
+    write_maps,
+)
+from .scratch import array_source, scratch_bytes
 from .settings import RunOptions, Settings, check_scale_limit, derive_settings, modifications_from_options
 
 
@@ -83,8 +94,10 @@ def open_inputs(
         else:
             if np.ndim(data) != 3:
                 raise ValueError(f"a 3D volume is needed, got an array of shape {np.shape(data)}")
+            if voxel_size is None:
+                raise TypeError("voxel_size (Å, a float or a (z, y, x) tuple) is needed with an array: the low-pass and the kernel depend on it")
             inputs.source = spilled(data)
-            vs = 1.0 if voxel_size is None else voxel_size
+            vs = voxel_size
             inputs.info = MapInfo(
                 path=None,
                 name="map",
@@ -245,35 +258,51 @@ def run_map(
 
     ``settings_options`` are :func:`derive_settings` keywords, applied to the opened map's
     geometry. On a distributed ``runner`` temporary stores go to the output directory unless
-    ``options.temp_dir`` says otherwise, since workers elsewhere must reach them.
+    ``options.temp_dir`` says otherwise, since workers elsewhere must reach them. Before any
+    work the outputs are checked (inputs, existing files, free space, a concurrent run writing
+    the same names); a run that fails leaves no output, and no folder it created.
     """
-    from .report import chimerax_script, write_log
-
     runner = _runner(runner)
     fmt = resolve_format(options.output_map, options.output_format)
-    if options.temp_dir is None and runner.distributed:
-        Path(options.output_dir).mkdir(parents=True, exist_ok=True)
+    scratch_in_outputs = options.temp_dir is None and runner.distributed
+    if scratch_in_outputs:
         options = replace(options, temp_dir=str(Path(options.output_dir).absolute()))
-    inputs = open_inputs(input_map, solvent_def=solvent_def, target_mask=target_mask, temp_dir=options.temp_dir, run=runner, **settings_options)
+    created: list[Path] = []
+    inputs = None
     try:
-        settings, info = inputs.settings, inputs.info
-        paths = output_paths(info, settings, options, fmt)
-        check_outputs(paths, inputs.files, options.overwrite)
-        runner.check_memory(settings.chunks, settings.halo, len(map_outputs(paths)))
-        with estimate_map(
-            inputs.source, info, settings, runner, solvent_def=inputs.solvent_def, target_mask=inputs.target_mask, options=options
-        ) as est:
-            written = write_maps(est, paths, runner, fmt)
-            modified = [written[modified_name(i)] for i in range(len(settings.modifications))]
-            if options.plot:
-                from .report import save_plots
-
-                written.update(save_plots(est, paths))
-            write_log(paths["log"], est, {**written, "log": paths["log"]}, runner.describe())
-            written["log"] = paths["log"]
-            if "chimerax" in paths:
-                paths["chimerax"].write_text(chimerax_script(est, Path(input_map), written["scale"], modified), encoding="utf-8")
-                written["chimerax"] = paths["chimerax"]
+        if scratch_in_outputs:  # the gzip input is decompressed there too
+            created = make_folders([Path(options.output_dir)])
+        inputs = open_inputs(input_map, solvent_def=solvent_def, target_mask=target_mask, temp_dir=options.temp_dir, run=runner, **settings_options)
+        paths = output_paths(inputs.info, inputs.settings, options, fmt)
+        runner.check_memory(inputs.settings.chunks, inputs.settings.halo, len(map_outputs(paths)))
+        needed = output_bytes(paths, inputs.info.shape, fmt)
+        temp = Path(options.temp_dir or tempfile.gettempdir())
+        needed[temp] = needed.get(temp, 0) + scratch_bytes(inputs.settings, options, runner)
+        created += check_outputs(paths, inputs.files, options.overwrite, needed)
+        with output_locks(paths):
+            return _estimate_and_write(inputs, paths, options, fmt, runner, Path(input_map))
+    except BaseException:  # a refused map or an interrupt leaves no folder of ours behind
+        remove_empty_folders(created)
+        raise
     finally:
-        inputs.close()
+        if inputs is not None:
+            inputs.close()
+
+
+def _estimate_and_write(inputs: Inputs, paths: dict[str, Path], options: RunOptions, fmt: str, runner, input_path: Path) -> RunResult:
+    from .report import chimerax_script, write_log
+
+    s = inputs.settings
+    with estimate_map(inputs.source, inputs.info, s, runner, solvent_def=inputs.solvent_def, target_mask=inputs.target_mask, options=options) as est:
+        written = write_maps(est, paths, runner, fmt)
+        modified = [written[modified_name(i)] for i in range(len(s.modifications))]
+        if options.plot:
+            from .report import save_plots
+
+            written.update(save_plots(est, paths))
+        write_log(paths["log"], est, {**written, "log": paths["log"]}, runner.describe())
+        written["log"] = paths["log"]
+        if "chimerax" in paths:
+            paths["chimerax"].write_text(chimerax_script(est, input_path, written["scale"], modified), encoding="utf-8")
+            written["chimerax"] = paths["chimerax"]
     return RunResult(est, written, list(runner.timings))

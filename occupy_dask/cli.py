@@ -116,7 +116,8 @@ def main_command(
         None,
         "--output-map",
         "-o",
-        help="Modified map name (in --output-dir). Default: out_<name>.mrc; several modifications get ampl_/attn_/sigm_ prefixes on it.",
+        help="Modified map name: relative names are inside --output-dir, absolute ones as given. Default: out_<name>.mrc; "
+        "several modifications get ampl_/attn_/sigm_ prefixes on it.",
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic solvent added where attenuation removed signal. Default: 0."),
     target_mask: Path | None = typer.Option(
@@ -258,8 +259,9 @@ def main_command(
         where = f" ({exc.filename})" if exc.filename else ""
         _fail(f"{source}: {exc.strerror or exc}{where}; no output was left half-written", verbose)
     except KeyboardInterrupt:
-        typer.echo("occupy-dask: interrupted; no output was left half-written", err=True)
-        raise typer.Exit(130) from None
+        how, code = ("terminated", 143) if _TERMINATED else ("interrupted", 130)  # 128 + SIGTERM, 128 + SIGINT
+        typer.echo(f"occupy-dask: {how}; no output was left half-written", err=True)
+        raise typer.Exit(code) from None
     _print_result(result, verbose, quiet, profile, target_mask)
 
 
@@ -321,8 +323,13 @@ def _print_classes(star: Path, results, new_star: Path, quiet: bool) -> None:
     typer.echo(f"wrote model    {new_star}")
 
 
+_TERMINATED = []
+
+
 def _terminate(signum, frame) -> None:
-    """SIGTERM (``kill``, SLURM's ``scancel``) ends a run like Ctrl-C: temporaries are removed."""
+    """SIGTERM (``kill``, SLURM's ``scancel``) ends a run like Ctrl-C: temporaries are removed;
+    the exit status is 143."""
+    _TERMINATED.append(signum)
     raise KeyboardInterrupt
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import dask.array as da
@@ -78,8 +80,14 @@ def modified_paths(settings: Settings, name: str, output_dir: Path, output_map: 
     mods = settings.modifications
     target = Path(output_map) if output_map else Path(f"out_{name}{FORMATS[fmt]}")
     if format_of(target) is None:
+        if target.suffix and not target.suffix[1:].isdigit():  # a name like 'map_1.5' has no format suffix
+            raise SettingsError(f"-o {output_map}: {target.suffix} is not a map format; name the file .mrc, .map, .ccp4, .zarr or .ome.zarr")
         target = target.with_name(target.name + FORMATS[fmt])
-    if not target.is_absolute() and target.parent == Path("."):
+    if not target.is_absolute():  # relative: inside the output directory, and never above it
+        if ".." in target.parts:
+            raise SettingsError(
+                f"-o {output_map} leaves --output-dir {output_dir}; a relative -o is inside it, give an absolute path to write elsewhere"
+            )
         target = output_dir / target
     if len(mods) <= 1:
         return [target] * len(mods)
@@ -87,26 +95,115 @@ def modified_paths(settings: Settings, name: str, output_dir: Path, output_map: 
     return [target.with_name(f"{m.tag}_{excluded}{target.name}") for m in mods]
 
 
-def check_outputs(paths: dict[str, Path], inputs: list[Path], overwrite: bool) -> None:
-    """Refuse to write over an input, into a directory that cannot be written, or over an
-    existing file unless ``overwrite``."""
+def check_outputs(paths: dict[str, Path], inputs: list[Path], overwrite: bool, needed: dict[Path, int] | None = None) -> list[Path]:
+    """Refuse to write over an input, over an existing file unless ``overwrite``, into a folder
+    that cannot be written, or onto a filesystem without room for ``needed`` (bytes per folder
+    the run will write into). Creates the missing output folders and returns them, outermost
+    first, so that a run that fails can remove them again."""
     resolved_inputs = {p.resolve() for p in inputs if p is not None}
     for path in paths.values():
         if path.resolve() in resolved_inputs:
             raise OutputError(f"{path}: output would overwrite an input file")
-    folders = {p.parent for p in paths.values()}
-    for folder in folders:
-        if not folder.exists():
-            try:
-                folder.mkdir(parents=True)
-            except OSError as exc:
-                raise OutputError(f"{folder}: cannot create output directory ({exc.strerror})") from None
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise OutputError(f"{folder}: output directory is not writable")
     if not overwrite:
         existing = [p for p in paths.values() if p.exists()]
         if existing:
             raise OutputError(f"{existing[0]}: output exists (use --overwrite to replace it)")
+    check_free_space(needed or {})
+    return make_folders({p.parent for p in paths.values()})
+
+
+def make_folders(folders) -> list[Path]:
+    """Create the output folders that do not exist and check that each can be written; returns
+    the folders created, outermost first (none are left when this fails)."""
+    created: list[Path] = []
+    for folder in sorted(folders):
+        missing = [f for f in (folder, *folder.parents) if not f.exists()]
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            remove_empty_folders(created)
+            raise OutputError(f"{folder}: cannot create output directory ({exc.strerror})") from None
+        created += [f for f in reversed(missing) if f not in created]
+        if not os.access(folder, os.W_OK | os.X_OK):
+            remove_empty_folders(created)
+            raise OutputError(f"{folder}: output directory is not writable")
+    return created
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove the folders a failed run created (innermost first), where nothing else was put."""
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or gone: left as it is
+            pass
+
+
+def output_bytes(paths: dict[str, Path], shape, fmt: str) -> dict[Path, int]:
+    """Bytes the map outputs need at most, per folder (compressed formats counted uncompressed;
+    OME-Zarr with its 2x and 4x levels)."""
+    per_map = 4 * math.prod(shape) * (1 + 1 / 8 + 1 / 64 if fmt == "ome.zarr" else 1) + 1024
+    needed: dict[Path, int] = {}
+    for name in map_outputs(paths):
+        needed[paths[name].parent] = needed.get(paths[name].parent, 0) + int(per_map)
+    return needed
+
+
+def check_free_space(needed: dict[Path, int]) -> None:
+    """One clear error when a filesystem has less free space than the run will write onto it
+    (folders on one filesystem add up)."""
+    by_device: dict[int, tuple[Path, int]] = {}
+    for folder, nbytes in needed.items():
+        existing = next(f for f in (folder, *folder.parents) if f.exists())
+        device = existing.stat().st_dev
+        where, total = by_device.get(device, (existing, 0))
+        by_device[device] = (where, total + nbytes)
+    for where, nbytes in by_device.values():
+        free = shutil.disk_usage(where).free
+        if nbytes > free:
+            raise OutputError(
+                f"{where}: not enough free space: this run writes up to {nbytes / 1e9:.2f} GB there (outputs and temporary stores), "
+                f"{free / 1e9:.2f} GB are free; free some space, or use --output-dir / --temp-dir elsewhere"
+            )
+
+
+def lock_path(path: Path) -> Path:
+    """The lock file of an output while a run writes it."""
+    return path.with_name(f".{path.name}.occupy-lock")
+
+
+@contextmanager
+def output_locks(paths: dict[str, Path]):
+    """Hold a lock on every output for the run: a second run writing the same files at the same
+    time is refused at once; runs with other names go side by side. Each lock is a hidden file
+    beside its output (``.<name>.occupy-lock``), removed when the run ends; the kernel releases a
+    lock whose run dies, and a lock file removed under a waiting run is never trusted."""
+    import fcntl
+
+    held = []
+    try:
+        for path in sorted(set(paths.values())):
+            lock = lock_path(path)
+            while True:
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    os.close(fd)
+                    raise OutputError(f"{path}: another occupy-dask run is writing this output now; wait for it, or use another -d or -o") from None
+                try:
+                    same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    held.append((lock, fd))
+                    break
+                os.close(fd)  # the run before removed that file as this one took it: take the new one
+        yield
+    finally:
+        for lock, fd in reversed(held):
+            lock.unlink(missing_ok=True)
+            os.close(fd)
 
 
 def map_label(est: Estimate, name: str) -> str:

@@ -77,6 +77,12 @@ def global_reductions(sources: dict, s: Settings, run, lp_ranges=None) -> Reduct
     best, s_max = largest_tile(tiles)
     check_map(totals, s_max, s)
     region_kind = "inside"
+    if "inside" not in totals and not (totals["definition_high"].n and totals["definition_low"].n):
+        raise ProcessingError(
+            f"the solvent definition is {'above' if totals['definition_high'].n else 'at or below'} {s.solvent_def_threshold:g} "
+            "everywhere inside the inscribed sphere, so it tells solvent from content nowhere; give a mask that is 1 on one "
+            "and 0 on the other, or drop --solvent-def"
+        )
     if "inside" not in totals:  # either polarity of the user's mask: solvent has the smaller variance
         high, low = totals["definition_high"], totals["definition_low"]
         region_kind = "definition_high" if high.variance < low.variance else "definition_low"

@@ -8,6 +8,7 @@ block reads or as a lazy dask array; the folders are removed when the run ends.
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,6 +22,19 @@ from .io.read import ArraySource, ZarrSource
 from .io.zarr_chunks import create_plain_array
 
 IN_MEMORY_BYTES = 2 << 30  # larger low-passed maps and spectra go to disk
+
+
+def scratch_bytes(settings, options, run) -> int:
+    """Bytes of temporary stores a run on ``settings`` writes at most: the low-passed map when
+    it is spilled, and the two spilled spectra of a large map."""
+    from .lowpass import spectrum_bytes
+
+    if not settings.lowpass_applied:
+        return 0
+    map_bytes = 4 * math.prod(settings.shape)
+    spilled = options.spill_lowpass or (options.spill_lowpass is None and (map_bytes > IN_MEMORY_BYTES or getattr(run, "distributed", False)))
+    spectrum = spectrum_bytes(settings.shape, settings.voxel_size, settings.lowpass_angstrom, settings.reference_compatible)
+    return (map_bytes if spilled else 0) + (2 * spectrum if spectrum > IN_MEMORY_BYTES else 0)
 
 
 def scratch_folder(temp_dir: str | None, prefix: str = "occupy_dask_") -> Path:
