@@ -82,7 +82,7 @@ POOL = BufferPool()
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 
 
-def keep_freed_memory() -> bool:
+def keep_freed_memory(keep_bytes: int = 1 << 30) -> bool:
     """Make glibc's malloc serve every allocation from one heap and keep freed memory in it
     instead of returning each large array's pages to the system when it is freed.
 
@@ -90,7 +90,8 @@ def keep_freed_memory() -> bool:
     (on virtual machines several times the cost of the arithmetic on it) and, since numpy asks
     for transparent huge pages, a compaction of free memory. Kept memory is reused at no cost,
     and the peak stays set by the chunk size. Meant for a process that runs occupy-dask and
-    little else (the command line calls it); False where the C library is not glibc."""
+    little else (the command line calls it, with a smaller ``keep_bytes`` under a memory limit);
+    False where the C library is not glibc."""
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -98,8 +99,8 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    # one arena (threads created later share it), no mmap'ed chunks, trim only above 1 GiB free
-    return all(mallopt(param, value) == 1 for param, value in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 1 << 30)))
+    # one arena (threads created later share it), no mmap'ed chunks, trim only above keep_bytes free
+    return all(mallopt(param, value) == 1 for param, value in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, int(keep_bytes))))
 
 
 def release_buffers() -> int:

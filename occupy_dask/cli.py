@@ -196,6 +196,11 @@ def main_command(
             dashboard=dashboard,
             timeout=scheduler_timeout,
         )
+        if spec.memory_limit and not spec.distributed:  # a limit for this process: keep little freed memory
+            from .buffers import keep_freed_memory
+            from .cluster import parse_memory
+
+            keep_freed_memory(parse_memory(spec.memory_limit) // 16)
         if print_job_script:
             typer.echo(job_script(spec))
             raise typer.Exit()

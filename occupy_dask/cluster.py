@@ -71,6 +71,23 @@ class Runner:
         """Whether tasks may run in other processes (so no task may write into this one's memory)."""
         return self.client is not None
 
+    @property
+    def lowpass_block_bytes(self) -> int:
+        """Blocks of the low-pass stage: the default, or under a memory limit small enough that
+        each thread's blocks and their transforms (about 16 blocks) fit a third of it."""
+        from .lowpass import TARGET_BLOCK_BYTES
+
+        if self.memory_budget is None:
+            return TARGET_BLOCK_BYTES
+        return int(max(1 << 20, min(TARGET_BLOCK_BYTES, self.memory_budget // (48 * max(self.limits[1], 1)))))
+
+    @property
+    def memory_budget(self) -> int | None:
+        """Bytes this process may hold (``--memory-limit`` of a threaded run), else None."""
+        if self.client is not None or self.limits is None:
+            return None
+        return self.limits[0]
+
     def release_buffers(self) -> None:
         """Free the chunk buffers pooled in this process and, under distributed, in the workers."""
         from .buffers import release_buffers

@@ -27,7 +27,7 @@ from .io.read import FiniteSource, MapInfo
 from .kernels.histogram import N_BINS, density_from_counts, histogram_edges
 from .kernels.local import block_moments, ellipsoid_terms
 from .reductions import Reductions, finite_median, global_reductions
-from .scratch import IN_MEMORY_BYTES, materialise, scratch_folder, spiller
+from .scratch import keeps_on_disk, materialise, scratch_folder, spiller, too_large_for_memory
 from .settings import RunOptions, Settings
 from .solvent import SOLVENT_ADVICE, ConfidenceTable, SolventModel, confidence_table, content_one_percent, fit_solvent_model, solvent_edge
 
@@ -76,21 +76,25 @@ def _lowpassed(raw_source, s: Settings, run, options: RunOptions, temp_dirs: lis
     if not s.lowpass_applied:
         return raw_source, None
     spill_spectrum, fft_folder = None, None
-    if lowpass_stage.spectrum_bytes(s.shape, s.voxel_size, s.lowpass_angstrom, s.reference_compatible) > IN_MEMORY_BYTES:
+    spectrum = lowpass_stage.spectrum_bytes(s.shape, s.voxel_size, s.lowpass_angstrom, s.reference_compatible)
+    if too_large_for_memory(spectrum, run):
         fft_folder = scratch_folder(options.temp_dir, "occupy_dask_fft_")
         spill_spectrum = spiller(fft_folder, run)
     try:
+        block_bytes = getattr(run, "lowpass_block_bytes", lowpass_stage.TARGET_BLOCK_BYTES)
+        chunks = lowpass_stage.input_chunks(s.shape, block_bytes)
         lp_lazy = lowpass_stage.lowpass(
-            da.from_array(raw_source, chunks=lowpass_stage.input_chunks(s.shape), lock=False, asarray=False, meta=np.empty((0, 0, 0), np.float32)),
+            da.from_array(raw_source, chunks=chunks, lock=False, asarray=False, meta=np.empty((0, 0, 0), np.float32)),
             s.voxel_size,
             s.lowpass_angstrom,
             reference=s.reference_compatible,
             slab_planes=s.chunks[0] if s.chunks[1:] == s.shape[1:] else None,  # slabs as the block reads
             spill=spill_spectrum,
+            block_bytes=block_bytes,
         )
         to_disk = options.spill_lowpass
-        if to_disk is None:  # tasks in other processes cannot read this one's memory
-            to_disk = lp_lazy.nbytes > IN_MEMORY_BYTES or getattr(run, "distributed", False)
+        if to_disk is None:  # large, over the memory limit, or read by tasks in other processes
+            to_disk = keeps_on_disk(lp_lazy.nbytes, run)
         source, folder, parts = materialise(lp_lazy, to_disk, options.temp_dir, run, "low-pass", read_chunks=s.chunks, measure=lowpass_block_ranges)
     finally:
         if fft_folder is not None:  # the spectra are not needed once the low-passed map exists

@@ -32,17 +32,17 @@ TARGET_BLOCK_BYTES = 64 << 20
 MIN_BLOCKS = 4  # every stage cuts even a small map into this many blocks, to keep the cores busy
 
 
-def _edge(n: int, line_bytes: int) -> int:
+def _edge(n: int, line_bytes: int, block_bytes: int = TARGET_BLOCK_BYTES) -> int:
     """How many lines of ``line_bytes`` make a block of about TARGET_BLOCK_BYTES (1..n), but
     no more than a MIN_BLOCKS-th of the ``n`` lines."""
-    return int(max(1, min(n, TARGET_BLOCK_BYTES // max(line_bytes, 1), -(-n // MIN_BLOCKS))))
+    return int(max(1, min(n, block_bytes // max(line_bytes, 1), -(-n // MIN_BLOCKS))))
 
 
-def input_chunks(shape: tuple[int, int, int]) -> tuple[int, int, int]:
+def input_chunks(shape: tuple[int, int, int], block_bytes: int = TARGET_BLOCK_BYTES) -> tuple[int, int, int]:
     """Chunks ``(nz, sy, nx)`` of the first stage: give the input in these and it is read once,
     with no all-to-all rechunk (which would hold the whole map in memory)."""
     nz, ny, nx = shape
-    return (nz, _edge(ny, nz * (nx // 2 + 1) * 8), nx)
+    return (nz, _edge(ny, nz * (nx // 2 + 1) * 8, block_bytes), nx)
 
 
 def _mask(shape, voxel_size, lowpass_angstrom, reference, region):
@@ -94,12 +94,14 @@ def lowpass(
     reference: bool = False,
     slab_planes: int | None = None,
     spill=None,
+    block_bytes: int = TARGET_BLOCK_BYTES,
 ) -> da.Array:
     """Low-pass a lazy float32 map: keep spatial frequencies up to ``1/lowpass_angstrom``.
 
     ``voxel_size`` per stored axis in Å; ``reference`` selects the reference's shifted mask.
     Returns a lazy float32 array in slabs along axis 0 of ``slab_planes`` planes (default:
-    about TARGET_BLOCK_BYTES of half spectrum each).
+    about ``block_bytes`` of half spectrum each, with the input and the pencils as large;
+    a smaller ``block_bytes`` lowers the stage's memory, not its result).
 
     ``spill(array, chunks, name)``, when given, computes an intermediate spectrum into a store
     chunked ``chunks`` and returns a lazy array reading it back: the all-to-all rechunks between
@@ -109,9 +111,9 @@ def lowpass(
     nz, ny, nx = shape
     kz, ky, nkx = lowpass_support(shape, voxel_size, lowpass_angstrom, reference)
     nkz = kz.size
-    sy = input_chunks(shape)[1]
-    sx = _edge(nkx, nz * ny * 8)
-    sz = _edge(nz, ny * nkx * 8) if slab_planes is None else int(min(max(slab_planes, 1), nz))
+    sy = input_chunks(shape, block_bytes)[1]
+    sx = _edge(nkx, nz * ny * 8, block_bytes)
+    sz = _edge(nz, ny * (nx // 2 + 1) * 8, block_bytes) if slab_planes is None else int(min(max(slab_planes, 1), nz))
     slabs = data.rechunk((nz, sy, nx), method="tasks")  # (dask would import distributed to choose)
     spec = slabs.map_blocks(
         _forward_xz,

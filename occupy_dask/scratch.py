@@ -22,6 +22,19 @@ from .io.read import ArraySource, ZarrSource
 from .io.zarr_chunks import create_plain_array
 
 IN_MEMORY_BYTES = 2 << 30  # larger low-passed maps and spectra go to disk
+BUDGET_SHARE = 8  # under a memory limit, a map or spectrum above this share of it goes to disk
+
+
+def keeps_on_disk(nbytes: int, run) -> bool:
+    """Whether a map of ``nbytes`` that tasks read goes to disk: when large (see
+    :func:`too_large_for_memory`) or when workers in other processes must read it."""
+    return too_large_for_memory(nbytes, run) or getattr(run, "distributed", False)
+
+
+def too_large_for_memory(nbytes: int, run) -> bool:
+    """Whether ``nbytes`` exceed IN_MEMORY_BYTES or a share of the run's memory limit."""
+    budget = getattr(run, "memory_budget", None)
+    return nbytes > IN_MEMORY_BYTES or (budget is not None and nbytes > budget // BUDGET_SHARE)
 
 
 def scratch_bytes(settings, options, run) -> int:
@@ -32,9 +45,9 @@ def scratch_bytes(settings, options, run) -> int:
     if not settings.lowpass_applied:
         return 0
     map_bytes = 4 * math.prod(settings.shape)
-    spilled = options.spill_lowpass or (options.spill_lowpass is None and (map_bytes > IN_MEMORY_BYTES or getattr(run, "distributed", False)))
+    spilled = options.spill_lowpass or (options.spill_lowpass is None and keeps_on_disk(map_bytes, run))
     spectrum = spectrum_bytes(settings.shape, settings.voxel_size, settings.lowpass_angstrom, settings.reference_compatible)
-    return (map_bytes if spilled else 0) + (2 * spectrum if spectrum > IN_MEMORY_BYTES else 0)
+    return (map_bytes if spilled else 0) + (2 * spectrum if too_large_for_memory(spectrum, run) else 0)
 
 
 def scratch_folder(temp_dir: str | None, prefix: str = "occupy_dask_") -> Path:

@@ -84,7 +84,7 @@ def test_spilled_lowpass_gives_the_same_numbers(phantom96, tmp_path):
 
 
 def test_spilled_spectrum_gives_the_same_numbers(phantom96, tmp_path, monkeypatch):
-    from occupy_dask import estimation
+    from occupy_dask import estimation, scratch
     from occupy_dask import lowpass as lowpass_stage
     from occupy_dask.io.read import ArraySource, MapInfo
     from occupy_dask.settings import RunOptions
@@ -99,7 +99,7 @@ def test_spilled_spectrum_gives_the_same_numbers(phantom96, tmp_path, monkeypatc
         labels.append(label)
         return estimation.default_run(*objs)
 
-    monkeypatch.setattr(estimation, "IN_MEMORY_BYTES", 100_000)  # spill the spectra and the low-passed map
+    monkeypatch.setattr(scratch, "IN_MEMORY_BYTES", 100_000)  # spill the spectra and the low-passed map
     monkeypatch.setattr(lowpass_stage, "TARGET_BLOCK_BYTES", 150_000)  # many slabs and pencils
     with estimation.estimate_map(ArraySource(phantom96), info, s, run, options=RunOptions(temp_dir=str(tmp_path))) as b:
         assert [p.name.startswith("occupy_dask_fft_") for p in tmp_path.iterdir()] == [False]  # spectra removed, lp kept
