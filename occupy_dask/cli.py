@@ -175,6 +175,18 @@ def main_command(
     jobs: int | None = typer.Option(None, "--jobs", help="--cluster slurm: this many worker jobs. Default: 1."),
     adaptive: str | None = typer.Option(None, "--adaptive", help="--cluster slurm: scale between MIN:MAX worker jobs with the load."),
     dashboard: bool = typer.Option(False, "--dashboard", help="Run under a distributed scheduler and print its dashboard link."),
+    dashboard_address: str | None = typer.Option(
+        None, "--dashboard-address", help="Where the dashboard listens, e.g. 0.0.0.0:8787. Default: 127.0.0.1, a free port."
+    ),
+    tls: bool = typer.Option(
+        True,
+        "--tls/--no-tls",
+        help="Clusters started here (--workers, --cluster slurm) talk TLS with credentials made for the run. "
+        "--no-tls: plain TCP, which any process that reaches the scheduler can join. Default: TLS.",
+    ),
+    tls_ca_file: Path | None = typer.Option(None, "--tls-ca-file", help="An existing TLS scheduler: the CA certificate (PEM)."),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="An existing TLS scheduler: this client's certificate (PEM)."),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="An existing TLS scheduler: this client's private key (PEM)."),
     print_job_script: bool = typer.Option(False, "--print-job-script", help="Print the SLURM job script of --cluster-config and exit."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
@@ -194,8 +206,16 @@ def main_command(
             scheduler_file=str(scheduler_file) if scheduler_file else None,
             jobs=jobs,
             dashboard=dashboard,
+            dashboard_address=dashboard_address,
             timeout=scheduler_timeout,
+            tls=tls,
+            tls_ca_file=str(tls_ca_file) if tls_ca_file else None,
+            tls_cert=str(tls_cert) if tls_cert else None,
+            tls_key=str(tls_key) if tls_key else None,
+            shared_dir=str(next(f for f in (output_dir.absolute(), *output_dir.absolute().parents) if f.is_dir())),  # SLURM credentials
         )
+        if not spec.tls and not spec.external and (spec.workers is not None or spec.mode == "slurm"):
+            typer.echo("occupy-dask: warning: --no-tls: plain TCP; any process that reaches the scheduler can join and run code", err=True)
         if spec.memory_limit and not spec.distributed:  # a limit for this process: keep little freed memory
             from .buffers import keep_freed_memory
             from .cluster import parse_memory

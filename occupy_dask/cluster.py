@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -103,7 +105,9 @@ class Runner:
             return f"local threaded scheduler, {dask.config.get('num_workers', None) or os.cpu_count()} thread(s)"
         jobs = self.client.run(os.getenv, "SLURM_JOB_ID")  # os.environ.get would pickle our environment
         threads = sum(w.get("nthreads", 0) for w in self.client.scheduler_info(n_workers=-1).get("workers", {}).values())
-        text = f"dask scheduler {self.client.scheduler.address}, {len(jobs)} worker(s), {threads} thread(s)"
+        address = self.client.scheduler.address
+        protocol = {"tls": "TLS", "tcp": "plain TCP, unencrypted", "inproc": "in this process"}.get(address.split("://")[0], address.split("://")[0])
+        text = f"dask scheduler {address} ({protocol}), {len(jobs)} worker(s), {threads} thread(s)"
         ids = sorted({j for j in jobs.values() if j})
         return text + (f", in SLURM job(s) {', '.join(ids)}" if ids else "")
 
@@ -140,7 +144,12 @@ class Runner:
 class ClusterSpec:
     """Where to run: ``mode`` "local" (threads, or a LocalCluster of ``workers`` processes) or
     "slurm" (``jobs`` fixed SLURM jobs or ``adaptive`` (min, max) from ``cluster_config``); an
-    existing scheduler by ``scheduler_address`` or ``scheduler_file`` overrides both."""
+    existing scheduler by ``scheduler_address`` or ``scheduler_file`` overrides both.
+
+    Clusters started here talk TLS with credentials made for the run (``tls``; off with
+    ``--no-tls``); SLURM workers read theirs from a private folder under ``shared_dir`` (a
+    filesystem the jobs share). An existing scheduler is reached with the ``tls_*`` files when
+    given, else with the user's dask configuration (``distributed.comm.tls.*``)."""
 
     mode: str = "local"
     workers: int | None = None
@@ -152,7 +161,13 @@ class ClusterSpec:
     jobs: int | None = None
     adaptive: tuple[int, int] | None = None
     dashboard: bool = False
+    dashboard_address: str | None = None  # None: 127.0.0.1, a free port
     timeout: float = 30.0
+    tls: bool = True
+    tls_ca_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    shared_dir: str | None = None  # None: the current directory
 
     def __post_init__(self):
         if self.mode not in ("local", "slurm"):
@@ -171,6 +186,35 @@ class ClusterSpec:
             raise ClusterError(f"--adaptive MIN:MAX needs 0 <= MIN <= MAX, MAX >= 1 (got {self.adaptive[0]}:{self.adaptive[1]})")
         if self.timeout <= 0:
             raise ClusterError("--scheduler-timeout must be positive")
+        files = {"--tls-ca-file": self.tls_ca_file, "--tls-cert": self.tls_cert, "--tls-key": self.tls_key}
+        given = [flag for flag, value in files.items() if value]
+        if given and not self.external:
+            raise ClusterError(
+                f"{', '.join(given)} are for an existing scheduler (--scheduler-address/--scheduler-file); clusters started here make their own"
+            )
+        if given and not (self.tls_ca_file and self.tls_cert):
+            raise ClusterError(
+                "an existing TLS scheduler needs --tls-ca-file and --tls-cert (and --tls-key unless the key is in the certificate file)"
+            )
+        for flag, value in files.items():
+            if value and not Path(value).is_file():
+                raise ClusterError(f"{flag} {value}: no such file")
+        if self.dashboard_address and not self.dashboard:
+            raise ClusterError("--dashboard-address needs --dashboard")
+
+    @property
+    def security(self):
+        """The distributed ``Security`` of this run's client (None: the dask configuration's)."""
+        if not self.tls_ca_file:
+            return None
+        from distributed import Security
+
+        return Security(tls_ca_file=self.tls_ca_file, tls_client_cert=self.tls_cert, tls_client_key=self.tls_key, require_encryption=True)
+
+    @property
+    def started_tls(self) -> bool:
+        """Whether a cluster started here (processes or SLURM jobs) uses TLS."""
+        return self.tls and not self.external and (self.mode == "slurm" or self.workers is not None)
 
     @classmethod
     def from_options(
@@ -296,17 +340,21 @@ def load_slurm_config(path: str | os.PathLike) -> dict:
     return slurm
 
 
-def _slurm_cluster(spec: ClusterSpec, loopback: bool = False):
+def _slurm_cluster(spec: ClusterSpec, loopback: bool = False, security=None, shared_dir: str | None = None):
     """A dask-jobqueue SLURMCluster from the config file's keys (as keyword arguments, so that
     the job script renders the same later); dask-jobqueue's defaults fill the rest. With
-    ``loopback`` (only rendering the job script) its scheduler listens on 127.0.0.1 only."""
+    ``security`` the scheduler and workers talk TLS, the workers' credentials written into
+    ``shared_dir``. With ``loopback`` (only rendering the job script) its scheduler listens on
+    127.0.0.1 only."""
     from dask_jobqueue import SLURMCluster
 
     config = load_slurm_config(spec.cluster_config)
     kwargs = {("job_name" if key == "name" else key.replace("-", "_")): value for key, value in config.items() if value is not None}
     kwargs.setdefault("python", sys.executable)
-    if not spec.dashboard:
-        kwargs["scheduler_options"] = {**kwargs.get("scheduler_options", {}), "dashboard_address": None}
+    dashboard = (spec.dashboard_address or "127.0.0.1:0") if spec.dashboard else None
+    kwargs["scheduler_options"] = {**kwargs.get("scheduler_options", {}), "dashboard_address": dashboard}
+    if security is not None:
+        kwargs.update(security=security, protocol="tls://", shared_temp_directory=shared_dir)
     if loopback:
         kwargs["scheduler_options"] = {**kwargs.get("scheduler_options", {}), "interface": None, "host": "127.0.0.1"}
     try:
@@ -373,14 +421,23 @@ def connect(spec: ClusterSpec, quiet: bool = False):
                 raise ClusterError(f"{spec.scheduler_file}: no such scheduler file")
             try:
                 if spec.scheduler_file:
-                    client = Client(scheduler_file=spec.scheduler_file, timeout=spec.timeout)
+                    client = Client(scheduler_file=spec.scheduler_file, timeout=spec.timeout, security=spec.security)
                 else:
-                    client = Client(spec.scheduler_address, timeout=spec.timeout)
+                    client = Client(spec.scheduler_address, timeout=spec.timeout, security=spec.security)
             except (OSError, TimeoutError) as exc:
                 raise ClusterError(f"cannot reach the dask scheduler at {target} within {spec.timeout:g} s ({type(exc).__name__})") from None
+            except (TypeError, ValueError) as exc:  # a tls:// address without credentials, or a bad one
+                raise ClusterError(f"cannot connect to the dask scheduler at {target}: {exc} (give --tls-ca-file, --tls-cert, --tls-key)") from None
             stack.enter_context(client)
         elif spec.mode == "slurm":
-            cluster = stack.enter_context(_slurm_cluster(spec))
+            security, shared = None, None
+            if spec.tls:  # the workers' credentials: files in a folder only this user can read, removed afterwards
+                from distributed import Security
+
+                security = Security.temporary()
+                shared = tempfile.mkdtemp(prefix=".occupy_dask_tls_", dir=spec.shared_dir or os.getcwd())
+                stack.callback(shutil.rmtree, shared, ignore_errors=True)
+            cluster = stack.enter_context(_slurm_cluster(spec, security=security, shared_dir=shared))
             if spec.adaptive is not None:
                 cluster.adapt(minimum_jobs=spec.adaptive[0], maximum_jobs=spec.adaptive[1])
             else:
@@ -393,19 +450,26 @@ def connect(spec: ClusterSpec, quiet: bool = False):
             from distributed import LocalCluster
 
             processes = spec.workers is not None
+            network = {}
+            if processes:  # threads talk in-process; processes over 127.0.0.1, with TLS unless --no-tls
+                network = {"host": "127.0.0.1"}
+                if spec.tls:
+                    from distributed import Security
+
+                    network.update(protocol="tls://", security=Security.temporary())
             cluster = LocalCluster(
                 n_workers=spec.workers or 1,
                 threads_per_worker=_local_threads(spec),
                 processes=processes,
                 memory_limit=spec.memory_limit or ("auto" if processes else 0),
-                **({"host": "127.0.0.1"} if processes else {}),  # threads talk in-process, no network
-                dashboard_address="127.0.0.1:0" if spec.dashboard else None,
+                dashboard_address=(spec.dashboard_address or "127.0.0.1:0") if spec.dashboard else None,
+                **network,
             )
             stack.enter_context(cluster)
-            client = stack.enter_context(Client(cluster))
+            client = stack.enter_context(Client(cluster, security=network.get("security")))
         if spec.dashboard and not quiet:
             port = client.scheduler_info().get("services", {}).get("dashboard")
-            local = spec.mode == "local" and not spec.external  # served on 127.0.0.1 only
+            local = not spec.external and not spec.dashboard_address  # served on 127.0.0.1 only
             link = f"http://127.0.0.1:{port}/status" if local and port else client.dashboard_link
             print(f"dask dashboard: {link}", file=sys.stderr)
         yield Runner(client=client, quiet=quiet, limits=worker_limits(spec, client))

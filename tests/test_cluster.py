@@ -48,9 +48,63 @@ def test_local_cluster_of_processes_matches_threads(tmp_path, phantom, threaded)
         assert runner.distributed
         result = _run(phantom, tmp_path, runner)
     _assert_same(_maps(tmp_path, "phantom96"), threaded)
-    assert "2 worker(s)" in (tmp_path / "log_phantom96.txt").read_text()
+    log = (tmp_path / "log_phantom96.txt").read_text()
+    assert "2 worker(s)" in log and "dask scheduler tls://127.0.0.1:" in log and "(TLS)" in log
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # spilled stores removed
     assert result.estimate.s_max > 0
+
+
+def test_a_client_without_the_run_s_credentials_cannot_join(tmp_path):
+    from distributed import Security
+
+    with connect(ClusterSpec(workers=1, threads=1, timeout=5), quiet=True) as runner:
+        address = runner.client.scheduler.address
+        assert address.startswith("tls://127.0.0.1:")
+        assert runner.client.submit(sum, [1, 2]).result() == 3  # the run's own client works
+        attempts = [
+            lambda: Client(address, timeout=3),  # no credentials
+            lambda: Client(address.replace("tls://", "tcp://"), timeout=3),  # plain TCP to the TLS port
+            lambda: Client(address, timeout=3, security=Security.temporary()),  # credentials of another CA
+        ]
+        for attempt in attempts:
+            with pytest.raises((OSError, TimeoutError, TypeError, ValueError)):
+                with attempt() as intruder:
+                    intruder.submit(sum, [1, 2]).result(timeout=3)
+
+
+def test_no_tls_warns_and_logs_plain_tcp(tmp_path, data_dir, cli):
+    result = cli("-i", data_dir / "emd_1832.map", "-d", tmp_path, "--workers", "1", "--threads", "1", "--no-tls", "-q", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "--no-tls: plain TCP" in result.stderr
+    assert "(plain TCP, unencrypted)" in (tmp_path / "log_emd_1832.txt").read_text()
+
+
+def _write_credentials(security, folder):
+    """Files of a temporary Security's CA and certificate (the key is in the certificate file)."""
+    ca, cert = folder / "ca.pem", folder / "client.pem"
+    ca.write_text(security.tls_ca_file)
+    cert.write_text(security.tls_client_cert + security.tls_client_key)
+    return ca, cert
+
+
+def test_an_existing_tls_scheduler_with_the_user_s_credentials(tmp_path, data_dir, cli, threaded):
+    from distributed import Security
+
+    security = Security.temporary()
+    ca, cert = _write_credentials(security, tmp_path)
+    key = tmp_path / "client.key"
+    key.write_text(security.tls_client_key)
+    cert.write_text(security.tls_client_cert)
+    with LocalCluster(n_workers=1, threads_per_worker=1, protocol="tls://", security=security, host="127.0.0.1", dashboard_address=None) as cluster:
+        address = cluster.scheduler_address
+        refused = cli("-i", data_dir / "emd_1832.map", "-d", tmp_path / "a", "--scheduler-address", address, "--scheduler-timeout", "5", cwd=tmp_path)
+        assert refused.returncode == 1 and "dask scheduler" in refused.stderr and "Traceback" not in refused.stderr
+        args = ("--scheduler-address", address, "--tls-ca-file", ca, "--tls-cert", cert, "--tls-key", key)
+        result = cli("-i", data_dir / "emd_1832.map", "-d", tmp_path / "b", "-q", *args, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    assert "(TLS)" in (tmp_path / "b" / "log_emd_1832.txt").read_text()
+    usage = cli("-i", data_dir / "emd_1832.map", "--workers", "1", "--tls-ca-file", ca, "--tls-cert", cert, cwd=tmp_path)
+    assert usage.returncode == 2 and "existing scheduler" in usage.stderr
 
 
 def _fused_in_memory(dask_scheduler):

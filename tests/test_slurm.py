@@ -54,6 +54,7 @@ def test_slurm_run_on_two_worker_jobs_equals_the_local_run(slurm, tmp_path, data
 
     # the work ran in two SLURM jobs, whose worker logs say so
     log = (tmp_path / "slurm" / "log_emd_1832.txt").read_text()
+    assert "dask scheduler tls://" in log and "(TLS)" in log  # credentials made for the run
     jobs = re.search(r"in SLURM job\(s\) ([\d, ]+)", log)
     assert jobs, log
     ids = [j.strip() for j in jobs.group(1).split(",")]
@@ -67,4 +68,6 @@ def test_slurm_run_on_two_worker_jobs_equals_the_local_run(slurm, tmp_path, data
     assert written == sorted(p.name for p in (tmp_path / "slurm").glob("*.mrc"))
     for name in written:
         assert np.array_equal(mrcfile.read(tmp_path / "local" / name), mrcfile.read(tmp_path / "slurm" / name)), name
-    assert not [p for p in (tmp_path / "slurm").iterdir() if p.name.startswith(".")]  # temporaries removed
+    assert not [p for p in (tmp_path / "slurm").iterdir() if p.name.startswith(".")]  # temporaries and credentials removed
+    assert any("tls://" in p.read_text() for p in logs.glob("*"))  # the workers joined over TLS
+    assert not list(tmp_path.glob(".occupy_dask_tls_*"))  # their credentials' private folder is gone
