@@ -34,12 +34,12 @@ def test_api_accepts_numpy_dask_and_path(golden_dir, phantom96, outputs_of):
 def test_spilled_dask_inputs_are_removed_on_close(golden_dir, phantom96, tmp_path, monkeypatch):
     import occupy_dask.scratch
 
-    monkeypatch.setattr(occupy_dask.scratch, "IN_MEMORY_BYTES", 0)  # spill every dask array
+    monkeypatch.setattr(occupy_dask.scratch, "IN_MEMORY_BYTES", 0)  # spill every dask array and the low-passed map
     soldef = mrcfile.read(golden_dir / "soldef96.mrc").astype(np.float32)
     with occupy_dask.estimate(
         da.from_array(phantom96, chunks=48), voxel_size=1.1, solvent_def=da.from_array(soldef, chunks=48), temp_dir=str(tmp_path)
     ) as est:
-        assert len(list(tmp_path.iterdir())) == 2  # map and solvent definition, each in its own zarr store
+        assert len(list(tmp_path.iterdir())) == 3  # map, solvent definition and the low-passed map, each in its own store
         with occupy_dask.estimate(phantom96, voxel_size=1.1, solvent_def=soldef) as ref:
             assert est.s_max == ref.s_max
             assert np.array_equal(est.confidence_map.compute(), ref.confidence_map.compute())
