@@ -3,6 +3,7 @@ killed mid-run; an unreachable scheduler; chunks too large for the workers."""
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -54,22 +55,26 @@ def test_local_cluster_of_processes_matches_threads(tmp_path, phantom, threaded)
     assert result.estimate.s_max > 0
 
 
-def test_a_client_without_the_run_s_credentials_cannot_join(tmp_path):
-    from distributed import Security
+INTRUDER = """
+import sys
+from distributed import Client, Security
+address, how = sys.argv[1], sys.argv[2]
+if how == "tcp":
+    address = address.replace("tls://", "tcp://")
+security = Security.temporary() if how == "other-ca" else None
+with Client(address, timeout=3, security=security) as client:
+    print("joined", client.submit(sum, [1, 2]).result(timeout=3))
+"""
 
+
+def test_a_client_without_the_run_s_credentials_cannot_join(tmp_path):
     with connect(ClusterSpec(workers=1, threads=1, timeout=5), quiet=True) as runner:
         address = runner.client.scheduler.address
         assert address.startswith("tls://127.0.0.1:")
         assert runner.client.submit(sum, [1, 2]).result() == 3  # the run's own client works
-        attempts = [
-            lambda: Client(address, timeout=3),  # no credentials
-            lambda: Client(address.replace("tls://", "tcp://"), timeout=3),  # plain TCP to the TLS port
-            lambda: Client(address, timeout=3, security=Security.temporary()),  # credentials of another CA
-        ]
-        for attempt in attempts:
-            with pytest.raises((OSError, TimeoutError, TypeError, ValueError)):
-                with attempt() as intruder:
-                    intruder.submit(sum, [1, 2]).result(timeout=3)
+        for how in ("no credentials", "tcp", "other-ca"):  # another user's process, three ways
+            intruder = subprocess.run([sys.executable, "-c", INTRUDER, address, how], capture_output=True, text=True, timeout=120)
+            assert intruder.returncode != 0 and "joined" not in intruder.stdout, (how, intruder.stdout)
 
 
 def test_no_tls_warns_and_logs_plain_tcp(tmp_path, data_dir, cli):
@@ -102,6 +107,17 @@ def test_an_existing_tls_scheduler_with_the_user_s_credentials(tmp_path, data_di
         args = ("--scheduler-address", address, "--tls-ca-file", ca, "--tls-cert", cert, "--tls-key", key)
         result = cli("-i", data_dir / "emd_1832.map", "-d", tmp_path / "b", "-q", *args, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
+        config = {"DASK_DISTRIBUTED__COMM__TLS__CA_FILE": str(ca), "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT": str(cert)}
+        config["DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY"] = str(key)
+        from_config = subprocess.run(  # the same credentials from the user's dask configuration
+            [sys.executable, "-m", "occupy_dask", "-i", data_dir / "emd_1832.map", "-d", tmp_path / "c", "-q", "--scheduler-address", address],
+            cwd=tmp_path,
+            env={**os.environ, **config},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert from_config.returncode == 0, from_config.stderr
     assert "(TLS)" in (tmp_path / "b" / "log_emd_1832.txt").read_text()
     usage = cli("-i", data_dir / "emd_1832.map", "--workers", "1", "--tls-ca-file", ca, "--tls-cert", cert, cwd=tmp_path)
     assert usage.returncode == 2 and "existing scheduler" in usage.stderr
@@ -298,6 +314,10 @@ def test_dashboard_link_is_printed_and_the_maps_are_unchanged(tmp_path, data_dir
     proc = cli("-i", data_dir / "emd_1832.map", "-d", "dash", "--dashboard", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "dask dashboard: http://127.0.0.1:" in proc.stderr
+    assert "dask scheduler inproc://" in (tmp_path / "dash" / "log_emd_1832.txt").read_text()  # nothing listens but the dashboard
+    elsewhere = cli("-i", data_dir / "emd_1832.map", "-d", "dash2", "--dashboard", "--dashboard-address", "127.0.0.1:0", "-q", cwd=tmp_path)
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert cli("-i", data_dir / "emd_1832.map", "--dashboard-address", ":8787", cwd=tmp_path).returncode == 2  # needs --dashboard
     plain = cli("-i", data_dir / "emd_1832.map", "-d", "plain", "-q", cwd=tmp_path)
     assert plain.returncode == 0
     for name in ("scale_res_emd_1832.mrc", "conf_emd_1832.mrc"):
