@@ -1,5 +1,6 @@
 """Shared fixtures: test data folders, the golden phantoms, and the command line as a subprocess."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -61,3 +62,16 @@ def _outputs_of(data, **options):
 def outputs_of():
     """``outputs_of(map, **options)`` -> (s_max, scale, confidence, closed Estimate) of a map with 1.1 Å voxels."""
     return _outputs_of
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"required in CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def unavailable():
+    """``unavailable(reason)``: skip a test that needs what this machine lacks (root, cgroups,
+    namespaces), with the reason; in CI (``CI`` set) fail instead, since CI must run it."""
+    return _unavailable
