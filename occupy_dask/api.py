@@ -300,9 +300,10 @@ def _estimate_and_write(inputs: Inputs, paths: dict[str, Path], options: RunOpti
             from .report import save_plots
 
             written.update(save_plots(est, paths))
+        script = chimerax_script(est, paths["chimerax"], input_path, written["scale"], modified) if "chimerax" in paths else None
+        if script is not None:
+            paths["chimerax"].write_text(script, encoding="utf-8")
+            written["chimerax"] = paths["chimerax"]
         write_log(paths["log"], est, {**written, "log": paths["log"]}, runner.describe())
         written["log"] = paths["log"]
-        if "chimerax" in paths:
-            paths["chimerax"].write_text(chimerax_script(est, input_path, written["scale"], modified), encoding="utf-8")
-            written["chimerax"] = paths["chimerax"]
     return RunResult(est, written, list(runner.timings))

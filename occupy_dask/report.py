@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -113,28 +114,52 @@ def write_log(path: Path, est: Estimate, outputs: dict[str, Path], computed_on: 
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def _quote(path: Path) -> str:
-    return '"' + str(path.resolve()).replace('"', '\\"') + '"'
+UNSAFE_IN_SCRIPTS = set('"*?[]') | {chr(c) for c in range(32)} | {chr(127)}
 
 
-def chimerax_script(est: Estimate, input_path: Path, scale_path: Path, modified: list[Path]) -> str:
-    """A .cxc that opens the input and scale maps, colours the input surface by the scale with a
-    fixed palette over [min visible scale, 1], and opens any modified maps coloured the same way."""
+def chimerax_path(path: Path, folder: Path) -> str | None:
+    """``path`` relative to ``folder`` (ChimeraX runs a .cxc from its own folder, so the script
+    keeps working when the folder is copied elsewhere), double-quoted for a .cxc; None when the
+    name cannot be quoted safely. ChimeraX ends a quoted token at a quote followed by a space and
+    reads each line as a command, so a quote or a control character (a newline) could end the
+    file name and start a command; wildcards would open other files."""
+    relative = Path(os.path.relpath(path.absolute(), folder.absolute())).as_posix()
+    if not relative.startswith("../"):
+        relative = f"./{relative}"  # never read as ~ (home) or as an option
+    if any(c in UNSAFE_IN_SCRIPTS for c in relative):
+        return None
+    return f'"{relative}"'
+
+
+def chimerax_script(est: Estimate, script: Path, input_path: Path, scale_path: Path, modified: list[Path]) -> str | None:
+    """A .cxc beside the outputs that opens the input and scale maps, colours the input surface by
+    the scale with a fixed palette over [min visible scale, 1], and opens any modified maps
+    coloured the same way; None (and a warning on ``est``) when a file name cannot be written
+    into it safely (see :func:`chimerax_path`)."""
+    paths = [input_path, scale_path, *modified]
+    tokens = [chimerax_path(p, script.parent) for p in paths]
+    if None in tokens:
+        unsafe = paths[tokens.index(None)]
+        est.warnings.append(
+            f"no ChimeraX script: the name {str(unsafe)!r} cannot be written safely into a .cxc (quotes, control or wildcard "
+            "characters); open the maps in ChimeraX by hand, or rename the input"
+        )
+        return None
     level = (est.s_max + est.solvent_edge) / 2.0
     low = max(0.0, min(est.confidence_limit, 0.95))
     steps = len(PALETTE) - 1
     palette = ":".join(f"{low + (1.0 - low) * i / steps:.4f},{c}" for i, c in enumerate(PALETTE))
     lines = [
         f"# occupy_dask {__version__}: input coloured by local scale ({est.settings.scale_mode} mode)",
-        f"open {_quote(input_path)}",
-        f"open {_quote(scale_path)}",
+        f"open {tokens[0]}",
+        f"open {tokens[1]}",
         "volume #2 hide",
         f"volume #1 level {level:.6g} style surface",
         f"color sample #1 map #2 palette {palette}",
     ]
-    for i, path in enumerate(modified, start=3):
+    for i, token in enumerate(tokens[2:], start=3):
         lines += [
-            f"open {_quote(path)}",
+            f"open {token}",
             f"volume #{i} level {level:.6g} style surface",
             f"color sample #{i} map #2 palette {palette}",
             f"hide #{i} models",

@@ -1,6 +1,9 @@
 """report.py: plot data and the log."""
 
+import shutil
+
 import numpy as np
+import pytest
 
 import occupy_dask
 from occupy_dask.kernels.modify import (
@@ -23,3 +26,79 @@ def test_plot_data_comes_from_the_fitted_model(phantom64):
     s = m["scale"]
     assert np.allclose(curves[0][s > 0.05], 1.0, atol=1e-6)  # amount 1: every confident scale raised to full
     assert np.allclose(curves[1], sigmoid(s.astype(np.float32), 2.0, 0.3), atol=1e-6)
+
+
+def cxc_commands(text: str) -> list[list[str]]:
+    """The commands ChimeraX reads from a .cxc: each line is a command, ``;`` outside a token
+    separates commands, a double-quoted token ends at the first quote followed by whitespace or
+    the end of the line (a backslash does not protect it)."""
+    commands = []
+    for line in text.split("\n"):
+        if line.lstrip().startswith("#"):
+            continue
+        current: list[str] = []
+        parts = [current]
+        i = 0
+        while i < len(line):
+            c = line[i]
+            if c.isspace():
+                i += 1
+            elif c == ";":
+                current = []
+                parts.append(current)
+                i += 1
+            elif c == '"':
+                j = i + 1
+                while j < len(line) and not (line[j] == '"' and (j + 1 == len(line) or line[j + 1].isspace())):
+                    j += 1
+                current.append(line[i + 1 : j])
+                i = j + 1
+            else:
+                j = i
+                while j < len(line) and not line[j].isspace() and line[j] != ";":
+                    j += 1
+                current.append(line[i:j])
+                i = j
+        commands += [part for part in parts if part]
+    return commands
+
+
+HOSTILE = [
+    'q" ; runscript evil.py ; echo "x',
+    "semi;colon",
+    "hash#name",
+    "new\nline",
+    "space name",
+    "ünïcödé µ",
+    "star*",
+    'quote"d',
+    "~tilde",
+    "tab\tname",
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_a_hostile_file_name_never_becomes_a_command(tmp_path, data_dir, name):
+    from occupy_dask.api import run_map
+    from occupy_dask.settings import RunOptions
+
+    source = tmp_path / "in" / f"{name}.map"
+    source.parent.mkdir()
+    shutil.copy(data_dir / "emd_1832.map", source)
+    out = tmp_path / "out"
+    result = run_map(source, RunOptions(output_dir=out), amplify=True)
+    script = out / f"chimX_{name}.cxc"
+    if "chimerax" not in result.outputs:  # refused to write it, and said why
+        assert not script.exists()
+        assert any("no ChimeraX script" in w and "cannot be written safely" in w for w in result.estimate.warnings)
+        assert any(c in name for c in '"*\n\t')
+        return
+    commands = cxc_commands(script.read_text(encoding="utf-8"))
+    assert {c[0] for c in commands} <= {"open", "volume", "color", "hide", "view", "lighting"}, commands
+    opened = [c for c in commands if c[0] == "open"]
+    assert len(opened) == 3 and all(len(c) == 2 for c in opened), opened
+    moved = tmp_path / "copied"  # the result folder copied elsewhere: the script still finds its maps
+    shutil.copytree(out, moved / "out")
+    shutil.copytree(source.parent, moved / "in")
+    for _, path in opened:
+        assert not path.startswith("~") and (moved / "out" / path).resolve().is_file(), path
