@@ -304,6 +304,12 @@ def _estimate_and_write(inputs: Inputs, paths: dict[str, Path], options: RunOpti
         if script is not None:
             paths["chimerax"].write_text(script, encoding="utf-8")
             written["chimerax"] = paths["chimerax"]
-        write_log(paths["log"], est, {**written, "log": paths["log"]}, runner.describe())
+        computed_on = runner.describe()
+        write_log(paths["log"], est, {**written, "log": paths["log"], **({"report": paths["report"]} if "report" in paths else {})}, computed_on)
         written["log"] = paths["log"]
+        if "report" in paths:
+            from .html_report import write_report
+
+            write_report(paths["report"], est, input_path, written, f"Computed on: {computed_on}.", input_source=inputs.source)
+            written["report"] = paths["report"]
     return RunResult(est, written, list(runner.timings))

@@ -123,6 +123,9 @@ def main_command(
     target_mask: Path | None = typer.Option(
         None, "--target-mask", help="Mask (> 0.5 inside) of a region whose occupancy is reported (printed and logged)."
     ),
+    report: bool = typer.Option(
+        False, "--report", help="Write report_<name>.html: slices of every map, the plots and every number, in one file for any browser."
+    ),
     plot: bool = typer.Option(False, "--plot", help="Write solModel_<name>.png (and modification_<name>.png when modifying)."),
     save_chimerax: bool = typer.Option(True, "--save-chimerax/--no-save-chimerax", help="Write the ChimeraX script chimX_<name>.cxc."),
     save_all_maps: bool = typer.Option(
@@ -233,6 +236,7 @@ def main_command(
             save_all_maps=save_all_maps,
             save_chimerax=save_chimerax,
             plot=plot,
+            report=report,
             overwrite=overwrite,
             temp_dir=str(temp_dir) if temp_dir else None,
             allow_nonfinite=allow_nonfinite,

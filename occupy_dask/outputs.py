@@ -45,6 +45,8 @@ def output_paths(info: MapInfo, settings: Settings, options: RunOptions, fmt: st
     paths["log"] = output_dir / f"log_{name}.txt"
     if options.save_chimerax and fmt == "mrc":  # ChimeraX opens the MRC outputs; zarr is for napari and friends
         paths["chimerax"] = output_dir / f"chimX_{name}.cxc"
+    if options.report:
+        paths["report"] = output_dir / f"report_{name}.html"
     if options.plot:
         paths["plot"] = output_dir / f"solModel_{name}.png"
         if any(m.kind != "exclude" for m in mods):
@@ -56,7 +58,7 @@ def output_paths(info: MapInfo, settings: Settings, options: RunOptions, fmt: st
 
 def map_outputs(paths: dict[str, Path]) -> list[str]:
     """The names of ``paths`` that are maps (not the log, script or plots)."""
-    return [key for key in paths if key not in ("log", "chimerax") and not key.startswith("plot")]
+    return [key for key in paths if key not in ("log", "chimerax", "report") and not key.startswith("plot")]
 
 
 def resolve_format(output_map: str | os.PathLike | None, fmt: str | None) -> str:

@@ -17,6 +17,42 @@ from .version import __version__
 PALETTE = ("#d73027", "#fc8d59", "#fee090", "#ffffff", "#91bfdb", "#4575b4")
 
 
+MEANINGS = {
+    "Box (stored order)": "voxels along the stored axes (sections, rows, columns)",
+    "Voxel size": "per stored axis",
+    "Low-pass": "spatial frequencies up to 1/low-pass are kept for the solvent model and confidence",
+    "Scale mode": "which map the local maximum is taken of",
+    "Kernel size": "box of the ball kernel per stored axis",
+    "Kernel radius": "ball radius per stored axis (low-pass / 2 in voxels)",
+    "Kernel n_v": "voxels in the kernel",
+    "Tau": "quantile of each tile taken as its full-scale candidate (root of x^n_v + x - 1)",
+    "Tile size": "edge of the tiles the full-scale reference is searched in",
+    "Tiles used": "tiles whose centre lies inside the inscribed ellipsoid",
+    "Best tile (index)": "the tile the full scale comes from",
+    "Best tile centre": "its centre along the stored axes",
+    "Full scale s_max": "the largest tile quantile: this value of the scale data is scale 1",
+    "Solvent region": "the voxels the solvent model is fitted to",
+    "Solvent peak mu": "centre of the Gaussian solvent model (low-passed map)",
+    "Solvent width sigma": "width of the solvent model",
+    "Solvent edge": "highest value where the solvent model is still >= 1e-9: above it nothing is solvent",
+    "Content at 1% of solvent": "above this value content makes up more than 1% of every histogram bin",
+    "Confidence limit": "scale at which the confidence reaches 0.5: lower scales are mostly solvent",
+    "Variability limit": "mean scale data at full scale over s_max: how much full-scale density varies",
+    "Hedge confidence": "confidence raised to this power",
+    "Noise-level recalibration": "scale stretched from [confidence limit, 1] onto [0, 1]",
+    "Reference-compatible": "the reference OccuPy 0.1.13's conventions",
+    "Chunks": "blocks the map is processed in (results do not depend on them)",
+    "Amplify limit": "scales at or below it are left unmodified",
+    "Solvent": "what modified maps do where the confidence is low",
+    "Low-pass of modified maps": "--lowpass-amplified",
+    "Synthetic solvent seed": "seed of the noise added where attenuation removed signal",
+    "Target mask voxels": "voxels of the target mask above its threshold",
+    "Target tau": "tau for that many voxels",
+    "Target full scale": "the full-scale reference recomputed at the target's tau",
+    "Target occupancy": "largest scale data in the mask over the target's full scale",
+}
+
+
 def limits(est: Estimate) -> list[tuple[str, str, str]]:
     """(name, unit, value) rows of everything derived (docs/method.md section 10)."""
     s = est.settings
@@ -103,11 +139,13 @@ def describe_modification(mod: Modification) -> str:
 def write_log(path: Path, est: Estimate, outputs: dict[str, Path], computed_on: str | None = None) -> None:
     rows = limits(est)
     width = max(len(r[0]) for r in rows)
+    value_width = max(len(r[2]) for r in rows if r[0] in MEANINGS)
     lines = [f"occupy_dask {__version__}: local map scale (OccuPy method)", ""]
     if computed_on:
         lines += [f"Computed on: {computed_on}", ""]
     for name, unit, value in rows:
-        lines.append(f"{name:<{width}}  {('[' + unit + ']') if unit else '':<11} {value}")
+        meaning = f"  {value:<{value_width}}  # {MEANINGS[name]}" if name in MEANINGS else f"  {value}"
+        lines.append(f"{name:<{width}}  {('[' + unit + ']') if unit else '':<11}{meaning}".rstrip())
     if est.warnings:
         lines += ["", "Warnings:"] + [f"  {w}" for w in est.warnings]
     lines += ["", "Outputs:"] + [f"  {kind:<12} {p.name}" for kind, p in outputs.items()]
@@ -204,10 +242,23 @@ def modification_curve_data(est: Estimate, n: int = 1000) -> dict[str, np.ndarra
 
 
 def save_plots(est: Estimate, paths: dict[str, Path]) -> dict[str, Path]:
-    """Write the solvent-model plot (and the modification curve when modifying) as PNG."""
+    """Write the solvent-model plot (and the modification curve when modifying, the noise floor
+    with --debias) as PNG."""
+    written = {}
+    for key, figure in (("plot", solvent_figure), ("plot_modification", modification_figure), ("plot_noise_floor", noise_floor_figure)):
+        if key in paths:
+            fig = figure(est)
+            if fig is not None:
+                fig.savefig(paths[key])
+                written[key] = paths[key]
+    return written
+
+
+def solvent_figure(est: Estimate):
+    """The solvent model: region histogram, initial guess and fit (log scale), the whole map's
+    histogram, and the confidence per bin with its 0.5 level."""
     from matplotlib.figure import Figure
 
-    written = {}
     d = solvent_plot_data(est)
     fig = Figure(figsize=(13, 5), dpi=100, layout="constrained")
     ax = fig.add_subplot()
@@ -233,37 +284,39 @@ def save_plots(est: Estimate, paths: dict[str, Path]) -> dict[str, Path]:
     more = conf_ax.get_legend_handles_labels()
     ax.legend(handles[0] + more[0], handles[1] + more[1], loc="upper left", bbox_to_anchor=(1.08, 1.0), fontsize=8)
     ax.set_title(f"{est.info.name}: solvent model (mu {est.solvent_model.mu:.3g}, sigma {est.solvent_model.sigma:.3g}), s_max {est.s_max:.3g}")
-    fig.savefig(paths["plot"])
-    written["plot"] = paths["plot"]
-
-    if "plot_modification" in paths:
-        m = modification_curve_data(est)
-        fig = Figure(figsize=(6, 6), dpi=100, layout="constrained")
-        ax = fig.add_subplot()
-        ax.plot(m["scale"], m["scale"], color="0.6", ls="--", label="unchanged")
-        for label, curve in m["curves"].items():
-            ax.plot(m["scale"], curve, lw=2, label=label)
-        ax.axvline(est.settings.scale_limit, color="0.3", ls=":", label=f"amplify limit {est.settings.scale_limit:g}")
-        ax.set_xlim(0, 1)
-        ax.set_xlabel("estimated local scale S")
-        ax.set_ylabel("scale after modification, S x factor(S)")
-        ax.set_title(f"{est.info.name}: modification by local scale")
-        ax.legend(loc="lower right", fontsize=8)
-        fig.savefig(paths["plot_modification"])
-        written["plot_modification"] = paths["plot_modification"]
-    if "plot_noise_floor" in paths and est.noise_floor is not None:
-        save_noise_floor_plot(est, paths["plot_noise_floor"])
-        written["plot_noise_floor"] = paths["plot_noise_floor"]
-    return written
+    return fig
 
 
-def save_noise_floor_plot(est: Estimate, path: Path) -> None:
-    """``--debias --plot``: the distribution of the local maximum that solvent noise alone
-    reaches under the kernel, with the noise floor marked, and the response of the maximum
-    filter to signal plus noise that the scale is corrected by."""
+def modification_figure(est: Estimate):
+    """The scale after each modification against the scale (None without a modification of the scale)."""
+    from matplotlib.figure import Figure
+
+    m = modification_curve_data(est)
+    if not m["curves"]:
+        return None
+    fig = Figure(figsize=(6, 6), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(m["scale"], m["scale"], color="0.6", ls="--", label="unchanged")
+    for label, curve in m["curves"].items():
+        ax.plot(m["scale"], curve, lw=2, label=label)
+    ax.axvline(est.settings.scale_limit, color="0.3", ls=":", label=f"amplify limit {est.settings.scale_limit:g}")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("estimated local scale S")
+    ax.set_ylabel("scale after modification, S x factor(S)")
+    ax.set_title(f"{est.info.name}: modification by local scale")
+    ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def noise_floor_figure(est: Estimate):
+    """``--debias``: the distribution of the local maximum that solvent noise alone reaches under
+    the kernel, with the noise floor marked, and the response of the maximum filter to signal
+    plus noise that the scale is corrected by (None without --debias)."""
     from matplotlib.figure import Figure
 
     nf = est.noise_floor
+    if nf is None:
+        return None
     fig = Figure(figsize=(13, 5), dpi=100, layout="constrained")
     left, right = fig.subplots(1, 2)
     left.hist(nf.noise_maxima, bins=60, density=True, color="0.7", label="local max of solvent noise (simulated with the solvent model)")
@@ -283,4 +336,4 @@ def save_noise_floor_plot(est: Estimate, path: Path) -> None:
     right.set_title(f"response of the max filter (noise sigma {nf.sigma:.3g}, texture kappa {nf.kappa:.3f})")
     right.legend(fontsize=8, loc="upper left")
     fig.suptitle(f"{est.info.name}: noise floor of the local scale (--debias)")
-    fig.savefig(path)
+    return fig

@@ -243,6 +243,7 @@ class RunOptions:
     save_all_maps: bool = False  # also the low-passed input and each modification's factor
     save_chimerax: bool = True
     plot: bool = False
+    report: bool = False  # report_<name>.html: slices, plots and every number, in one file
     overwrite: bool = False
     temp_dir: str | None = None  # temporary files (gzip input, spilled maps); None: the system's
     allow_nonfinite: bool = False  # replace NaN and infinite voxels with the median of the finite ones
