@@ -10,6 +10,7 @@ report costs a few reads of each map whatever its size.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import struct
@@ -117,6 +118,7 @@ def _viridis(data: np.ndarray) -> np.ndarray:
     return (_lut()[(data * 255).astype(np.int64)] * 255).astype(np.uint8)
 
 
+@functools.lru_cache(maxsize=1)
 def _lut() -> np.ndarray:
     import matplotlib
 
@@ -142,7 +144,7 @@ def _png_uri(rgb: np.ndarray) -> str:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-    png += chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+    png += chunk(b"IDAT", zlib.compress(raw, 1)) + chunk(b"IEND", b"")
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
