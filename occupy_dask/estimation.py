@@ -22,7 +22,7 @@ from . import lowpass as lowpass_stage
 from .blocks import Moments
 from .buffers import POOL
 from .debias import NoiseFloor, map_noise_floor
-from .fused import LocalPlan, factor_name, fused_graph, lowpass_modified, modified_name, output_moments, variability_limit
+from .fused import LocalPlan, display_level, factor_name, fused_graph, lowpass_modified, modified_name, output_moments, variability_limit
 from .io.read import FiniteSource, MapInfo
 from .kernels.histogram import N_BINS, density_from_counts, histogram_edges
 from .kernels.local import block_moments, ellipsoid_terms
@@ -153,6 +153,7 @@ def _estimate_from(red: Reductions, sources: dict, info: MapInfo, s: Settings, e
         nlrc_limit=nlrc_limit,
         noise_floor=noise_floor,
         raw_range=None if s.lowpass_output_angstrom else raw_range,
+        input_range=raw_range,
         solvent_mu=model.mu,
         solvent_sigma=model.sigma,
     )
@@ -183,6 +184,7 @@ def _estimate_from(red: Reductions, sources: dict, info: MapInfo, s: Settings, e
         target_occupancy=target_occupancy,
         noise_floor=noise_floor,
         warnings=warnings,
+        confident_voxels=int(np.asarray(red.lp_counts)[np.asarray(table.fraction) > 0.5].sum()),
     )
 
 
@@ -267,6 +269,7 @@ class Estimate:
     noise_floor: NoiseFloor | None = None  # --debias
     warnings: list[str] = field(default_factory=list)
     cleanup: list = field(default_factory=list, repr=False)  # callables run by close()
+    confident_voxels: int = 0  # voxels with confidence above 0.5 (confident content)
     _stats: list | None = field(default=None, repr=False)  # the fused pass's statistics, once computed
 
     def __getitem__(self, name: str) -> da.Array:
@@ -307,6 +310,15 @@ class Estimate:
         if self._stats is None:
             self._stats = list(dask.compute(self.block_stats)[0])
         return variability_limit(self._stats, self.s_max)
+
+    @property
+    def display_level(self) -> float | None:
+        """The input's level that encloses the confident-content volume (``confident_voxels``):
+        where a surface of the input shows the content the confidence finds. Known once the
+        maps are written."""
+        if self._stats is None:
+            return None
+        return display_level(self._stats, self.plan.input_range, self.confident_voxels)
 
     def output_moments(self, name: str) -> Moments | None:
         """Moments of output ``name`` as the fused pass made it (None before it ran)."""

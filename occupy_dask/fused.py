@@ -26,7 +26,7 @@ from .buffers import POOL
 from .debias import NoiseFloor
 from .io.read import read_with_halo
 from .kernels.ballmax import ball_max_valid, ring_shape
-from .kernels.histogram import confidence_lookup, confidence_lookup_reference
+from .kernels.histogram import confidence_lookup, confidence_lookup_reference, histogram_counts, histogram_edges
 from .kernels.local import debiased_scale, local_scale, masked_sum, recalibrate_noise_level
 from .kernels.modify import modify_into, power_factor, sigmoid_factor, synthetic_solvent
 from .settings import Modification, Settings
@@ -56,6 +56,7 @@ class LocalPlan:
     nlrc_limit: float | None = None  # --nlrc: the scale at the confidence limit
     noise_floor: NoiseFloor | None = None  # --debias: the scale is measured above it
     raw_range: tuple[float, float] | None = None  # clip modified maps to it (None: a later stage clips)
+    input_range: tuple[float, float] | None = None  # min and max of the input: its histogram's range
     solvent_mu: float = 0.0  # the solvent model, for the synthetic solvent of attenuation
     solvent_sigma: float = 0.0
 
@@ -145,6 +146,8 @@ def chunk_task(plan: LocalPlan, sources, start, stop, targets=None):
         results = local_outputs(plan, scale_padded, lp_block, raw_block, start, stop, out=stacked, take=take)
         core = tuple(slice(h, h + n) for h, n in zip(halo, shape))
         stats = {"variability": masked_sum(results["scale"], scale_padded[core], 1.0)}
+        if plan.input_range is not None:  # the input's histogram, for the display level of the ChimeraX script
+            stats["input_counts"] = histogram_counts(raw_block, *plan.input_range)
         for name in plan.outputs:
             stats[name] = Moments.of(results[name])
         if targets is None:
@@ -161,6 +164,17 @@ def variability_limit(stats: list[dict], s_max: float) -> float | None:
     count = sum(st["variability"][0] for st in stats)
     total = sum(st["variability"][1] for st in stats)
     return (total / count) / s_max if count else None
+
+
+def display_level(stats: list[dict], input_range, voxels: int) -> float | None:
+    """The input's value above which ``voxels`` voxels lie (to a bin of its 1000-bin histogram,
+    the bin's lower edge): a surface at it encloses that volume. None without the histogram."""
+    if not stats or "input_counts" not in stats[0] or voxels <= 0:
+        return None
+    counts = sum(st["input_counts"] for st in stats)
+    from_top = np.cumsum(counts[::-1])
+    bins = int(np.searchsorted(from_top, voxels))  # bins from the top that hold at least that many
+    return float(histogram_edges(*input_range)[max(len(counts) - 1 - bins, 0)])
 
 
 def output_moments(stats: list[dict], name: str) -> Moments:

@@ -38,6 +38,8 @@ MEANINGS = {
     "Content at 1% of solvent": "above this value content makes up more than 1% of every histogram bin",
     "Confidence limit": "scale at which the confidence reaches 0.5: lower scales are mostly solvent",
     "Variability limit": "mean scale data at full scale over s_max: how much full-scale density varies",
+    "Confident content": "voxels with confidence above 0.5",
+    "ChimeraX level": "input level whose surface encloses the confident content (the script's contour)",
     "Hedge confidence": "confidence raised to this power",
     "Noise-level recalibration": "scale stretched from [confidence limit, 1] onto [0, 1]",
     "Reference-compatible": "the reference OccuPy 0.1.13's conventions",
@@ -81,6 +83,8 @@ def limits(est: Estimate) -> list[tuple[str, str, str]]:
         ("Content at 1% of solvent", "map units", f"{est.content_1pct:.6g}"),
         ("Confidence limit", "scale", f"{est.confidence_limit:.4f}"),
         ("Variability limit", "scale", "n/a" if variability_limit is None else f"{variability_limit:.4f}"),
+        ("Confident content", "voxels", f"{est.confident_voxels}"),
+        ("ChimeraX level", "map units", "n/a" if est.display_level is None else f"{est.display_level:.6g}"),
         ("Hedge confidence", "", "off" if s.hedge_confidence is None else f"{s.hedge_confidence:g}"),
         ("Noise-level recalibration", "", "on" if s.nlrc else "off"),
         *noise_floor_rows(est),
@@ -183,7 +187,7 @@ def chimerax_script(est: Estimate, script: Path, input_path: Path, scale_path: P
             "characters); open the maps in ChimeraX by hand, or rename the input"
         )
         return None
-    level = (est.s_max + est.solvent_edge) / 2.0
+    level = est.display_level if est.display_level is not None else (est.s_max + est.solvent_edge) / 2.0
     low = max(0.0, min(est.confidence_limit, 0.95))
     steps = len(PALETTE) - 1
     palette = ":".join(f"{low + (1.0 - low) * i / steps:.4f},{c}" for i, c in enumerate(PALETTE))

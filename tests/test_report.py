@@ -102,3 +102,21 @@ def test_a_hostile_file_name_never_becomes_a_command(tmp_path, data_dir, name):
     shutil.copytree(source.parent, moved / "in")
     for _, path in opened:
         assert not path.startswith("~") and (moved / "out" / path).resolve().is_file(), path
+
+
+def test_the_chimerax_level_encloses_the_confident_content(tmp_path, golden_dir):
+    import mrcfile
+
+    from occupy_dask.api import run_map
+    from occupy_dask.settings import RunOptions
+
+    result = run_map(golden_dir / "phantom96.mrc", RunOptions(output_dir=tmp_path), chunks=40)
+    est = result.estimate
+    data = mrcfile.read(golden_dir / "phantom96.mrc")
+    confidence = mrcfile.read(tmp_path / "conf_phantom96.mrc")
+    assert est.confident_voxels == np.count_nonzero(confidence > 0.5)
+    bin_width = (data.max() - data.min()) / 1000
+    above = np.count_nonzero(data >= est.display_level)
+    assert above >= est.confident_voxels > np.count_nonzero(data >= est.display_level + bin_width)  # to one histogram bin
+    assert f"volume #1 level {est.display_level:.6g} style surface" in (tmp_path / "chimX_phantom96.cxc").read_text()
+    assert "ChimeraX level" in (tmp_path / "log_phantom96.txt").read_text()
