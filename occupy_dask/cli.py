@@ -13,6 +13,7 @@ import typer
 from .api import run_map
 from .cluster import ClusterSpec, connect, job_script
 from .errors import OccupyError, UsageError
+from .outputs import output_kind
 from .report import limits
 from .settings import RunOptions
 from .version import __version__
@@ -315,8 +316,10 @@ def _print_result(result, verbose: bool, quiet: bool, profile: bool, target_mask
     if profile:
         _print_profile(result.timings)
     if not quiet:
-        for kind, path in result.outputs.items():
-            typer.echo(f"wrote {kind:<10} {path}")
+        kinds = {name: output_kind(name, est) for name in result.outputs}
+        width = max(len(k) for k in kinds.values())
+        for name, path in result.outputs.items():
+            typer.echo(f"wrote {kinds[name]:<{width}}  {path}")
 
 
 def _print_profile(timings) -> None:

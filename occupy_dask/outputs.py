@@ -208,6 +208,26 @@ def output_locks(paths: dict[str, Path]):
             os.close(fd)
 
 
+def output_kind(name: str, est: Estimate) -> str:
+    """An output in words, for the console and the log: ``modified map (amplified, amount 1)``."""
+    fixed = {
+        "scale": "scale map",
+        "confidence": "confidence map",
+        "lowpass": "low-passed input",
+        "log": "log",
+        "chimerax": "ChimeraX script",
+        "report": "HTML report",
+        "plot": "solvent model plot",
+        "plot_modification": "modification plot",
+        "plot_noise_floor": "noise floor plot",
+    }
+    if name in fixed:
+        return fixed[name]
+    kind, i = name.rsplit("_", 1)
+    what = est.settings.modifications[int(i)].describe()
+    return f"modification factor ({what})" if kind == "factor" else f"modified map ({what})"
+
+
 def map_label(est: Estimate, name: str) -> str:
     """Header label of an output map."""
     fixed = {"scale": f"local scale ({est.settings.scale_mode})", "confidence": "confidence", "lowpass": "low-passed input"}

@@ -9,6 +9,8 @@ import numpy as np
 
 from .estimation import Estimate
 from .fused import modification_factor
+from .io.read import axis_names
+from .outputs import output_kind
 from .settings import Modification
 from .solvent import gaussian
 from .version import __version__
@@ -19,11 +21,11 @@ PALETTE = ("#d73027", "#fc8d59", "#fee090", "#ffffff", "#91bfdb", "#4575b4")
 
 MEANINGS = {
     "Box (stored order)": "voxels along the stored axes (sections, rows, columns)",
-    "Voxel size": "per stored axis",
+    "Voxel size": "along the stored axes, in the order named in the unit",
     "Low-pass": "spatial frequencies up to 1/low-pass are kept for the solvent model and confidence",
     "Scale mode": "which map the local maximum is taken of",
-    "Kernel size": "box of the ball kernel per stored axis",
-    "Kernel radius": "ball radius per stored axis (low-pass / 2 in voxels)",
+    "Kernel size": "box of the ball kernel along the stored axes",
+    "Kernel radius": "ball radius along the stored axes (low-pass / 2 in voxels)",
     "Kernel n_v": "voxels in the kernel",
     "Tau": "quantile of each tile taken as its full-scale candidate (root of x^n_v + x - 1)",
     "Tile size": "edge of the tiles the full-scale reference is searched in",
@@ -59,22 +61,28 @@ def limits(est: Estimate) -> list[tuple[str, str, str]]:
     """(name, unit, value) rows of everything derived (docs/method.md section 10)."""
     s = est.settings
     variability_limit = est.variability_limit
+    axes = ", ".join(axis_names(est.info))
     sm = est.solvent_model
     rows = [
         ("Input", "", str(est.info.path) if est.info.path else est.info.name),
         ("Box (stored order)", "voxels", " x ".join(map(str, s.shape))),
-        ("Voxel size", "Å", ", ".join(f"{v:.4f}" for v in s.voxel_size)),
+        ("Voxel size", f"Å; {axes}", ", ".join(f"{v:.4f}" for v in s.voxel_size)),
         ("Low-pass", "Å", f"{s.lowpass_angstrom:.2f}" + ("" if s.lowpass_applied else " (not applied: below Nyquist)")),
         ("Scale mode", "", {"res": "res (raw input)", "occ": "occ (low-passed input)"}[s.scale_mode]),
-        ("Kernel size", "voxels", " x ".join(map(str, s.kernel_size))),
-        ("Kernel radius", "voxels", ", ".join(f"{r:.2f}" for r in s.kernel_radius_voxels)),
+        ("Kernel size", f"voxels; {axes}", " x ".join(map(str, s.kernel_size))),
+        ("Kernel radius", f"voxels; {axes}", ", ".join(f"{r:.2f}" for r in s.kernel_radius_voxels)),
+        *(
+            [("Kernel radius note", "", f"radius exceeds half the box along {', '.join(cut)}: the ball is cut there")]
+            if (cut := [a for a, r, k in zip(axes.split(", "), s.kernel_radius_voxels, s.kernel_size) if r > k / 2])
+            else []
+        ),
         ("Kernel n_v", "voxels", str(s.n_v)),
         ("Tau", "0-1", f"{s.tau:.4f}"),
         ("Tile size", "voxels", str(s.tile_size)),
         ("Tile grid", "", "default (stride = tile size)" if s.tile_grid is None else f"{s.tile_grid} per axis"),
         ("Tiles used", "", str(est.n_tiles)),
         ("Best tile (index)", "", str(est.best_tile)),
-        ("Best tile centre", "voxels", ", ".join(f"{c:.1f}" for c in est.best_tile_centre)),
+        ("Best tile centre", f"voxels; {axes}", ", ".join(f"{c:.1f}" for c in est.best_tile_centre)),
         ("Full scale s_max", "map units", f"{est.s_max:.6g}"),
         ("Solvent region", "", est.solvent_region),
         ("Solvent peak mu", "map units", f"{sm.mu:.6g}"),
@@ -143,16 +151,19 @@ def describe_modification(mod: Modification) -> str:
 def write_log(path: Path, est: Estimate, outputs: dict[str, Path], computed_on: str | None = None) -> None:
     rows = limits(est)
     width = max(len(r[0]) for r in rows)
-    value_width = max(len(r[2]) for r in rows if r[0] in MEANINGS)
+    unit_width = max(len(u) + 2 for _, u, _ in rows if u)
+    value_width = min(max(len(r[2]) for r in rows if r[0] in MEANINGS), 28)
     lines = [f"occupy_dask {__version__}: local map scale (OccuPy method)", ""]
     if computed_on:
         lines += [f"Computed on: {computed_on}", ""]
     for name, unit, value in rows:
         meaning = f"  {value:<{value_width}}  # {MEANINGS[name]}" if name in MEANINGS else f"  {value}"
-        lines.append(f"{name:<{width}}  {('[' + unit + ']') if unit else '':<11}{meaning}".rstrip())
+        lines.append(f"{name:<{width}}  {('[' + unit + ']') if unit else '':<{unit_width}}{meaning}".rstrip())
     if est.warnings:
         lines += ["", "Warnings:"] + [f"  {w}" for w in est.warnings]
-    lines += ["", "Outputs:"] + [f"  {kind:<12} {p.name}" for kind, p in outputs.items()]
+    kinds = {name: output_kind(name, est) for name in outputs}
+    width = max(len(k) for k in kinds.values())
+    lines += ["", "Outputs:"] + [f"  {kinds[name]:<{width}}  {p.name}" for name, p in outputs.items()]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -303,7 +314,8 @@ def modification_figure(est: Estimate):
     ax.plot(m["scale"], m["scale"], color="0.6", ls="--", label="unchanged")
     for label, curve in m["curves"].items():
         ax.plot(m["scale"], curve, lw=2, label=label)
-    ax.axvline(est.settings.scale_limit, color="0.3", ls=":", label=f"amplify limit {est.settings.scale_limit:g}")
+    if any(mod.kind in ("amplify", "attenuate") for mod in est.settings.modifications):  # the sigmoid does not use it
+        ax.axvline(est.settings.scale_limit, color="0.3", ls=":", label=f"amplify limit {est.settings.scale_limit:g}")
     ax.set_xlim(0, 1)
     ax.set_xlabel("estimated local scale S")
     ax.set_ylabel("scale after modification, S x factor(S)")
