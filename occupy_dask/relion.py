@@ -125,4 +125,32 @@ def run_relion_classes(
     table[IMAGE_COLUMN] = [os.path.relpath(r.modified.resolve(), new_star.parent.resolve()) for r in results]
     blocks[CLASSES_BLOCK] = table
     starfile.write(blocks, new_star, overwrite=True)
+    if options.report:
+        write_class_report(output_dir / f"report_{stem}_classes.html", star_path, results, new_star)
     return results, new_star
+
+
+def write_class_report(path: Path, star_path: Path, results: list[ClassResult], new_star: Path) -> None:
+    """``--report`` with ``--relion-classes``: the class table, each class linked to its own report."""
+    import html
+
+    rows = "".join(
+        f"<tr><td>{r.index}</td><td>{html.escape(r.source.name)}</td>"
+        f"<td>{'n/a' if r.median_scale is None else f'{r.median_scale:.3f}'}</td><td>{r.confident_voxels}</td>"
+        f"<td>{html.escape(r.modified.name)}</td>"
+        f'<td><a href="{html.escape(r.run.outputs["report"].name)}">report</a></td></tr>'
+        for r in results
+        if "report" in r.run.outputs
+    )
+    path.write_text(
+        f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>occupy-dask: {html.escape(star_path.name)}</title>
+<style>body {{ font-family: sans-serif; margin: 1.5em; }} td, th {{ border-bottom: 1px solid #ddd; padding: 3px 10px; }}
+table {{ border-collapse: collapse; }}</style></head><body>
+<h1>{html.escape(star_path.name)}: {len(results)} classes</h1>
+<p>Median local scale inside each class's confident region (confidence above 0.5), and the modified class map
+that <code>{html.escape(new_star.name)}</code> points at.</p>
+<table><tr><th>class</th><th>map</th><th>median scale</th><th>confident voxels</th><th>modified map</th><th></th></tr>{rows}</table>
+</body></html>
+""",
+        encoding="utf-8",
+    )

@@ -298,7 +298,10 @@ def solvent_figure(est: Estimate):
     handles = ax.get_legend_handles_labels()
     more = conf_ax.get_legend_handles_labels()
     ax.legend(handles[0] + more[0], handles[1] + more[1], loc="upper left", bbox_to_anchor=(1.08, 1.0), fontsize=8)
-    ax.set_title(f"{est.info.name}: solvent model (mu {est.solvent_model.mu:.3g}, sigma {est.solvent_model.sigma:.3g}), s_max {est.s_max:.3g}")
+    scale_data = "low-passed map units" if est.settings.scale_mode == "occ" else "raw map units, not this axis's"
+    ax.set_title(
+        f"{est.info.name}: solvent model (mu {est.solvent_model.mu:.3g}, sigma {est.solvent_model.sigma:.3g}); s_max {est.s_max:.3g} ({scale_data})"
+    )
     return fig
 
 

@@ -45,9 +45,13 @@ def test_relion_classes_end_to_end(tmp_path):
     from occupy_dask.relion import run_relion_classes
     from occupy_dask.settings import RunOptions
 
-    results, _ = run_relion_classes(star, {"amplify": True}, RunOptions(output_dir=tmp_path / "again"))
+    results, _ = run_relion_classes(star, {"amplify": True}, RunOptions(output_dir=tmp_path / "again", report=True))
     medians = [r.median_scale for r in results]
     assert medians[0] > medians[1] > medians[2]  # lower occupancy, lower median confident scale
+    table = (tmp_path / "again" / "report_run_it025_classes.html").read_text()  # --report: the class table, linked
+    for r in results:
+        assert f"{r.median_scale:.3f}" in table and f'href="report_{r.source.stem}.html"' in table
+        assert (tmp_path / "again" / f"report_{r.source.stem}.html").is_file()
     assert "median scale" in result.output
     for r in results:
         assert f"{r.median_scale:.3f}" in result.output
