@@ -1,6 +1,7 @@
 """Where the graph runs: threads, a LocalCluster of processes, an existing scheduler; a worker
 killed mid-run; an unreachable scheduler; chunks too large for the workers."""
 
+import json
 import os
 import signal
 import subprocess
@@ -118,6 +119,10 @@ def test_an_existing_tls_scheduler_with_the_user_s_credentials(tmp_path, data_di
             timeout=300,
         )
         assert from_config.returncode == 0, from_config.stderr
+        scheduler_file = tmp_path / "scheduler.json"
+        scheduler_file.write_text(json.dumps({"address": address}))
+        by_file = cli("-i", data_dir / "emd_1832.map", "-d", tmp_path / "d", "-q", "--scheduler-file", scheduler_file, *args[2:], cwd=tmp_path)
+        assert by_file.returncode == 0, by_file.stderr
     assert "(TLS)" in (tmp_path / "b" / "log_emd_1832.txt").read_text()
     usage = cli("-i", data_dir / "emd_1832.map", "--workers", "1", "--tls-ca-file", ca, "--tls-cert", cert, cwd=tmp_path)
     assert usage.returncode == 2 and "existing scheduler" in usage.stderr
