@@ -10,12 +10,7 @@ from pathlib import Path
 
 import typer
 
-from .api import run_map
-from .cluster import ClusterSpec, connect, job_script
 from .errors import OccupyError, UsageError
-from .outputs import output_kind
-from .report import limits
-from .settings import RunOptions
 from .version import __version__
 
 app = typer.Typer(add_completion=False, context_settings={"help_option_names": ["-h", "--help"]})
@@ -197,6 +192,11 @@ def main_command(
     quiet = verbose is False
     verbose = bool(verbose)
     source = input_map or relion_classes
+    # the method's modules (dask, numba, scipy) are imported here, not for --help or --version
+    from .api import run_map
+    from .cluster import ClusterSpec, connect, job_script
+    from .settings import RunOptions
+
     try:
         spec = ClusterSpec.from_options(
             mode=cluster,
@@ -297,6 +297,9 @@ def main_command(
 
 def _print_result(result, verbose: bool, quiet: bool, profile: bool, target_mask: Path | None) -> None:
     """Warnings, the settings table (--verbose), the target occupancy, stage timings and the files written."""
+    from .outputs import output_kind
+    from .report import limits
+
     est = result.estimate
     for message in est.warnings:
         typer.echo(f"occupy-dask: warning: {message}", err=True)
