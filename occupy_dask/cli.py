@@ -13,7 +13,7 @@ import typer
 from .errors import OccupyError, UsageError
 from .version import __version__
 
-app = typer.Typer(add_completion=False, context_settings={"help_option_names": ["-h", "--help"]})
+app = typer.Typer(add_completion=False, rich_markup_mode="rich", context_settings={"help_option_names": ["-h", "--help"]})
 
 
 def _version(value: bool) -> None:
@@ -293,6 +293,34 @@ def main_command(
         typer.echo(f"occupy-dask: {how}; no output was left half-written", err=True)
         raise typer.Exit(code) from None
     _print_result(result, verbose, quiet, profile, target_mask)
+
+
+PANELS = {
+    "Input": "input_map relion_classes solvent_def target_mask allow_nonfinite",
+    "Estimation": "resolution lowpass_input kernel_size kernel_radius tau tile_size tile_grid occupancy hedge_confidence nlrc debias "
+    "reference_compatible",
+    "Modification": "amplify amplify_amount attenuate gamma scale_limit sigmoid pivot exclude_solvent lowpass_output seed",
+    "Outputs": "output_map output_dir output_format overwrite report plot save_chimerax save_all_maps temp_dir verbose profile",
+    "Compute and cluster": "chunks cluster workers threads memory_limit scheduler_address scheduler_file scheduler_timeout cluster_config jobs "
+    "adaptive dashboard dashboard_address tls tls_ca_file tls_cert tls_key print_job_script",
+}
+
+
+def _arrange_help(command) -> None:
+    """Group the options of --help in panels, and escape the units in their texts: rich reads
+    ``[...]`` as markup and would drop ``[Å]`` or ``[voxels, odd >= 3]``."""
+    import inspect
+
+    panel_of = {name: panel for panel, names in PANELS.items() for name in names.split()}
+    for name, parameter in inspect.signature(command).parameters.items():
+        info = parameter.default
+        if isinstance(getattr(info, "help", None), str) and "\\[" not in info.help:
+            info.help = info.help.replace("[", "\\[")
+        if name in panel_of:
+            info.rich_help_panel = panel_of[name]
+
+
+_arrange_help(main_command)
 
 
 def _print_result(result, verbose: bool, quiet: bool, profile: bool, target_mask: Path | None) -> None:

@@ -299,3 +299,12 @@ def test_sigterm_ends_a_run_like_ctrl_c_and_removes_temporaries(tmp_path, golden
     assert "terminated; no output was left half-written" in err
     assert list(temp.iterdir()) == []
     assert not out.exists()  # the folder the run made is gone too
+
+
+def test_help_shows_units_in_panels(tmp_path):
+    env = {**os.environ, "COLUMNS": "100", "TERM": "dumb"}
+    shown = subprocess.run([sys.executable, "-m", "occupy_dask", "--help"], capture_output=True, text=True, env=env, timeout=60).stdout
+    for unit in ("[Å]", "[voxels, odd >= 3]", "[voxels]", "[confidence limit, 1]", "out_<name>.mrc"):
+        assert unit in shown, unit
+    panels = [line for line in shown.splitlines() if line.startswith("╭─")]
+    assert [p.split()[1] for p in panels] == ["Options", "Input", "Estimation", "Modification", "Outputs", "Compute"]
