@@ -83,7 +83,10 @@ def main_command(
         "partial occupancies closer to the truth. Default: off.",
     ),
     amplify: bool = typer.Option(
-        False, "--amplify/--no-amplify", help="Amplify confident partial occupancies by the local scale (amount from --amplify-amount or --gamma)."
+        False,
+        "--amplify/--no-amplify",
+        "-am",
+        help="Amplify confident partial occupancies by the local scale (amount from --amplify-amount or --gamma).",
     ),
     amplify_amount: float | None = typer.Option(
         None,
@@ -91,7 +94,7 @@ def main_command(
         help="Exponent a of the modification, data x S^-a: 1 raises every confident partial occupancy to full, 0 < a < 1 partly, "
         "a < 0 attenuates (-1: data x S). Range [-1, 1]. Default: 1 with --amplify, -1 with --attenuate.",
     ),
-    attenuate: bool = typer.Option(False, "--attenuate", help="Attenuate partial occupancies (amount -1, or 1 - G with --gamma)."),
+    attenuate: bool = typer.Option(False, "--attenuate", "-at", help="Attenuate partial occupancies (amount -1, or 1 - G with --gamma)."),
     gamma: float | None = typer.Option(
         None, "--gamma", help="Later OccuPy spelling (G > 1): --amplify means amount 1 - 1/G, --attenuate amount 1 - G."
     ),
@@ -112,6 +115,7 @@ def main_command(
         None,
         "--output-map",
         "-o",
+        "--output_map",
         help="Modified map name: relative names are inside --output-dir, absolute ones as given. Default: out_<name>.mrc; "
         "several modifications get ampl_/attn_/sigm_ prefixes on it.",
     ),
@@ -123,7 +127,9 @@ def main_command(
         False, "--report", help="Write report_<name>.html: slices of every map, the plots and every number, in one file for any browser."
     ),
     plot: bool = typer.Option(False, "--plot", help="Write solModel_<name>.png (and modification_<name>.png when modifying)."),
-    save_chimerax: bool = typer.Option(True, "--save-chimerax/--no-save-chimerax", help="Write the ChimeraX script chimX_<name>.cxc."),
+    save_chimerax: bool = typer.Option(
+        True, "--save-chimerax/--no-save-chimerax", "--chimerax/--no-chimerax", help="Write the ChimeraX script chimX_<name>.cxc."
+    ),
     save_all_maps: bool = typer.Option(
         False, "--save-all-maps", help="Also write the low-passed input lowpass_<name>.mrc and each modification factor modfactor_*.mrc."
     ),
@@ -396,14 +402,84 @@ def _terminate(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+# OccuPy 0.1.13 flags that occupy-dask does not take, and why (one line each).
+NOT_TAKEN = {
+    "--max-box": "occupy-dask estimates at full resolution on any box, in chunks; nothing is downsampled",
+    "--hist-match": "histogram matching of the modified maps is not available in occupy-dask yet",
+    "--S0": "the S0 kernel normalisation is not available in occupy-dask yet; the scale uses the tile percentile (OccuPy's --SW)",
+    "--SW": "the tile-percentile normalisation is what occupy-dask always does; drop the flag",
+    "--omit-confidence": "modification without the confidence weighting is not available in occupy-dask yet",
+    "--min-vis-scale": "the ChimeraX colouring starts at the confidence limit; a chosen lower end is not available yet",
+    "--chimerax-silent": "occupy-dask writes the ChimeraX script without opening ChimeraX (--save-chimerax, on by default)",
+    "--show-chimerax": "occupy-dask does not start ChimeraX; open chimX_<name>.cxc in it",
+    "--keep-output-path": "use --output-dir with the input's folder",
+    "--emdb": "fetching EMDB entries is not available in occupy-dask yet; download the map and give -i",
+    "--emdb-id": "fetching EMDB entries is not available in occupy-dask yet; download the map and give -i",
+}
+
+
+def translate_occupy_spellings(argv: list[str]) -> tuple[list[str], list[str]]:
+    """OccuPy's own spellings in ``argv`` made occupy-dask's: ``--amplify G`` / ``--attenuate G``
+    (0.1.13's gamma after the flag) become ``--amplify --gamma G``, ``--help-all`` is ``--help``.
+    Returns the arguments and one note per translation. A flag of OccuPy's that occupy-dask does
+    not take, or gammas that cannot be one ``--gamma``, raise UsageError with the reason."""
+    args, notes, gammas = [], [], []
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        flag = word.split("=", 1)[0]
+        if flag in NOT_TAKEN:
+            raise UsageError(f"{flag} (OccuPy 0.1.13): {NOT_TAKEN[flag]}")
+        if word == "--help-all":
+            args.append("--help")
+        elif word in ("--amplify", "-am", "--attenuate", "-at") and i + 1 < len(argv) and _is_number(argv[i + 1]):
+            value = float(argv[i + 1])
+            long = "--amplify" if word in ("--amplify", "-am") else "--attenuate"
+            if value == 1.0:
+                notes.append(f"{word} 1 (OccuPy 0.1.13's default) changes nothing; ignored")
+            else:
+                args.append(long)
+                gammas.append(value)
+                notes.append(f"{word} {argv[i + 1]} is OccuPy 0.1.13's spelling; read as {long} --gamma {argv[i + 1]}")
+            i += 1
+        else:
+            args.append(word)
+        i += 1
+    if len(set(gammas)) > 1:
+        raise UsageError(
+            f"--amplify and --attenuate with different gammas ({', '.join(f'{g:g}' for g in gammas)}) need two runs: occupy-dask takes one --gamma"
+        )
+    if gammas:
+        if "--gamma" in args:
+            raise UsageError(f"a gamma after --amplify/--attenuate and --gamma: give one (use --amplify --gamma {gammas[0]:g})")
+        args += ["--gamma", repr(gammas[0])]
+    return args, notes
+
+
+def _is_number(word: str) -> bool:
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
+
+
 def main() -> None:
     import signal
+    import sys
 
     from .buffers import keep_freed_memory
 
     signal.signal(signal.SIGTERM, _terminate)
     keep_freed_memory()
-    app(prog_name="occupy-dask")
+    try:
+        args, notes = translate_occupy_spellings(sys.argv[1:])
+    except UsageError as exc:
+        typer.echo(f"occupy-dask: error: {exc}", err=True)
+        raise SystemExit(exc.exit_code) from None
+    for note in notes:
+        typer.echo(f"occupy-dask: note: {note}", err=True)
+    app(args=args, prog_name="occupy-dask")
 
 
 if __name__ == "__main__":

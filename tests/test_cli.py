@@ -308,3 +308,22 @@ def test_help_shows_units_in_panels(tmp_path):
         assert unit in shown, unit
     panels = [line for line in shown.splitlines() if line.startswith("╭─")]
     assert [p.split()[1] for p in panels] == ["Options", "Input", "Estimation", "Modification", "Outputs", "Compute"]
+
+
+def test_occupy_spellings_are_understood_or_refused_with_the_reason(tmp_path, data_dir, cli):
+    mapped = cli("-i", data_dir / "emd_1832.map", "-d", "a", "-q", "--amplify", "2", "--output_map", "g.mrc", cwd=tmp_path)
+    assert mapped.returncode == 0, mapped.stderr
+    assert "read as --amplify --gamma 2" in mapped.stderr and (tmp_path / "a" / "g.mrc").is_file()
+    same = cli("-i", data_dir / "emd_1832.map", "-d", "b", "-q", "--amplify", "--gamma", "2", "-o", "g.mrc", cwd=tmp_path)
+    assert same.returncode == 0, same.stderr
+    assert np.array_equal(mrcfile.read(tmp_path / "a" / "g.mrc"), mrcfile.read(tmp_path / "b" / "g.mrc"))
+    short = cli("-i", data_dir / "emd_1832.map", "-d", "c", "-q", "-am", "2", "-at", "2", cwd=tmp_path)
+    assert short.returncode == 0 and (tmp_path / "c" / "attn_2.0_out_emd_1832.mrc").is_file()
+    for flags, reason in (
+        (("--max-box", "512"), "full resolution on any box"),
+        (("--amplify", "2", "--attenuate", "3"), "need two runs"),
+        (("--emdb", "11007"), "download the map and give -i"),
+    ):
+        refused = cli("-i", data_dir / "emd_1832.map", "-d", "d", *flags, cwd=tmp_path)
+        assert refused.returncode == 2 and reason in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "Usage" in cli("--help-all", cwd=tmp_path).stdout
