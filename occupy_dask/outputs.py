@@ -28,7 +28,7 @@ from .settings import RunOptions, Settings
 def output_paths(info: MapInfo, settings: Settings, options: RunOptions, fmt: str = "mrc") -> dict[str, Path]:
     """Every file a run writes, keyed by output name (``scale``, ``confidence``, ``modified_<i>``,
     ``factor_<i>``, ``lowpass``, ``log``, ``chimerax``, ``plot*``); maps in format ``fmt``."""
-    name, ext, output_dir = info.name, FORMATS[fmt], Path(options.output_dir)
+    name, ext, output_dir = options.name or info.name, FORMATS[fmt], Path(options.output_dir)
     paths = {
         "scale": output_dir / f"scale_{settings.scale_mode}_{name}{ext}",
         "confidence": output_dir / f"conf_{name}{ext}",

@@ -8,7 +8,7 @@ class is run with the same settings; a new ``_model.star`` points at the modifie
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ import numpy as np
 from .api import RunResult, run_map
 from .errors import MapError, SettingsError
 from .fused import modified_name
-from .io.read import check_same_grid, open_map
+from .io.read import check_same_grid, map_name, open_map
 from .settings import RunOptions, modifications_from_options
 
 CLASSES_BLOCK = "model_classes"
@@ -35,8 +35,11 @@ class ClassResult:
     run: RunResult
 
 
-def read_class_paths(star_path: Path) -> tuple[dict, list[Path]]:
-    """The star file's blocks and the resolved class map paths; MapError when unusable."""
+def read_class_paths(star_path: Path) -> tuple[dict, list[Path], Path]:
+    """The star file's blocks, the resolved class map paths and the RELION project folder they
+    are relative to; MapError when unusable. RELION writes ``rlnReferenceImage`` relative to its
+    project folder (``Class3D/job010/...``): the folder is the star file's own or the first of its
+    parents, or the current directory, where the paths exist."""
     import starfile
 
     star_path = Path(star_path)
@@ -49,15 +52,19 @@ def read_class_paths(star_path: Path) -> tuple[dict, list[Path]]:
     table = blocks.get(CLASSES_BLOCK)
     if table is None or not hasattr(table, "columns") or IMAGE_COLUMN not in table.columns:
         raise MapError(f"{star_path}: no data_{CLASSES_BLOCK} table with {IMAGE_COLUMN} (is this a RELION *_model.star?)")
-    paths = []
-    for name in table[IMAGE_COLUMN]:
-        name = str(name).split("@")[-1]  # "000001@stack.mrcs" style references name a file too
-        candidates = [star_path.parent / name, Path(name), star_path.parent / Path(name).name]
-        found = next((c for c in candidates if c.is_file()), None)
-        if found is None:
-            raise MapError(f"{star_path}: class map {name} not found (looked relative to the star file and the current directory)")
-        paths.append(found)
-    return blocks, paths
+    names = [str(name) for name in table[IMAGE_COLUMN]]
+    stacked = [name for name in names if "@" in name]
+    if stacked:
+        raise MapError(
+            f"{star_path}: {stacked[0]} is an image in a stack (2D classes or particles), not a 3D map; "
+            "--relion-classes takes the _model.star of a 3D classification or refinement"
+        )
+    roots = [star_path.parent.absolute(), *star_path.parent.absolute().parents, Path.cwd()]
+    project = next((root for root in roots if all((root / name).is_file() for name in names)), None)
+    if project is None:
+        missing = next(name for name in names if not any((root / name).is_file() for root in roots))
+        raise MapError(f"{star_path}: class map {missing} not found (looked in the star file's folder, its parents and the current directory)")
+    return blocks, [project / name for name in names], project
 
 
 def _check_same_grids(class_paths: list[Path]) -> None:
@@ -66,6 +73,24 @@ def _check_same_grids(class_paths: list[Path]) -> None:
         for path in class_paths[1:]:
             with open_map(path, role="class map") as other:
                 check_same_grid(other.info, first.info, f"class map (unlike {class_paths[0].name})")
+
+
+def _check_class_outputs(class_paths: list[Path], per_class: list[RunOptions], settings_options: dict) -> None:
+    """Before any class runs: no two classes write the same file, and (without --overwrite) no
+    class would write over an existing one."""
+    from .outputs import output_paths
+    from .settings import derive_settings
+
+    seen: dict[Path, Path] = {}
+    for path, options in zip(class_paths, per_class):
+        with open_map(path, role="class map") as opened:
+            settings = derive_settings(opened.info.shape, opened.info.voxel_size, **settings_options)
+            for output in output_paths(opened.info, settings, options).values():
+                if output in seen:
+                    raise MapError(f"{path} and {seen[output]} would both write {output}")
+                seen[output] = path
+                if output.exists() and not options.overwrite:
+                    raise MapError(f"{output}: output exists (use --overwrite to replace it); no class was run")
 
 
 def _median_confident_scale(result: RunResult) -> tuple[float | None, int]:
@@ -110,21 +135,28 @@ def run_relion_classes(
     check_class_outputs(options)
     settings_options = class_settings(settings_options)
     output_dir = Path(options.output_dir)
-    blocks, class_paths = read_class_paths(star_path)
+    blocks, class_paths, project = read_class_paths(star_path)
     stem = star_path.name.removesuffix(".star").removesuffix("_model")
     new_star = output_dir / f"{stem}_occupy_model.star"
     if new_star.exists() and not options.overwrite:
         raise MapError(f"{new_star}: output exists (use --overwrite to replace it)")
     _check_same_grids(class_paths)
+    names = [map_name(p) for p in class_paths]
+    # classes whose maps share a file name (in different folders) get the class number in their outputs' names
+    per_class = [replace(options, name=f"{n}_class{i:03d}" if names.count(n) > 1 else None) for i, n in enumerate(names, start=1)]
+    _check_class_outputs(class_paths, per_class, settings_options)
     results = []
-    for i, path in enumerate(class_paths, start=1):
-        run = run_map(path, options, runner=runner, solvent_def=solvent_def, target_mask=target_mask, **settings_options)
+    for i, (path, class_options) in enumerate(zip(class_paths, per_class), start=1):
+        run = run_map(path, class_options, runner=runner, solvent_def=solvent_def, target_mask=target_mask, **settings_options)
         median, count = _median_confident_scale(run)
         results.append(ClassResult(i, path, run.outputs[modified_name(0)], median, count, run))
     table = blocks[CLASSES_BLOCK].copy()
-    table[IMAGE_COLUMN] = [os.path.relpath(r.modified.resolve(), new_star.parent.resolve()) for r in results]
+    table[IMAGE_COLUMN] = [os.path.relpath(r.modified.absolute(), project) for r in results]  # as RELION writes them
     blocks[CLASSES_BLOCK] = table
     starfile.write(blocks, new_star, overwrite=True)
+    version = next((line for line in star_path.read_text(errors="replace").splitlines() if line.startswith("# version")), None)
+    if version is not None:  # starfile drops the comment RELION reads the format version from
+        new_star.write_text(f"\n{version}\n{new_star.read_text()}")
     if options.report:
         write_class_report(output_dir / f"report_{stem}_classes.html", star_path, results, new_star)
     return results, new_star

@@ -238,6 +238,7 @@ class RunOptions:
     """How one run reads, writes and keeps its data; none of it changes a number of the method."""
 
     output_dir: Path = Path(".")
+    name: str | None = None  # the <name> in output file names (None: the input file's name)
     output_map: str | None = None  # the modified map's name (relative: inside output_dir)
     output_format: str | None = None  # mrc, zarr or ome.zarr (None: from output_map's suffix, else mrc)
     save_all_maps: bool = False  # also the low-passed input and each modification's factor
