@@ -97,12 +97,11 @@ def open_inputs(
             if voxel_size is None:
                 raise TypeError("voxel_size (Å, a float or a (z, y, x) tuple) is needed with an array: the low-pass and the kernel depend on it")
             inputs.source = spilled(data)
-            vs = voxel_size
             inputs.info = MapInfo(
                 path=None,
                 name="map",
                 shape=tuple(int(n) for n in np.shape(data)),
-                voxel_size=tuple(float(v) for v in np.broadcast_to(np.asarray(vs, float), (3,))),
+                voxel_size=tuple(float(v) for v in np.broadcast_to(np.asarray(voxel_size, float), (3,))),
             )
         inputs.solvent_def = mask_source(solvent_def, "solvent definition")
         inputs.target_mask = mask_source(target_mask, "target mask")
@@ -208,7 +207,6 @@ def modify(
     return one_modification(
         est.plan,
         est.sources,
-        est.raw_range,
         mods[0],
         exclude_solvent=exclude,
         scale_limit=limit,
@@ -305,7 +303,8 @@ def _estimate_and_write(inputs: Inputs, paths: dict[str, Path], options: RunOpti
             paths["chimerax"].write_text(script, encoding="utf-8")
             written["chimerax"] = paths["chimerax"]
         computed_on = runner.describe()
-        write_log(paths["log"], est, {**written, "log": paths["log"], **({"report": paths["report"]} if "report" in paths else {})}, computed_on)
+        listed = {**written, **{key: paths[key] for key in ("log", "report") if key in paths}}  # the log lists the report it precedes
+        write_log(paths["log"], est, listed, computed_on)
         written["log"] = paths["log"]
         if "report" in paths:
             from .html_report import write_report

@@ -27,7 +27,7 @@ from .io.read import FiniteSource, MapInfo
 from .kernels.histogram import N_BINS, density_from_counts, histogram_edges
 from .kernels.local import block_moments, ellipsoid_terms
 from .reductions import Reductions, finite_median, global_reductions
-from .scratch import keeps_on_disk, materialise, scratch_folder, spiller, too_large_for_memory
+from .scratch import lowpass_on_disk, materialise, scratch_folder, spiller, too_large_for_memory
 from .settings import RunOptions, Settings
 from .solvent import SOLVENT_ADVICE, ConfidenceTable, SolventModel, confidence_table, content_one_percent, fit_solvent_model, solvent_edge
 
@@ -92,9 +92,7 @@ def _lowpassed(raw_source, s: Settings, run, options: RunOptions, temp_dirs: lis
             spill=spill_spectrum,
             block_bytes=block_bytes,
         )
-        to_disk = options.spill_lowpass
-        if to_disk is None:  # large, over the memory limit, or read by tasks in other processes
-            to_disk = keeps_on_disk(lp_lazy.nbytes, run)
+        to_disk = lowpass_on_disk(lp_lazy.nbytes, options, run)  # large, over the memory limit, or read by other processes
         source, folder, parts = materialise(lp_lazy, to_disk, options.temp_dir, run, "low-pass", read_chunks=s.chunks, measure=lowpass_block_ranges)
     finally:
         if fft_folder is not None:  # the spectra are not needed once the low-passed map exists
@@ -152,7 +150,6 @@ def _estimate_from(red: Reductions, sources: dict, info: MapInfo, s: Settings, e
         outputs=outputs,
         nlrc_limit=nlrc_limit,
         noise_floor=noise_floor,
-        raw_range=None if s.lowpass_output_angstrom else raw_range,
         input_range=raw_range,
         solvent_mu=model.mu,
         solvent_sigma=model.sigma,

@@ -55,8 +55,7 @@ class LocalPlan:
     outputs: tuple[str, ...]  # which per-voxel results to make, in this order
     nlrc_limit: float | None = None  # --nlrc: the scale at the confidence limit
     noise_floor: NoiseFloor | None = None  # --debias: the scale is measured above it
-    raw_range: tuple[float, float] | None = None  # clip modified maps to it (None: a later stage clips)
-    input_range: tuple[float, float] | None = None  # min and max of the input: its histogram's range
+    input_range: tuple[float, float] | None = None  # min and max of the input: modified maps are clipped to it
     solvent_mu: float = 0.0  # the solvent model, for the synthetic solvent of attenuation
     solvent_sigma: float = 0.0
 
@@ -67,6 +66,12 @@ class LocalPlan:
     @property
     def halo(self) -> tuple[int, int, int]:
         return self.settings.halo
+
+    @property
+    def clip_range(self) -> tuple[float, float] | None:
+        """The range modified maps are clipped to here; None when they are low-passed afterwards
+        (the low-pass stage clips them)."""
+        return None if self.settings.lowpass_output_angstrom else self.input_range
 
 
 def modification_factor(mod: Modification, scale: np.ndarray, scale_limit: float, reference: bool, out: np.ndarray | None = None) -> np.ndarray:
@@ -127,7 +132,9 @@ def local_outputs(plan: LocalPlan, scale_padded, lp_block, raw_block, start, sto
         noise = None
         if mod.kind == "attenuate" and not s.exclude_solvent:
             noise = synthetic_solvent(start, stop, s.seed, plan.solvent_mu, plan.solvent_sigma)
-        modify_into(raw_block, factor, confidence, slot(modified_name(i)), exclude_solvent=s.exclude_solvent, value_range=plan.raw_range, noise=noise)
+        modify_into(
+            raw_block, factor, confidence, slot(modified_name(i)), exclude_solvent=s.exclude_solvent, value_range=plan.clip_range, noise=noise
+        )
     return slots
 
 
@@ -231,12 +238,11 @@ def lowpass_modified(array: da.Array, s: Settings, raw_range) -> da.Array:
     return filtered.rechunk(s.chunks, method="tasks").map_blocks(np.clip, lo, hi, dtype=np.float32)
 
 
-def one_modification(plan: LocalPlan, sources: dict, raw_range, mod: Modification, **changes) -> da.Array:
+def one_modification(plan: LocalPlan, sources: dict, mod: Modification, **changes) -> da.Array:
     """One more modification of an estimated map as a lazy array (its own fused pass);
     ``changes`` are settings that differ from the estimate's (exclude_solvent, scale_limit,
     lowpass_output_angstrom, seed)."""
     s = replace(plan.settings, modifications=(mod,), **changes)
-    lowpassed = s.lowpass_output_angstrom is not None
-    plan = replace(plan, settings=s, outputs=(modified_name(0),), raw_range=None if lowpassed else raw_range)
+    plan = replace(plan, settings=s, outputs=(modified_name(0),))
     stacked, _ = fused_graph(plan, sources)
-    return lowpass_modified(stacked[0], s, raw_range) if lowpassed else stacked[0]
+    return lowpass_modified(stacked[0], s, plan.input_range) if s.lowpass_output_angstrom else stacked[0]

@@ -73,16 +73,14 @@ def _axis_section(axis: int, name: str, positions, slices: dict, est: Estimate) 
     limit = est.confidence_limit
     panels = []
     for label, per_axis in slices.items():
+        coloured = label in ("scale", "confidence")
+        grey_range = None if coloured else _display_range(per_axis)  # one grey scale for all of a map's panels
         images = []
         for p in positions:
             data = per_axis[axis][p]
+            rgb = _viridis(np.clip(data, 0.0, 1.0)) if coloured else _grey(data, grey_range)
             if label == "input":
-                rgb = _grey(data, _display_range(per_axis))
                 rgb[_contour(slices["scale"][axis][p] >= limit)] = CONTOUR
-            elif label in ("scale", "confidence"):
-                rgb = _viridis(np.clip(data, 0.0, 1.0))
-            else:
-                rgb = _grey(data, _display_range(per_axis))
             images.append(_png_uri(rgb))
         panels.append((label, images))
     axis_id = f"axis{axis}"

@@ -25,6 +25,12 @@ IN_MEMORY_BYTES = 2 << 30  # larger low-passed maps and spectra go to disk
 BUDGET_SHARE = 8  # under a memory limit, a map or spectrum above this share of it goes to disk
 
 
+def lowpass_on_disk(nbytes: int, options, run) -> bool:
+    """Whether the low-passed map (``nbytes``) is kept on disk: as ``options.spill_lowpass``
+    says, else by :func:`keeps_on_disk`."""
+    return options.spill_lowpass if options.spill_lowpass is not None else keeps_on_disk(nbytes, run)
+
+
 def keeps_on_disk(nbytes: int, run) -> bool:
     """Whether a map of ``nbytes`` that tasks read goes to disk: when large (see
     :func:`too_large_for_memory`) or when workers in other processes must read it."""
@@ -45,7 +51,7 @@ def scratch_bytes(settings, options, run) -> int:
     if not settings.lowpass_applied:
         return 0
     map_bytes = 4 * math.prod(settings.shape)
-    spilled = options.spill_lowpass or (options.spill_lowpass is None and keeps_on_disk(map_bytes, run))
+    spilled = lowpass_on_disk(map_bytes, options, run)
     spectrum = spectrum_bytes(settings.shape, settings.voxel_size, settings.lowpass_angstrom, settings.reference_compatible)
     return (map_bytes if spilled else 0) + (2 * spectrum if too_large_for_memory(spectrum, run) else 0)
 

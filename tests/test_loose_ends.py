@@ -86,16 +86,15 @@ def test_free_space_counts_the_spilled_lowpass_in_the_temp_dir(tmp_path, golden_
     from collections import namedtuple
 
     usage = namedtuple("usage", "total used free")
-    seen = []
-
-    def disk_usage(path):
-        seen.append(path)
-        return usage(10**12, 0, 10**12)
-
-    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+    maps = 2 * (4 * 96**3 + 1024)  # scale and confidence
+    spilled = 4 * 96**3  # the low-passed map, on the same filesystem here
     temp = tmp_path / "temp"
     temp.mkdir()
-    run_map(golden_dir / "phantom96.mrc", RunOptions(output_dir=tmp_path / "out", temp_dir=str(temp), spill_lowpass=True))
-    assert seen  # one filesystem here: the outputs and the spilled map are added up on it
+    options = RunOptions(output_dir=tmp_path / "out", temp_dir=str(temp), spill_lowpass=True)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 0, maps + spilled - 1))
+    with pytest.raises(OutputError, match="not enough free space"):  # the outputs alone would fit
+        run_map(golden_dir / "phantom96.mrc", options)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 0, maps + spilled))
+    run_map(golden_dir / "phantom96.mrc", options)
     with mrcfile.open(tmp_path / "out" / "scale_res_phantom96.mrc") as m:
         assert m.data.shape == (96, 96, 96)
