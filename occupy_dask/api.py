@@ -31,8 +31,18 @@ from .outputs import (
     resolve_format,
     write_maps,
 )
+from .resample import fourier_crop, reduced_shape, reduced_voxel_size
 from .scratch import array_source, scratch_bytes
 from .settings import RunOptions, Settings, check_scale_limit, derive_settings, modifications_from_options
+
+
+@dataclass(frozen=True)
+class FullMap:
+    """The input map of a ``--max-box`` preview: its geometry, its data and its (min, max)."""
+
+    info: MapInfo
+    source: object
+    value_range: tuple[float, float]
 
 
 @dataclass
@@ -47,6 +57,7 @@ class Inputs:
     target_mask: object | None = None
     files: list[Path] = field(default_factory=list)  # input files, never to be overwritten
     cleanup: list = field(default_factory=list)
+    full: FullMap | None = None  # --max-box: the input itself, when the method runs on its cropped preview
 
     def close(self) -> None:
         while self.cleanup:
@@ -105,6 +116,22 @@ def open_inputs(
             )
         inputs.solvent_def = mask_source(solvent_def, "solvent definition")
         inputs.target_mask = mask_source(target_mask, "target mask")
+        max_box = settings.max_box if settings is not None else options.get("max_box")
+        reduced = reduced_shape(inputs.info.shape, max_box)
+        if reduced is not None:  # a preview: the method runs on the map (and masks) cropped in Fourier space
+            shape = inputs.info.shape
+            reference = settings.reference_compatible if settings is not None else options.get("reference_compatible", False)
+            small, value_range = fourier_crop(inputs.source, shape, reduced, reference=reference)
+            inputs.full = FullMap(inputs.info, inputs.source, value_range)
+            inputs.source = spilled(small)
+            inputs.info = replace(inputs.info, shape=reduced, voxel_size=reduced_voxel_size(inputs.info.voxel_size, shape, reduced))
+            for role in ("solvent_def", "target_mask"):
+                if getattr(inputs, role) is not None:
+                    setattr(inputs, role, spilled(fourier_crop(getattr(inputs, role), shape, reduced, reference=reference)[0]))
+            if settings is not None:
+                settings = replace(settings, shape=reduced, voxel_size=inputs.info.voxel_size, full_shape=shape)
+            else:
+                options = {**options, "full_shape": shape}
         inputs.settings = settings if settings is not None else derive_settings(inputs.info.shape, inputs.info.voxel_size, **options)
     except BaseException:
         inputs.close()
@@ -160,6 +187,7 @@ def estimate(
             solvent_def=inputs.solvent_def,
             target_mask=inputs.target_mask,
             options=RunOptions(temp_dir=temp_dir, allow_nonfinite=allow_nonfinite),
+            full=inputs.full,
         )
     except BaseException:
         inputs.close()
@@ -273,7 +301,9 @@ def run_map(
         inputs = open_inputs(input_map, solvent_def=solvent_def, target_mask=target_mask, temp_dir=options.temp_dir, run=runner, **settings_options)
         paths = output_paths(inputs.info, inputs.settings, options, fmt)
         runner.check_memory(inputs.settings.chunks, inputs.settings.halo, len(map_outputs(paths)))
-        needed = output_bytes(paths, inputs.info.shape, fmt)
+        needed = output_bytes(
+            paths, (inputs.full.info if inputs.full is not None else inputs.info).shape, fmt
+        )  # a preview's modified maps: full size
         temp = Path(options.temp_dir or tempfile.gettempdir())
         needed[temp] = needed.get(temp, 0) + scratch_bytes(inputs.settings, options, runner)
         created += check_outputs(paths, inputs.files, options.overwrite, needed)
@@ -291,24 +321,36 @@ def _estimate_and_write(inputs: Inputs, paths: dict[str, Path], options: RunOpti
     from .report import chimerax_script, write_log
 
     s = inputs.settings
-    with estimate_map(inputs.source, inputs.info, s, runner, solvent_def=inputs.solvent_def, target_mask=inputs.target_mask, options=options) as est:
+    with estimate_map(
+        inputs.source, inputs.info, s, runner, solvent_def=inputs.solvent_def, target_mask=inputs.target_mask, options=options, full=inputs.full
+    ) as est:
         written = write_maps(est, paths, runner, fmt)
         modified = [written[modified_name(i)] for i in range(len(s.modifications))]
         if options.plot:
             from .report import save_plots
 
             written.update(save_plots(est, paths))
-        script = chimerax_script(est, paths["chimerax"], input_path, written["scale"], modified) if "chimerax" in paths else None
+        script = (
+            chimerax_script(est, paths["chimerax"], input_path, written["scale"], modified, options.min_vis_scale) if "chimerax" in paths else None
+        )
         if script is not None:
             paths["chimerax"].write_text(script, encoding="utf-8")
             written["chimerax"] = paths["chimerax"]
         computed_on = runner.describe()
         listed = {**written, **{key: paths[key] for key in ("log", "report") if key in paths}}  # the log lists the report it precedes
-        write_log(paths["log"], est, listed, computed_on)
+        write_log(paths["log"], est, listed, computed_on, options.min_vis_scale)
         written["log"] = paths["log"]
         if "report" in paths:
             from .html_report import write_report
 
-            write_report(paths["report"], est, input_path, written, f"Computed on: {computed_on}.", input_source=inputs.source)
+            write_report(
+                paths["report"],
+                est,
+                input_path,
+                written,
+                f"Computed on: {computed_on}.",
+                input_source=inputs.source,
+                min_vis_scale=options.min_vis_scale,
+            )
             written["report"] = paths["report"]
     return RunResult(est, written, list(runner.timings))

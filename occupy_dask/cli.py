@@ -33,6 +33,13 @@ def _fail(message: str, verbose: bool, code: int = 1) -> None:
 @app.command(help="Estimate the local map scale (occupancy proxy) of a cryo-EM map, chunked with dask.")
 def main_command(
     input_map: Path | None = typer.Option(None, "--input-map", "-i", help="Input map (.mrc/.map/.ccp4, optionally .gz)."),
+    emdb: str | None = typer.Option(
+        None,
+        "--emdb",
+        "--emdb-id",
+        help="Fetch the main map of this EMDB entry (e.g. 1832) and use it as input; outputs are named emd_<id>. "
+        "Mirror: set OCCUPY_DASK_EMDB_URL to the archive's structures folder.",
+    ),
     relion_classes: Path | None = typer.Option(
         None,
         "--relion-classes",
@@ -75,6 +82,15 @@ def main_command(
         None, "--solvent-def", help="Mask defining solvent or content (either polarity), same grid as the input."
     ),
     hedge_confidence: float | None = typer.Option(None, "--hedge-confidence", help="Raise the confidence to this power (> 1). Default: off."),
+    s0: bool = typer.Option(
+        False, "--S0/--SW", help="Full-scale reference: tau x the largest scale-data value (S0), or the largest tile percentile (SW). Default: SW."
+    ),
+    max_box: int | None = typer.Option(
+        None,
+        "--max-box",
+        help="Quick preview of a large map: estimate on the map Fourier-cropped to this box [voxels, even]; modified maps come back "
+        "at full size. Default: off (full resolution).",
+    ),
     nlrc: bool = typer.Option(False, "--nlrc", help="Noise-level recalibration: stretch [confidence limit, 1] of the scale onto [0, 1]."),
     debias: bool = typer.Option(
         False,
@@ -111,6 +127,16 @@ def main_command(
     lowpass_output: float | None = typer.Option(
         None, "--lowpass-amplified", "--lowpass-output", help="Low-pass the modified maps at this resolution [Å]. Default: off."
     ),
+    hist_match: bool = typer.Option(False, "--hist-match", help="Histogram-match each modified map to the input (the input's grey scale)."),
+    omit_confidence: bool = typer.Option(
+        False, "--omit-confidence", help="Modify without weighting by the confidence (not recommended: solvent noise is modified too)."
+    ),
+    subtraction_mask: bool = typer.Option(
+        False,
+        "--subtraction-mask",
+        help="With --attenuate or --sigmoid: also write subtraction_mask_*.mrc [0-1], the fraction of density each keeps "
+        "(for RELION signal subtraction).",
+    ),
     output_map: str | None = typer.Option(
         None,
         "--output-map",
@@ -130,6 +156,13 @@ def main_command(
     save_chimerax: bool = typer.Option(
         True, "--save-chimerax/--no-save-chimerax", "--chimerax/--no-chimerax", help="Write the ChimeraX script chimX_<name>.cxc."
     ),
+    chimerax_silent: bool = typer.Option(False, "--chimerax-silent", help="Write the ChimeraX script and do not open ChimeraX (the default)."),
+    show_chimerax: bool = typer.Option(
+        False, "--show-chimerax", help="Write the ChimeraX script and open it in ChimeraX when done (if chimerax is on PATH)."
+    ),
+    min_vis_scale: float | None = typer.Option(
+        None, "--min-vis-scale", help="Lowest scale the ChimeraX colouring and its colour key resolve [0-1]. Default: the confidence limit."
+    ),
     save_all_maps: bool = typer.Option(
         False, "--save-all-maps", help="Also write the low-passed input lowpass_<name>.mrc and each modification factor modfactor_*.mrc."
     ),
@@ -139,6 +172,7 @@ def main_command(
         help="Cubic chunks of this edge [voxels]. Default: slabs of whole planes of 32-64 MB (cubes of 256 for very large planes).",
     ),
     output_dir: Path = typer.Option(Path("."), "--output-dir", "-d", help="Directory for all outputs. Default: current directory."),
+    keep_output_path: bool = typer.Option(False, "--keep-output-path", help="Write the outputs beside the input map (instead of --output-dir)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
     temp_dir: Path | None = typer.Option(
         None, "--temp-dir", help="Directory for temporary files (gzip input, spilled low-pass). Default: system temp."
@@ -197,7 +231,7 @@ def main_command(
 ) -> None:
     quiet = verbose is False
     verbose = bool(verbose)
-    source = input_map or relion_classes
+    source = input_map or relion_classes or (f"EMD-{emdb}" if emdb else None)
     # the method's modules (dask, numba, scipy) are imported here, not for --help or --version
     from .api import run_map
     from .cluster import ClusterSpec, connect, job_script
@@ -234,10 +268,17 @@ def main_command(
         if print_job_script:
             typer.echo(job_script(spec))
             raise typer.Exit()
-        if (input_map is None) == (relion_classes is None):
-            raise UsageError("give one input: --input-map/-i MAP or --relion-classes MODEL.star")
+        if sum(x is not None for x in (input_map, relion_classes, emdb)) != 1:
+            raise UsageError("give one input: --input-map/-i MAP, --emdb ID or --relion-classes MODEL.star")
+        if min_vis_scale is not None and not 0.0 <= min_vis_scale < 1.0:
+            raise UsageError(f"--min-vis-scale must lie in [0, 1), got {min_vis_scale}")
+        if keep_output_path:
+            if input_map is None:
+                raise UsageError("--keep-output-path needs --input-map (the outputs go beside it)")
+            output_dir = input_map.absolute().parent
         options = RunOptions(
             output_dir=output_dir,
+            min_vis_scale=min_vis_scale,
             output_map=output_map,
             output_format=output_format,
             save_all_maps=save_all_maps,
@@ -272,6 +313,11 @@ def main_command(
             "scale_limit": scale_limit,
             "lowpass_output": lowpass_output,
             "seed": seed,
+            "s0": s0,
+            "omit_confidence": omit_confidence,
+            "hist_match": hist_match,
+            "subtraction_masks": subtraction_mask,
+            "max_box": max_box,
         }
         masks = {"solvent_def": solvent_def, "target_mask": target_mask}
         if relion_classes is not None:
@@ -286,7 +332,10 @@ def main_command(
                 results, new_star = run_relion_classes(relion_classes, settings_options, options, runner, **masks)
                 _print_classes(relion_classes, results, new_star, quiet)
                 return
-            result = run_map(input_map, options, runner=runner, **masks, **settings_options)
+            if emdb is not None:
+                result = _run_emdb(emdb, options, runner, quiet, masks, settings_options)
+            else:
+                result = run_map(input_map, options, runner=runner, **masks, **settings_options)
     except OccupyError as exc:
         _fail(f"{source}: {exc}" if exc.prefix_source and source else str(exc), verbose, exc.exit_code)
     except MemoryError:
@@ -299,14 +348,55 @@ def main_command(
         typer.echo(f"occupy-dask: {how}; no output was left half-written", err=True)
         raise typer.Exit(code) from None
     _print_result(result, verbose, quiet, profile, target_mask)
+    if show_chimerax and "chimerax" in result.outputs:
+        _show_chimerax(result.outputs["chimerax"], quiet)
+
+
+def _run_emdb(entry: str, options, runner, quiet: bool, masks: dict, settings_options: dict):
+    """Fetch the entry's map into a private temporary folder, run on it, remove the folder."""
+    import shutil
+
+    from .api import run_map
+    from .io.emdb import fetch_map, map_url
+
+    if quiet:
+        path = fetch_map(entry, options.temp_dir)
+    else:
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+        typer.echo(f"fetching {map_url(entry)}", err=True)
+        with Progress(TextColumn("download"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=Console(stderr=True)) as bar:
+            task = bar.add_task("download", total=None)
+            path = fetch_map(entry, options.temp_dir, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    try:
+        return run_map(path, options, runner=runner, **masks, **settings_options)
+    finally:
+        shutil.rmtree(path.parent, ignore_errors=True)
+
+
+def _show_chimerax(script: Path, quiet: bool) -> None:
+    """--show-chimerax: start ChimeraX on the script in the background, or say in one line why not."""
+    import shutil
+    import subprocess
+
+    chimerax = shutil.which("chimerax")
+    if chimerax is None:
+        typer.echo(f"ChimeraX is not on PATH; open {script} in it to see the result", err=True)
+        return
+    subprocess.Popen([chimerax, str(script.absolute())], cwd=script.parent, stdin=subprocess.DEVNULL, start_new_session=True)
+    if not quiet:
+        typer.echo(f"opening {script} in ChimeraX")
 
 
 PANELS = {
-    "Input": "input_map relion_classes solvent_def target_mask allow_nonfinite",
+    "Input": "input_map emdb relion_classes solvent_def target_mask allow_nonfinite",
     "Estimation": "resolution lowpass_input kernel_size kernel_radius tau tile_size tile_grid occupancy hedge_confidence nlrc debias "
-    "reference_compatible",
-    "Modification": "amplify amplify_amount attenuate gamma scale_limit sigmoid pivot exclude_solvent lowpass_output seed",
-    "Outputs": "output_map output_dir output_format overwrite report plot save_chimerax save_all_maps temp_dir verbose profile",
+    "s0 max_box reference_compatible",
+    "Modification": "amplify amplify_amount attenuate gamma scale_limit sigmoid pivot exclude_solvent lowpass_output hist_match "
+    "omit_confidence subtraction_mask seed",
+    "Outputs": "output_map output_dir keep_output_path output_format overwrite report plot save_chimerax chimerax_silent show_chimerax "
+    "min_vis_scale save_all_maps temp_dir verbose profile",
     "Compute and cluster": "chunks cluster workers threads memory_limit scheduler_address scheduler_file scheduler_timeout cluster_config jobs "
     "adaptive dashboard dashboard_address tls tls_ca_file tls_cert tls_key print_job_script",
 }
@@ -402,34 +492,15 @@ def _terminate(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-# OccuPy 0.1.13 flags that occupy-dask does not take, and why (one line each).
-NOT_TAKEN = {
-    "--max-box": "occupy-dask estimates at full resolution on any box, in chunks; nothing is downsampled",
-    "--hist-match": "histogram matching of the modified maps is not available in occupy-dask yet",
-    "--S0": "the S0 kernel normalisation is not available in occupy-dask yet; the scale uses the tile percentile (OccuPy's --SW)",
-    "--SW": "the tile-percentile normalisation is what occupy-dask always does; drop the flag",
-    "--omit-confidence": "modification without the confidence weighting is not available in occupy-dask yet",
-    "--min-vis-scale": "the ChimeraX colouring starts at the confidence limit; a chosen lower end is not available yet",
-    "--chimerax-silent": "occupy-dask writes the ChimeraX script without opening ChimeraX (--save-chimerax, on by default)",
-    "--show-chimerax": "occupy-dask does not start ChimeraX; open chimX_<name>.cxc in it",
-    "--keep-output-path": "use --output-dir with the input's folder",
-    "--emdb": "fetching EMDB entries is not available in occupy-dask yet; download the map and give -i",
-    "--emdb-id": "fetching EMDB entries is not available in occupy-dask yet; download the map and give -i",
-}
-
-
 def translate_occupy_spellings(argv: list[str]) -> tuple[list[str], list[str]]:
     """OccuPy's own spellings in ``argv`` made occupy-dask's: ``--amplify G`` / ``--attenuate G``
     (0.1.13's gamma after the flag) become ``--amplify --gamma G``, ``--help-all`` is ``--help``.
-    Returns the arguments and one note per translation. A flag of OccuPy's that occupy-dask does
-    not take, or gammas that cannot be one ``--gamma``, raise UsageError with the reason."""
+    Returns the arguments and one note per translation. Gammas that cannot be one ``--gamma``
+    raise UsageError with the reason."""
     args, notes, gammas = [], [], []
     i = 0
     while i < len(argv):
         word = argv[i]
-        flag = word.split("=", 1)[0]
-        if flag in NOT_TAKEN:
-            raise UsageError(f"{flag} (OccuPy 0.1.13): {NOT_TAKEN[flag]}")
         if word == "--help-all":
             args.append("--help")
         elif word in ("--amplify", "-am", "--attenuate", "-at") and i + 1 < len(argv) and _is_number(argv[i + 1]):

@@ -5,13 +5,15 @@
 3. the global reductions (sections 3-4, :mod:`occupy_dask.reductions`);
 4. the solvent model and the confidence table (sections 6-7, :mod:`occupy_dask.solvent`), and
    with ``--debias`` the noise floor (:mod:`occupy_dask.debias`);
-5. the fused per-chunk pass (sections 5-8, :mod:`occupy_dask.fused`), returned lazily.
+5. the fused per-chunk pass (sections 5-8, :mod:`occupy_dask.fused`), returned lazily;
+6. with ``--hist-match``, the histograms of each modified map and of the input (one more
+   fused pass), and each modified map mapped onto the input's grey scale, lazily.
 """
 
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import dask
@@ -22,22 +24,36 @@ from . import lowpass as lowpass_stage
 from .blocks import Moments
 from .buffers import POOL
 from .debias import NoiseFloor, map_noise_floor
-from .fused import LocalPlan, display_level, factor_name, fused_graph, lowpass_modified, modified_name, output_moments, variability_limit
+from .fused import (
+    LocalPlan,
+    display_level,
+    factor_name,
+    fused_graph,
+    lowpass_modified,
+    modified_name,
+    output_moments,
+    submask_name,
+    variability_limit,
+)
 from .io.read import FiniteSource, MapInfo
+from .kernels.histmatch import HistogramMatch, order_counts
 from .kernels.histogram import N_BINS, density_from_counts, histogram_edges
 from .kernels.local import block_moments, ellipsoid_terms
 from .reductions import Reductions, finite_median, global_reductions
+from .resample import fourier_pad, fourier_pad_reference
 from .scratch import lowpass_on_disk, materialise, scratch_folder, spiller, too_large_for_memory
 from .settings import RunOptions, Settings
 from .solvent import SOLVENT_ADVICE, ConfidenceTable, SolventModel, confidence_table, content_one_percent, fit_solvent_model, solvent_edge
 
 
 def estimate_map(
-    raw_source, info: MapInfo, s: Settings, run=None, *, solvent_def=None, target_mask=None, options: RunOptions = RunOptions()
+    raw_source, info: MapInfo, s: Settings, run=None, *, solvent_def=None, target_mask=None, options: RunOptions = RunOptions(), full=None
 ) -> Estimate:
     """Run the global steps of the method on the map ``raw_source`` (a source: ``shape`` and
     ``__getitem__``, stored axis order) and return the lazy per-voxel outputs. ``run(*objs,
-    label=...)`` computes dask objects (progress and scheduler are the caller's)."""
+    label=...)`` computes dask objects (progress and scheduler are the caller's). ``full``
+    (an :class:`occupy_dask.api.FullMap`) is the input when ``raw_source`` is its ``--max-box``
+    preview: the modified maps are then padded back to its box."""
     run = run or default_run
     temp_dirs: list[Path] = []
     notes = []
@@ -56,6 +72,9 @@ def estimate_map(
         sources["scale"] = sources["lp"] if s.scale_mode == "occ" else sources["raw"]
         reductions = global_reductions(sources, s, run, lp_ranges)
         est = _estimate_from(reductions, sources, info, s, options.extra_outputs)
+        if full is not None:
+            est.full_info = full.info
+        _finish_modified(est, full, run)
     except BaseException:
         for path in temp_dirs:
             shutil.rmtree(path, ignore_errors=True)
@@ -135,6 +154,10 @@ def _estimate_from(red: Reductions, sources: dict, info: MapInfo, s: Settings, e
     target_occupancy = None
     if red.target_tau is not None:
         target_occupancy = TargetOccupancy(red.target.n, red.target_tau, red.target.hi, red.target_s_max, nlrc_limit, noise_floor)
+    if s.omit_confidence and s.modifications:
+        warnings.append(
+            "--omit-confidence: the modification is not weighted by the confidence, so solvent noise is modified (amplified) as much as content"
+        )
     for mod in s.modifications:
         if mod.kind != "exclude" and mod.amount < -1:
             warnings.append(f"amplify amount {mod.amount:g} is below -1 (attenuation beyond the scale itself); this is untested")
@@ -185,6 +208,57 @@ def _estimate_from(red: Reductions, sources: dict, info: MapInfo, s: Settings, e
     )
 
 
+def _finish_modified(est: Estimate, full, run) -> None:
+    """Step 6: the modified maps of a ``--max-box`` preview padded back to the input's box, and
+    clipped to the input's range or, with ``--hist-match``, histogram-matched to the input."""
+    s = est.settings
+    names = [modified_name(i) for i in range(len(s.modifications))]
+    if not names:
+        return
+    if full is not None:
+        chunks = est.full_chunks
+        planes = chunks[0] if chunks[1:] == tuple(full.info.shape[1:]) else min(chunks[0], 64)
+        if s.reference_compatible:  # the whole map at once, as the reference
+            padded = {n: dask.delayed(fourier_pad_reference, pure=True)(est[n], full.info.shape) for n in names}
+            est.final.update({n: da.from_delayed(p, full.info.shape, np.float32).rechunk(chunks) for n, p in padded.items()})
+        else:
+            est.final.update({n: fourier_pad(est[n], full.info.shape, planes) for n in names})
+    if s.hist_match:
+        source, chunks, value_range = (
+            (full.source, est.full_chunks, full.value_range) if full is not None else (est.sources["raw"], s.chunks, est.raw_range)
+        )
+        reference = da.from_array(source, chunks=chunks, lock=False, asarray=False, meta=np.empty((0, 0, 0), np.float32))
+        est.final.update(histogram_matched({n: est[n] for n in names}, reference, run, value_range))
+    elif full is not None:
+        lo, hi = (np.float32(v) for v in full.value_range)
+        est.final.update({n: est[n].map_blocks(np.clip, lo, hi, dtype=np.float32) for n in names})
+
+
+def histogram_matched(arrays: dict[str, da.Array], reference: da.Array, run, reference_range=None) -> dict[str, da.Array]:
+    """Each of ``arrays`` given the grey scale of ``reference`` (the input, with its (min, max)
+    ``reference_range``; OccuPy's ``--hist-match``). The histograms are exact chunked
+    reductions (one pass over the arrays); the mapping is applied lazily, block by block, as
+    the arrays are made again."""
+    counts = run(*[_order_counts(a) for a in arrays.values()], _order_counts(reference), label="histogram matching")
+    matched = {}
+    for (name, array), array_counts in zip(arrays.items(), counts[:-1]):
+        match = dask.delayed(HistogramMatch.between(array_counts, counts[-1], reference_range), pure=True)
+        matched[name] = array.map_blocks(_apply_match, match, dtype=np.float32, meta=np.empty((0, 0, 0), np.float32))
+    return matched
+
+
+def _apply_match(block: np.ndarray, match: HistogramMatch) -> np.ndarray:
+    return match.apply(block)
+
+
+def _order_counts(array: da.Array):
+    """Lazy ordered-bin histogram of a dask array: per block, then summed four at a time."""
+    parts = [dask.delayed(order_counts, pure=True)(block) for block in array.to_delayed().ravel()]
+    while len(parts) > 1:
+        parts = [dask.delayed(sum, pure=True)(parts[i : i + 4]) for i in range(0, len(parts), 4)]
+    return parts[0]
+
+
 def _solvent_model(red: Reductions, s: Settings):
     """Sections 6-7: the solvent model fitted to the solvent region's histogram, the confidence
     table over the low-passed map's histogram, its bin edges, the solvent edge and the content
@@ -202,12 +276,15 @@ def _solvent_model(red: Reductions, s: Settings):
 
 def output_names(s: Settings, extra_outputs=()) -> tuple[str, ...]:
     """The per-voxel outputs of the fused pass: scale, confidence, the extra ones asked for
-    (``lowpass``; ``factor`` adds each modification's factor) and each modified map."""
+    (``lowpass``; ``factor`` adds each modification's factor), each modified map, and the
+    subtraction mask of each attenuation or sigmoid when the settings ask for them."""
     outputs = ["scale", "confidence", *[n for n in extra_outputs if n != "factor"]]
     for i, mod in enumerate(s.modifications):
         outputs.append(modified_name(i))
         if "factor" in extra_outputs and mod.kind != "exclude":
             outputs.append(factor_name(i))
+        if s.subtraction_masks and mod.kind in ("attenuate", "sigmoid"):
+            outputs.append(submask_name(i))
     return tuple(outputs)
 
 
@@ -267,6 +344,7 @@ class Estimate:
     warnings: list[str] = field(default_factory=list)
     cleanup: list = field(default_factory=list, repr=False)  # callables run by close()
     confident_voxels: int = 0  # voxels with confidence above 0.5 (confident content)
+    full_info: MapInfo | None = None  # --max-box: the input's geometry; the modified maps are on its grid
     _stats: list | None = field(default=None, repr=False)  # the fused pass's statistics, once computed
 
     def __getitem__(self, name: str) -> da.Array:
@@ -277,6 +355,20 @@ class Estimate:
     def has_block_stats(self, name: str) -> bool:
         """Whether the fused pass's per-chunk statistics describe output ``name`` as written."""
         return name in self.output_names and name not in self.final
+
+    @property
+    def full_chunks(self) -> tuple[int, int, int]:
+        """Blocks of the maps on the input's grid (``full_info``): as the settings would cut it."""
+        if self.full_info is None:
+            return self.settings.chunks
+        return replace(self.settings, shape=tuple(self.full_info.shape)).chunks
+
+    def grid_of(self, name: str) -> tuple[MapInfo, tuple[int, int, int]]:
+        """Geometry and blocks of output ``name``: a --max-box preview's modified maps are on the
+        input's grid, everything else on the estimate's."""
+        if self.full_info is not None and name.startswith("modified_"):
+            return self.full_info, self.full_chunks
+        return self.info, self.settings.chunks
 
     def modified(self, i: int = 0) -> da.Array:
         """The ``i``-th modified map of ``settings.modifications`` (lazy, float32)."""

@@ -28,7 +28,7 @@ from .io.read import read_with_halo
 from .kernels.ballmax import ball_max_valid, ring_shape
 from .kernels.histogram import confidence_lookup, confidence_lookup_reference, histogram_counts, histogram_edges
 from .kernels.local import debiased_scale, local_scale, masked_sum, recalibrate_noise_level
-from .kernels.modify import modify_into, power_factor, sigmoid_factor, synthetic_solvent
+from .kernels.modify import modify_into, power_factor, sigmoid_factor, subtraction_mask, subtraction_table, synthetic_solvent
 from .settings import Modification, Settings
 
 
@@ -40,6 +40,11 @@ def modified_name(i: int) -> str:
 def factor_name(i: int) -> str:
     """The output name of the ``i``-th modification's factor."""
     return f"factor_{i}"
+
+
+def submask_name(i: int) -> str:
+    """The output name of the ``i``-th modification's subtraction mask."""
+    return f"submask_{i}"
 
 
 @dataclass(frozen=True)
@@ -69,9 +74,8 @@ class LocalPlan:
 
     @property
     def clip_range(self) -> tuple[float, float] | None:
-        """The range modified maps are clipped to here; None when they are low-passed afterwards
-        (the low-pass stage clips them)."""
-        return None if self.settings.lowpass_output_angstrom else self.input_range
+        """The range modified maps are clipped to here; None when a later stage makes them."""
+        return self.input_range if self.settings.clips_modified_in_pass else None
 
 
 def modification_factor(mod: Modification, scale: np.ndarray, scale_limit: float, reference: bool, out: np.ndarray | None = None) -> np.ndarray:
@@ -122,10 +126,18 @@ def local_outputs(plan: LocalPlan, scale_padded, lp_block, raw_block, start, sto
         confidence_lookup_reference(lp_block, plan.table, *plan.lp_range, out=confidence)
     else:
         confidence_lookup(lp_block, plan.table, plan.edges, out=confidence)
+    if s.omit_confidence:  # the modification is not weighted by the confidence; the reference writes that weight
+        if s.reference_compatible:
+            confidence[...] = 1.0
+        else:
+            confidence = take(shape)
+            confidence[...] = 1.0
     if "lowpass" in plan.outputs:
         slots["lowpass"][...] = lp_block
     raw_block = np.asarray(raw_block, dtype=np.float32)
     for i, mod in enumerate(s.modifications):
+        if submask_name(i) in plan.outputs:
+            subtraction_mask(scale, subtraction_table(mod.kind, mod.exponent, mod.power, mod.pivot), out=slots[submask_name(i)])
         if modified_name(i) not in plan.outputs and factor_name(i) not in plan.outputs:
             continue
         factor = modification_factor(mod, scale, s.scale_limit, s.reference_compatible, out=slot(factor_name(i)))
@@ -217,13 +229,15 @@ def fused_graph(plan: LocalPlan, sources: dict):
         for c in range(len(plan.outputs)):
             array_layer[(out, c, *index)] = (_take_output, (fused, *index), c)
         stats_layer[(stats, *index)] = (operator.getitem, (fused, *index), 1)
-    graph = HighLevelGraph(
-        {fused: fused_layer, out: array_layer, stats: stats_layer, gather: {gather: (list, list(stats_layer))}},
-        {fused: set(), out: {fused}, stats: {fused}, gather: {stats}},
+    # two graphs that share the fused layer: each collection holds only the layers it computes
+    # (dask mixes up the results of an array and a delayed that carry each other's layers)
+    array_graph = HighLevelGraph({fused: fused_layer, out: array_layer}, {fused: set(), out: {fused}})
+    stats_graph = HighLevelGraph(
+        {fused: fused_layer, stats: stats_layer, gather: {gather: (list, list(stats_layer))}}, {fused: set(), stats: {fused}, gather: {stats}}
     )
     dim_chunks = tuple(tuple(min(c, n - s) for s in range(0, n, c)) for n, c in zip(shape, chunks))
-    stacked = da.Array(graph, out, ((1,) * len(plan.outputs), *dim_chunks), dtype=np.float32)
-    return stacked, Delayed(gather, graph)
+    stacked = da.Array(array_graph, out, ((1,) * len(plan.outputs), *dim_chunks), dtype=np.float32)
+    return stacked, Delayed(gather, stats_graph)
 
 
 def _take_output(result, channel):
@@ -232,8 +246,10 @@ def _take_output(result, channel):
 
 def lowpass_modified(array: da.Array, s: Settings, raw_range) -> da.Array:
     """``--lowpass-amplified``: low-pass a modified map (pencil FFT as the input's) and clip it
-    to the input's range."""
+    to the input's range (not when it is histogram-matched or padded back to a full box afterwards)."""
     filtered = lowpass_stage.lowpass(array, s.voxel_size, s.lowpass_output_angstrom, reference=s.reference_compatible)
+    if s.hist_match or s.full_shape:
+        return filtered.rechunk(s.chunks, method="tasks")
     lo, hi = np.float32(raw_range[0]), np.float32(raw_range[1])
     return filtered.rechunk(s.chunks, method="tasks").map_blocks(np.clip, lo, hi, dtype=np.float32)
 

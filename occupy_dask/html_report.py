@@ -30,20 +30,37 @@ MAX_PIXELS = 320  # longest side of a slice image; larger maps are sampled with 
 CONTOUR = (230, 30, 30)  # the scale's contour at the confidence limit, on the input
 
 
-def write_report(path: Path, est: Estimate, input_path: Path, written: dict[str, Path], computed_on: str | None = None, input_source=None) -> None:
+def write_report(
+    path: Path, est: Estimate, input_path: Path, written: dict[str, Path], computed_on: str | None = None, input_source=None, min_vis_scale=None
+) -> None:
     """Write ``report_<name>.html`` for an estimate whose maps were written to ``written``; the
-    input's slices come from ``input_source`` when given (an opened map), else from its file."""
+    input's slices come from ``input_source`` when given (an opened map), else from its file;
+    ``min_vis_scale`` is the ChimeraX colouring's chosen lower end (for the table of numbers)."""
     maps = {"input": input_source if input_source is not None else input_path, "scale": written["scale"], "confidence": written["confidence"]}
     for i, mod in enumerate(est.settings.modifications):
         if modified_name(i) in written:
             maps[f"modified: {mod.describe()}"] = written[modified_name(i)]
     shape = est.info.shape
     positions = [np.unique(np.linspace(n * 0.1, n * 0.9 - 1, SLICES).round().astype(int).clip(0, n - 1)) for n in shape]
-    slices = {label: read_slices(file, shape, positions) for label, file in maps.items()}
+    slices = {label: slices_on_grid(file, shape, positions) for label, file in maps.items()}
     names = axis_names(est.info)
     sections = [_axis_section(axis, names[axis], positions[axis], slices, est) for axis in range(3)]
     plots = [_figure_png(figure(est)) for figure in (solvent_figure, modification_figure, noise_floor_figure)]
-    path.write_text(_page(est, input_path, sections, [p for p in plots if p], written, computed_on), encoding="utf-8")
+    path.write_text(_page(est, input_path, sections, [p for p in plots if p], written, computed_on, min_vis_scale), encoding="utf-8")
+
+
+def slices_on_grid(where, shape, positions) -> list[dict[int, np.ndarray]]:
+    """:func:`read_slices` of a map on the estimate's grid ``shape``; a map on a finer grid of
+    the same box (a --max-box preview's modified maps) is read at the same places in Å."""
+    if not isinstance(where, Path):
+        return read_slices(where, shape, positions)
+    with open_map(where) as opened:
+        own = tuple(opened.source.shape)
+        if own == tuple(shape):
+            return read_slices(opened.source, shape, positions)
+        at = [{int(p): min(n - 1, int(round((p + 0.5) * n / m - 0.5))) for p in ps} for ps, n, m in zip(positions, own, shape)]
+        found = read_slices(opened.source, own, [sorted(set(a.values())) for a in at])
+    return [{p: found[axis][q] for p, q in at[axis].items()} for axis in range(3)]
 
 
 def read_slices(where, shape, positions) -> list[dict[int, np.ndarray]]:
@@ -159,10 +176,10 @@ def _colour_bar() -> str:
     return f'<div class="bar"><span>0</span><div style="background: linear-gradient(to right, {stops})"></div><span>1</span></div>'
 
 
-def _page(est: Estimate, input_path: Path, sections: list[str], plots: list[str], written: dict[str, Path], computed_on) -> str:
+def _page(est: Estimate, input_path: Path, sections: list[str], plots: list[str], written: dict[str, Path], computed_on, min_vis_scale=None) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(n)}</td><td>{html.escape(u)}</td><td>{html.escape(v)}</td><td>{html.escape(MEANINGS.get(n, ''))}</td></tr>"
-        for n, u, v in limits(est)
+        for n, u, v in limits(est, min_vis_scale)
     )
     t = est.target_occupancy
     target = f"<p class=key>Target occupancy: <b>{t.occupancy:.4f}</b> ({t.n_voxels} voxels in the mask)</p>" if t is not None else ""

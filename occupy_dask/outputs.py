@@ -19,7 +19,7 @@ import numpy as np
 from .buffers import release_buffers
 from .errors import OutputError, SettingsError
 from .estimation import Estimate
-from .fused import factor_name, modified_name, store_outputs
+from .fused import factor_name, modified_name, store_outputs, submask_name
 from .io.read import MapInfo
 from .io.write import FORMATS, format_of, open_output
 from .settings import RunOptions, Settings
@@ -29,13 +29,17 @@ def output_paths(info: MapInfo, settings: Settings, options: RunOptions, fmt: st
     """Every file a run writes, keyed by output name (``scale``, ``confidence``, ``modified_<i>``,
     ``factor_<i>``, ``lowpass``, ``log``, ``chimerax``, ``plot*``); maps in format ``fmt``."""
     name, ext, output_dir = options.name or info.name, FORMATS[fmt], Path(options.output_dir)
+    naive = "naive_" if settings.s0 else ""  # the reference's name for the S0 scale
     paths = {
-        "scale": output_dir / f"scale_{settings.scale_mode}_{name}{ext}",
+        "scale": output_dir / f"scale_{naive}{settings.scale_mode}_{name}{ext}",
         "confidence": output_dir / f"conf_{name}{ext}",
     }
     mods = settings.modifications
     for i, path in enumerate(modified_paths(settings, name, output_dir, options.output_map, fmt)):
         paths[modified_name(i)] = path
+    for i, mod in enumerate(mods):
+        if settings.subtraction_masks and mod.kind in ("attenuate", "sigmoid"):
+            paths[submask_name(i)] = output_dir / f"{subtraction_mask_stem(mod)}_{name}{ext}"
     if options.save_all_maps:
         paths["lowpass"] = output_dir / f"lowpass_{name}{ext}"
         for i, mod in enumerate(mods):
@@ -54,6 +58,14 @@ def output_paths(info: MapInfo, settings: Settings, options: RunOptions, fmt: st
         if settings.debias:
             paths["plot_noise_floor"] = output_dir / f"noiseFloor_{name}.png"
     return paths
+
+
+def subtraction_mask_stem(mod) -> str:
+    """The OccuPy GUI's name of a subtraction mask: ``subtraction_mask_attn_<gamma>`` or
+    ``subtraction_mask_sigm_<pivot>.<power>``."""
+    if mod.kind == "sigmoid":
+        return f"subtraction_mask_sigm_{mod.pivot:g}.{mod.power:g}"
+    return f"subtraction_mask_attn_{1.0 + mod.exponent:g}"
 
 
 def map_outputs(paths: dict[str, Path]) -> list[str]:
@@ -225,7 +237,8 @@ def output_kind(name: str, est: Estimate) -> str:
         return fixed[name]
     kind, i = name.rsplit("_", 1)
     what = est.settings.modifications[int(i)].describe()
-    return f"modification factor ({what})" if kind == "factor" else f"modified map ({what})"
+    words = {"factor": "modification factor", "submask": "subtraction mask"}
+    return f"{words.get(kind, 'modified map')} ({what})"
 
 
 def map_label(est: Estimate, name: str) -> str:
@@ -237,6 +250,8 @@ def map_label(est: Estimate, name: str) -> str:
     what = est.settings.modifications[int(i)].describe()
     if kind == "factor":
         return f"modification factor: {what}"
+    if kind == "submask":
+        return f"subtraction mask: {what}"
     return f"{what}, solvent {'excluded' if est.settings.exclude_solvent else 'retained'}"
 
 
@@ -245,18 +260,21 @@ def write_maps(est: Estimate, paths: dict[str, Path], run, fmt: str = "mrc") -> 
     fill header statistics; rename into place. The fused pass's statistics (the variability
     limit among them) are kept on ``est``. Returns the written paths."""
     names = [n for n in est.output_names if n in paths]
-    chunks = est.settings.chunks
     outputs = {}
     try:
         for n in names:
-            outputs[n] = open_output(paths[n], fmt, est.info, map_label(est, n), chunks)
+            info, chunks = est.grid_of(n)
+            outputs[n] = open_output(paths[n], fmt, info, map_label(est, n), chunks)
         if all(est.has_block_stats(n) for n in names):  # each fused chunk task writes its own outputs
             stats, reduced = run(store_outputs(est.plan, est.sources, {n: outputs[n].target for n in names}), label="local scale")[0], {}
         else:  # a later stage (low-passed modified maps) reads the fused outputs
-            arrays = [est[n] if fmt == "mrc" else est[n].rechunk(chunks, method="tasks") for n in names]  # zarr chunks = dask chunks
+            arrays = [est[n] if fmt == "mrc" else est[n].rechunk(est.grid_of(n)[1], method="tasks") for n in names]  # zarr chunks = dask chunks
             store = da.store(arrays, [outputs[n].target for n in names], lock=False, compute=False)
             reductions = {n: _reduction_stats(est[n]) for n in names if not est.has_block_stats(n)}
-            _, stats, reduced = run(store, est.block_stats, reductions, label="local scale")
+            # the delayed statistics first: dask (2026.8) can hand a delayed listed after a store the result of another object
+            stats, _, reduced = run(est.block_stats, store, reductions, label="local scale")
+            if not isinstance(stats, list):
+                raise RuntimeError(f"internal error: the fused pass's statistics came back as {type(stats).__name__}")
         est.record_block_stats(stats)
         for n in names:
             if n in reduced:

@@ -37,7 +37,7 @@ class Reductions:
 
     raw: Moments  # the input map
     lp: Moments  # the low-passed map
-    s_max: float  # the full-scale reference: the largest tile quantile at tau
+    s_max: float  # the full-scale reference: the largest tile quantile at tau (with S0: tau x the largest value)
     best_tile: int  # the tile it comes from (id into ``tile_origins``)
     tile_origins: np.ndarray
     tile_index: np.ndarray  # each tile's grid index
@@ -75,6 +75,8 @@ def global_reductions(sources: dict, s: Settings, run, lp_ranges=None) -> Reduct
     ]
     totals, tiles, histograms, moments_of_tiles = _combine_first_pass(run(*tasks, label="reductions"))
     best, s_max = largest_tile(tiles)
+    if s.s0:  # OccuPy's S0: tau times the largest scale-data value (float64, as the reference's)
+        s_max = s.tau * float(totals["lp" if s.scale_mode == "occ" else "raw"].hi)
     check_map(totals, s_max, s)
     region_kind = "inside"
     if "inside" not in totals and not (totals["definition_high"].n and totals["definition_low"].n):

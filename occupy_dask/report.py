@@ -42,6 +42,7 @@ MEANINGS = {
     "Variability limit": "mean scale data at full scale over s_max: how much full-scale density varies",
     "Confident content": "voxels with confidence above 0.5",
     "ChimeraX level": "input level whose surface encloses the confident content (the script's contour)",
+    "ChimeraX colour key from": "lowest scale the script's colouring tells apart (lower scales share its colour)",
     "Hedge confidence": "confidence raised to this power",
     "Noise-level recalibration": "scale stretched from [confidence limit, 1] onto [0, 1]",
     "Reference-compatible": "the reference OccuPy 0.1.13's conventions",
@@ -57,8 +58,9 @@ MEANINGS = {
 }
 
 
-def limits(est: Estimate) -> list[tuple[str, str, str]]:
-    """(name, unit, value) rows of everything derived (docs/method.md section 10)."""
+def limits(est: Estimate, min_vis_scale: float | None = None) -> list[tuple[str, str, str]]:
+    """(name, unit, value) rows of everything derived (docs/method.md section 10);
+    ``min_vis_scale`` is the lowest scale the ChimeraX colouring resolves, when chosen."""
     s = est.settings
     variability_limit = est.variability_limit
     axes = ", ".join(axis_names(est.info))
@@ -66,6 +68,17 @@ def limits(est: Estimate) -> list[tuple[str, str, str]]:
     rows = [
         ("Input", "", str(est.info.path) if est.info.path else est.info.name),
         ("Box (stored order)", "voxels", " x ".join(map(str, s.shape))),
+        *(
+            [
+                (
+                    "Preview (--max-box)",
+                    "voxels",
+                    f"input box {' x '.join(map(str, s.full_shape))} Fourier-cropped to the box above; modified maps at the input's box",
+                )
+            ]
+            if s.full_shape
+            else []
+        ),
         ("Voxel size", f"Å; {axes}", ", ".join(f"{v:.4f}" for v in s.voxel_size)),
         ("Low-pass", "Å", f"{s.lowpass_angstrom:.2f}" + ("" if s.lowpass_applied else " (not applied: below Nyquist)")),
         ("Scale mode", "", {"res": "res (raw input)", "occ": "occ (low-passed input)"}[s.scale_mode]),
@@ -78,6 +91,7 @@ def limits(est: Estimate) -> list[tuple[str, str, str]]:
         ),
         ("Kernel n_v", "voxels", str(s.n_v)),
         ("Tau", "0-1", f"{s.tau:.4f}"),
+        ("Full-scale normalisation", "", "S0: tau x largest scale-data value (no tiles)" if s.s0 else "SW: largest tile percentile"),
         ("Tile size", "voxels", str(s.tile_size)),
         ("Tile grid", "", "default (stride = tile size)" if s.tile_grid is None else f"{s.tile_grid} per axis"),
         ("Tiles used", "", str(est.n_tiles)),
@@ -93,6 +107,11 @@ def limits(est: Estimate) -> list[tuple[str, str, str]]:
         ("Variability limit", "scale", "n/a" if variability_limit is None else f"{variability_limit:.4f}"),
         ("Confident content", "voxels", f"{est.confident_voxels}"),
         ("ChimeraX level", "map units", "n/a" if est.display_level is None else f"{est.display_level:.6g}"),
+        (
+            "ChimeraX colour key from",
+            "scale",
+            f"{colour_key_low(est, min_vis_scale):.4f}" + (" (--min-vis-scale)" if min_vis_scale is not None else ""),
+        ),
         ("Hedge confidence", "", "off" if s.hedge_confidence is None else f"{s.hedge_confidence:g}"),
         ("Noise-level recalibration", "", "on" if s.nlrc else "off"),
         *noise_floor_rows(est),
@@ -110,6 +129,8 @@ def limits(est: Estimate) -> list[tuple[str, str, str]]:
             ("Amplify limit", "scale", f"{s.scale_limit:.3f}"),
             ("Solvent", "", "excluded (flattened to 0)" if s.exclude_solvent else "retained"),
             ("Low-pass of modified maps", "Å", "off" if s.lowpass_output_angstrom is None else f"{s.lowpass_output_angstrom:.2f}"),
+            ("Confidence weighting", "", "omitted (--omit-confidence: solvent is modified too)" if s.omit_confidence else "on"),
+            ("Histogram matching", "", "on (modified maps take the input's grey scale)" if s.hist_match else "off (clipped to the input's range)"),
         ]
         if any(m.kind == "attenuate" for m in s.modifications) and not s.exclude_solvent:
             rows.append(("Synthetic solvent seed", "", str(s.seed)))
@@ -148,8 +169,8 @@ def describe_modification(mod: Modification) -> str:
     return f"{mod.describe()} (factor S^{mod.exponent:.4g})"
 
 
-def write_log(path: Path, est: Estimate, outputs: dict[str, Path], computed_on: str | None = None) -> None:
-    rows = limits(est)
+def write_log(path: Path, est: Estimate, outputs: dict[str, Path], computed_on: str | None = None, min_vis_scale: float | None = None) -> None:
+    rows = limits(est, min_vis_scale)
     width = max(len(r[0]) for r in rows)
     unit_width = max(len(u) + 2 for _, u, _ in rows if u)
     value_width = min(max(len(r[2]) for r in rows if r[0] in MEANINGS), 28)
@@ -184,11 +205,18 @@ def chimerax_path(path: Path, folder: Path) -> str | None:
     return f'"{relative}"'
 
 
-def chimerax_script(est: Estimate, script: Path, input_path: Path, scale_path: Path, modified: list[Path]) -> str | None:
+def chimerax_script(
+    est: Estimate, script: Path, input_path: Path, scale_path: Path, modified: list[Path], min_vis_scale: float | None = None
+) -> str | None:
     """A .cxc beside the outputs that opens the input and scale maps, colours the input surface by
-    the scale with a fixed palette over [min visible scale, 1], and opens any modified maps
-    coloured the same way; None (and a warning on ``est``) when a file name cannot be written
-    into it safely (see :func:`chimerax_path`)."""
+    the scale with a fixed palette over [lowest coloured scale, 1] and draws that colour key, and
+    opens any modified maps coloured the same way; None (and a warning on ``est``) when a file
+    name cannot be written into it safely (see :func:`chimerax_path`).
+
+    Models are named when opened (``occupy_<tag>_input``, ...) and every later command selects
+    them by that name (``##name=``), not by number: the script works in a session where other
+    models are open. The lowest coloured scale is ``min_vis_scale``, else the confidence limit.
+    """
     paths = [input_path, scale_path, *modified]
     tokens = [chimerax_path(p, script.parent) for p in paths]
     if None in tokens:
@@ -199,26 +227,45 @@ def chimerax_script(est: Estimate, script: Path, input_path: Path, scale_path: P
         )
         return None
     level = est.display_level if est.display_level is not None else (est.s_max + est.solvent_edge) / 2.0
-    low = max(0.0, min(est.confidence_limit, 0.95))
+    low = colour_key_low(est, min_vis_scale)
     steps = len(PALETTE) - 1
-    palette = ":".join(f"{low + (1.0 - low) * i / steps:.4f},{c}" for i, c in enumerate(PALETTE))
+    stops = [(low + (1.0 - low) * i / steps, c) for i, c in enumerate(PALETTE)]
+    palette = ":".join(f"{v:.4f},{c}" for v, c in stops)
+    key = " ".join(f"{c}:{v:.2f}" if i in (0, steps) else f"{c}:" for i, (v, c) in enumerate(stops))
+    tag = model_tag(script)
+    names = [f"occupy_{tag}_input", f"occupy_{tag}_scale", *(f"occupy_{tag}_modified{i}" for i in range(1, len(modified) + 1))]
     lines = [
-        f"# occupy_dask {__version__}: input coloured by local scale ({est.settings.scale_mode} mode)",
-        f"open {tokens[0]}",
-        f"open {tokens[1]}",
-        "volume #2 hide",
-        f"volume #1 level {level:.6g} style surface",
-        f"color sample #1 map #2 palette {palette}",
+        f"# occupy_dask {__version__}: input coloured by local scale ({est.settings.scale_mode} mode), scale {low:.2f}-1 coloured",
+        f"open {tokens[0]} name {names[0]}",
+        f"open {tokens[1]} name {names[1]}",
+        f"volume ##name={names[1]} hide",
+        f"volume ##name={names[0]} level {level:.6g} style surface",
+        f"color sample ##name={names[0]} map ##name={names[1]} palette {palette}",
     ]
-    for i, token in enumerate(tokens[2:], start=3):
+    for token, name in zip(tokens[2:], names[2:]):
         lines += [
-            f"open {token}",
-            f"volume #{i} level {level:.6g} style surface",
-            f"color sample #{i} map #2 palette {palette}",
-            f"hide #{i} models",
+            f"open {token} name {name}",
+            f"volume ##name={name} level {level:.6g} style surface",
+            f"color sample ##name={name} map ##name={names[1]} palette {palette}",
+            f"hide ##name={name} models",
         ]
-    lines += ["view", "lighting soft"]
+    lines += [f"key {key} pos 0.05,0.06 size 0.35,0.04", "view", "lighting soft"]
     return "\n".join(lines) + "\n"
+
+
+def colour_key_low(est: Estimate, min_vis_scale: float | None = None) -> float:
+    """The lowest scale the ChimeraX colouring resolves: ``--min-vis-scale``, else the
+    confidence limit (scales below it are not told apart from solvent), at most 0.95."""
+    low = est.confidence_limit if min_vis_scale is None else min_vis_scale
+    return max(0.0, min(float(low), 0.95))
+
+
+def model_tag(script: Path) -> str:
+    """Six hex digits from the script's name: the models of two results opened in one session
+    get different names."""
+    import hashlib
+
+    return hashlib.sha1(script.name.encode("utf-8", "surrogateescape")).hexdigest()[:6]
 
 
 # --------------------------------------------------------------------------- plots

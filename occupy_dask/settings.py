@@ -198,6 +198,12 @@ class Settings:
     exclude_solvent: bool = False
     lowpass_output_angstrom: float | None = None
     seed: int = 0
+    s0: bool = False  # OccuPy's --S0: the full-scale reference is tau x the largest scale-data value, no tiles
+    omit_confidence: bool = False  # modify without weighting by the confidence (solvent is modified too)
+    hist_match: bool = False  # each modified map histogram-matched to the input
+    subtraction_masks: bool = False  # also write the subtraction mask of each attenuation or sigmoid
+    max_box: int | None = None  # --max-box: estimate on the map Fourier-cropped to at most this box
+    full_shape: tuple[int, int, int] | None = None  # the input's box when this map is its cropped preview
     # fixed thresholds of the method (logged)
     solvent_def_threshold: float = 0.9  # --solvent-def voxels above it are solvent
     target_threshold: float = 0.5  # --target-mask voxels above it are the target
@@ -207,6 +213,12 @@ class Settings:
     @property
     def isotropic(self) -> bool:
         return is_isotropic(self.voxel_size)
+
+    @property
+    def clips_modified_in_pass(self) -> bool:
+        """Whether the fused pass clips the modified maps to the input's range: not when a later
+        stage makes them (a low-pass, the way back from a --max-box preview, or --hist-match)."""
+        return not (self.lowpass_output_angstrom or self.hist_match or self.full_shape)
 
     @property
     def halo(self) -> tuple[int, int, int]:
@@ -243,6 +255,7 @@ class RunOptions:
     output_format: str | None = None  # mrc, zarr or ome.zarr (None: from output_map's suffix, else mrc)
     save_all_maps: bool = False  # also the low-passed input and each modification's factor
     save_chimerax: bool = True
+    min_vis_scale: float | None = None  # lowest scale the ChimeraX colouring resolves (None: the confidence limit)
     plot: bool = False
     report: bool = False  # report_<name>.html: slices, plots and every number, in one file
     overwrite: bool = False
@@ -283,6 +296,12 @@ def derive_settings(
     exclude_solvent: bool = False,
     lowpass_output: float | None = None,
     seed: int = 0,
+    s0: bool = False,
+    omit_confidence: bool = False,
+    hist_match: bool = False,
+    subtraction_masks: bool = False,
+    max_box: int | None = None,
+    full_shape: tuple[int, int, int] | None = None,
 ) -> Settings:
     """Derive every setting of docs/method.md section 2 from the map geometry and user choices.
 
@@ -331,6 +350,10 @@ def derive_settings(
         occupancy = any(m.kind != "exclude" for m in modifications)
     scale_mode = "occ" if occupancy else "res"
 
+    if max_box is not None and (max_box < 16 or max_box % 2):
+        raise SettingsError(f"--max-box must be even and at least 16 voxels, got {max_box}")
+    if subtraction_masks and not any(m.kind in ("attenuate", "sigmoid") for m in modifications):
+        raise SettingsError("--subtraction-mask needs --attenuate or --sigmoid (the mask is what they remove)")
     if hedge_confidence is not None and not hedge_confidence > 1.0:
         raise SettingsError(f"--hedge-confidence must be larger than 1, got {hedge_confidence}")
 
@@ -362,6 +385,12 @@ def derive_settings(
         exclude_solvent=bool(exclude_solvent),
         lowpass_output_angstrom=lowpass_output,
         seed=int(seed),
+        s0=bool(s0),
+        omit_confidence=bool(omit_confidence),
+        hist_match=bool(hist_match),
+        subtraction_masks=bool(subtraction_masks),
+        max_box=None if max_box is None else int(max_box),
+        full_shape=None if full_shape is None else tuple(int(n) for n in full_shape),
     )
 
 

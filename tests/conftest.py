@@ -29,13 +29,17 @@ def phantom(golden_dir) -> Path:
     return golden_dir / "phantom96.mrc"
 
 
-def _run_cli(*args, cwd, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "occupy_dask", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+def _run_cli(*args, cwd, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "occupy_dask", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=environment
+    )
 
 
 @pytest.fixture(scope="session")
 def cli():
-    """Run ``python -m occupy_dask ARGS`` in ``cwd``: ``cli(*args, cwd=folder)`` -> CompletedProcess."""
+    """Run ``python -m occupy_dask ARGS`` in ``cwd``: ``cli(*args, cwd=folder, env={...})`` -> CompletedProcess
+    (``env`` adds to this process's environment)."""
     return _run_cli
 
 

@@ -1,9 +1,12 @@
 """cli.py: the command line as a user runs it."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import mrcfile
 import numpy as np
@@ -112,8 +115,8 @@ def test_end_to_end_on_emd_1832(emd1832, tmp_path):
         assert scale.header.dmean == pytest.approx(data.mean(), rel=1e-5)
         assert scale.header.rms == pytest.approx(data.std(), rel=1e-4)
     script = (out / "chimX_emd_1832.cxc").read_text()
-    assert f'open "{os.path.relpath(emd1832, out)}"' in script  # relative to the script's folder
-    assert "color sample #1 map #2 palette" in script
+    assert f'open "{os.path.relpath(emd1832, out)}" name occupy_' in script  # relative to the script's folder
+    assert re.search(r"color sample ##name=occupy_[0-9a-f]{6}_input map ##name=occupy_[0-9a-f]{6}_scale palette", script), script
     log = (out / "log_emd_1832.txt").read_text()
     for key in (
         "Tau",
@@ -320,10 +323,52 @@ def test_occupy_spellings_are_understood_or_refused_with_the_reason(tmp_path, da
     short = cli("-i", data_dir / "emd_1832.map", "-d", "c", "-q", "-am", "2", "-at", "2", cwd=tmp_path)
     assert short.returncode == 0 and (tmp_path / "c" / "attn_2.0_out_emd_1832.mrc").is_file()
     for flags, reason in (
-        (("--max-box", "512"), "full resolution on any box"),
         (("--amplify", "2", "--attenuate", "3"), "need two runs"),
-        (("--emdb", "11007"), "download the map and give -i"),
+        (("--emdb", "11007"), "give one input"),
+        (("--max-box", "63"), "even"),
+        (("--min-vis-scale", "1.5"), "--min-vis-scale must lie in [0, 1)"),
+        (("--subtraction-mask", "--amplify"), "needs --attenuate or --sigmoid"),
     ):
         refused = cli("-i", data_dir / "emd_1832.map", "-d", "d", *flags, cwd=tmp_path)
         assert refused.returncode == 2 and reason in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     assert "Usage" in cli("--help-all", cwd=tmp_path).stdout
+
+
+def test_occupy_features_write_what_occupy_writes(tmp_path, golden_dir, cli):
+    """--S0 names the scale map as OccuPy does; --subtraction-mask writes the GUI's masks;
+    --keep-output-path writes beside the input; --chimerax-silent writes the script only."""
+    source = tmp_path / "maps" / "phantom64.mrc"
+    source.parent.mkdir()
+    shutil.copy(golden_dir / "phantom64.mrc", source)
+    flags = ("--S0", "--attenuate", "--gamma", "2", "--sigmoid", "2", "--pivot", "0.3", "--subtraction-mask", "--chimerax-silent")
+    done = cli("-i", source, "--keep-output-path", *flags, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    beside = source.parent
+    for name in ("scale_naive_occ_phantom64.mrc", "subtraction_mask_attn_2_phantom64.mrc", "subtraction_mask_sigm_0.3.2_phantom64.mrc"):
+        assert (beside / name).is_file(), sorted(p.name for p in beside.iterdir())
+    assert (beside / "chimX_phantom64.cxc").is_file() and not list(tmp_path.glob("*.mrc"))
+    mask = mrcfile.read(beside / "subtraction_mask_attn_2_phantom64.mrc")
+    assert mask.shape == (64, 64, 64) and 0.0 <= mask.min() < mask.max() <= 1.0
+    assert "subtraction mask (attenuated, amount -1)" in done.stdout
+    log = (beside / "log_phantom64.txt").read_text()
+    assert "S0: tau x largest scale-data value" in log
+
+
+def test_show_chimerax_opens_the_script_or_says_why_not(tmp_path, data_dir, cli):
+    args = ("-i", data_dir / "emd_1832.map", "--show-chimerax")
+    missing = cli(*args, "-d", "a", cwd=tmp_path, env={"PATH": os.path.dirname(sys.executable)})
+    assert missing.returncode == 0, missing.stderr
+    assert missing.stderr.strip().splitlines()[-1] == f"ChimeraX is not on PATH; open {Path('a') / 'chimX_emd_1832.cxc'} in it to see the result"
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    fake = tools / "chimerax"  # records what it was asked to open
+    fake.write_text(f'#!/bin/sh\necho "$@" > {tmp_path / "opened.txt"}\n')
+    fake.chmod(0o755)
+    shown = cli(*args, "-d", "b", cwd=tmp_path, env={"PATH": f"{tools}:{os.environ['PATH']}"})
+    assert shown.returncode == 0, shown.stderr
+    assert "opening" in shown.stdout and "in ChimeraX" in shown.stdout
+    for _ in range(100):
+        if (tmp_path / "opened.txt").exists():
+            break
+        time.sleep(0.05)
+    assert (tmp_path / "opened.txt").read_text().strip() == str(tmp_path / "b" / "chimX_emd_1832.cxc")

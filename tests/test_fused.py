@@ -16,6 +16,9 @@ def _modified(data, chunks, **kw):
     [
         {"amplify": True, "attenuate": True, "gamma": 3.0, "sigmoid": 3.0, "pivot": 0.4},  # attenuation adds synthetic solvent
         {"amplify": True, "exclude_solvent": True, "lowpass_output": 6.0},
+        {"amplify": True, "sigmoid": 2.0, "pivot": 0.3, "hist_match": True, "s0": True},  # histograms are exact sums over chunks
+        {"attenuate": True, "omit_confidence": True, "lowpass_output": 6.0, "hist_match": True},
+        {"amplify": True, "max_box": 48},  # estimated on a 48^3 preview, padded back to 64^3
     ],
 )
 def test_every_modified_map_is_chunk_invariant(phantom64, options):
@@ -38,3 +41,67 @@ def test_exclusion_alone_multiplies_by_confidence(phantom64):
         got = est.modified(0).compute()
         conf = est.confidence_map.compute()
     assert np.allclose(got, phantom64 * conf, atol=1e-7)
+
+
+def test_omit_confidence_modifies_solvent_too_and_keeps_the_confidence_map(phantom64):
+    kw = dict(voxel_size=1.5, chunks=32, amplify=True, gamma=2.0)
+    with occupy_dask.estimate(phantom64, omit_confidence=True, **kw) as est:
+        omitted, conf, scale = (a.compute() for a in (est.modified(0), est.confidence_map, est.scale))
+        warnings = est.warnings
+    with occupy_dask.estimate(phantom64, **kw) as est:
+        weighted, conf_default = est.modified(0).compute(), est.confidence_map.compute()
+    assert np.array_equal(conf, conf_default) and conf.min() == 0.0  # the estimate's confidence is still written
+    with np.errstate(divide="ignore"):
+        factor = np.where(scale > 0.05, scale ** np.float32(-0.5), np.float32(1.0))
+    lo, hi = phantom64.min(), phantom64.max()
+    assert np.allclose(omitted, np.clip(phantom64 * factor, lo, hi), atol=1e-6)  # data x factor everywhere
+    solvent = conf == 0
+    assert np.abs(omitted - phantom64)[solvent].max() > 0.01 and np.array_equal(weighted[solvent], phantom64[solvent])
+    assert any("--omit-confidence" in w and "solvent" in w for w in warnings)
+
+
+def test_omit_confidence_under_reference_compatible_writes_the_weight_used(phantom64):
+    with occupy_dask.estimate(phantom64, voxel_size=1.5, amplify=True, omit_confidence=True, reference_compatible=True) as est:
+        assert np.all(est.confidence_map.compute() == 1.0)  # as OccuPy 0.1.13 writes it
+
+
+def test_hist_match_gives_the_input_grey_scale(phantom64):
+    with occupy_dask.estimate(phantom64, voxel_size=1.5, chunks=24, amplify=True, hist_match=True) as est:
+        matched, unmatched = est.modified(0).compute(), None
+    with occupy_dask.estimate(phantom64, voxel_size=1.5, chunks=24, amplify=True) as est:
+        unmatched = est.modified(0).compute()
+    q = np.linspace(0.001, 0.999, 41)
+    span = phantom64.max() - phantom64.min()
+    assert np.abs(np.quantile(matched, q) - np.quantile(phantom64, q)).max() < 1e-3 * span  # the input's histogram
+    assert np.abs(np.quantile(unmatched, q) - np.quantile(phantom64, q)).max() > 0.02 * span  # which amplification changed
+    order = np.argsort(unmatched.ravel(), kind="stable")  # and the modified map's order of voxels kept
+    assert np.all(np.diff(matched.ravel()[order]) >= 0)
+
+
+def test_s0_full_scale_is_tau_times_the_largest_scale_data_value(phantom64):
+    with occupy_dask.estimate(phantom64, voxel_size=1.5, occupancy=True, s0=True) as est:
+        assert est.s_max == est.settings.tau * float(est.lp_range[1])
+        assert np.array_equal(est.scale.compute() == 1.0, est.scale.compute() >= 1.0)
+
+
+def test_subtraction_masks_follow_the_gui_tables(phantom64):
+    from occupy_dask.kernels.modify import subtraction_table
+
+    kw = dict(voxel_size=1.5, chunks=32, attenuate=True, gamma=3.0, sigmoid=2.0, pivot=0.3, subtraction_masks=True)
+    with occupy_dask.estimate(phantom64, **kw) as est:
+        scale = est.scale.compute()
+        attn, sigm = est["submask_0"].compute(), est["submask_1"].compute()
+    index = (scale * np.float32(999)).astype(np.int16)
+    assert np.array_equal(attn, subtraction_table("attenuate", 2.0)[index])
+    assert np.array_equal(sigm, subtraction_table("sigmoid", power=2.0, pivot=0.3)[index])
+    for mask in (attn, sigm):
+        assert mask.min() >= 0.0 and mask.max() <= 1.0 and mask.min() < 0.5 and mask.max() == 1.0
+    assert np.allclose(attn[scale > 0], (scale[scale > 0] ** 2)[...], atol=4e-3)  # the fraction an attenuation with gamma 3 keeps
+    assert np.all(sigm[scale >= 0.3 + 1e-3] == 1.0)  # nothing above the pivot is subtracted
+
+
+def test_subtraction_masks_need_attenuation_or_sigmoid(phantom64):
+    from occupy_dask.errors import SettingsError
+
+    with pytest.raises(SettingsError, match="--attenuate or --sigmoid"):
+        occupy_dask.estimate(phantom64, voxel_size=1.5, amplify=True, subtraction_masks=True)

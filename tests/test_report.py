@@ -1,5 +1,6 @@
 """report.py: plot data and the log."""
 
+import re
 import shutil
 
 import numpy as np
@@ -94,13 +95,19 @@ def test_a_hostile_file_name_never_becomes_a_command(tmp_path, data_dir, name):
         assert any(c in name for c in '"*\n\t')
         return
     commands = cxc_commands(script.read_text(encoding="utf-8"))
-    assert {c[0] for c in commands} <= {"open", "volume", "color", "hide", "view", "lighting"}, commands
+    assert {c[0] for c in commands} <= {"open", "volume", "color", "hide", "view", "lighting", "key"}, commands
     opened = [c for c in commands if c[0] == "open"]
-    assert len(opened) == 3 and all(len(c) == 2 for c in opened), opened
+    assert len(opened) == 3 and all(len(c) == 4 and c[2] == "name" for c in opened), opened
+    names = {c[3] for c in opened}
+    for command in commands:  # models are picked by the names the script gave them, never by number
+        for word in command[1:]:
+            assert not re.fullmatch(r"#\d+(\.\d+)*", word), command
+            if word.startswith("##name="):
+                assert word.removeprefix("##name=") in names, command
     moved = tmp_path / "copied"  # the result folder copied elsewhere: the script still finds its maps
     shutil.copytree(out, moved / "out")
     shutil.copytree(source.parent, moved / "in")
-    for _, path in opened:
+    for _, path, _, _ in opened:
         assert not path.startswith("~") and (moved / "out" / path).resolve().is_file(), path
 
 
@@ -118,5 +125,23 @@ def test_the_chimerax_level_encloses_the_confident_content(tmp_path, golden_dir)
     bin_width = (data.max() - data.min()) / 1000
     above = np.count_nonzero(data >= est.display_level)
     assert above >= est.confident_voxels > np.count_nonzero(data >= est.display_level + bin_width)  # to one histogram bin
-    assert f"volume #1 level {est.display_level:.6g} style surface" in (tmp_path / "chimX_phantom96.cxc").read_text()
+    assert f"_input level {est.display_level:.6g} style surface" in (tmp_path / "chimX_phantom96.cxc").read_text()
     assert "ChimeraX level" in (tmp_path / "log_phantom96.txt").read_text()
+
+
+def test_min_vis_scale_sets_the_colouring_and_its_drawn_key(tmp_path, golden_dir):
+    from occupy_dask.api import run_map
+    from occupy_dask.settings import RunOptions
+
+    default = run_map(golden_dir / "phantom64.mrc", RunOptions(output_dir=tmp_path / "a"), chunks=32)
+    chosen = run_map(golden_dir / "phantom64.mrc", RunOptions(output_dir=tmp_path / "b", min_vis_scale=0.35), chunks=32)
+    for result, low in ((default, default.estimate.confidence_limit), (chosen, 0.35)):
+        commands = cxc_commands(result.outputs["chimerax"].read_text())
+        (palette,) = [c[c.index("palette") + 1] for c in commands if c[:2] == ["color", "sample"]][:1]
+        stops = [float(p.split(",")[0]) for p in palette.split(":")]
+        assert stops[0] == pytest.approx(low, abs=5e-5) and stops[-1] == 1.0
+        (key,) = [c for c in commands if c[0] == "key"]
+        labels = [w.split(":", 1)[1] for w in key[1:] if w.startswith("#")]
+        assert labels[0] == f"{low:.2f}" and labels[-1] == "1.00" and len(labels) == len(stops)
+    log = (tmp_path / "b" / "log_phantom64.txt").read_text()
+    assert re.search(r"ChimeraX colour key from\s+\[scale\]\s+0\.3500 \(--min-vis-scale\)", log), log

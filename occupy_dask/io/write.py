@@ -12,7 +12,7 @@ import mrcfile
 import numpy as np
 
 from ..version import __version__
-from .read import MapInfo, axis_names
+from .read import MapInfo, axis_names, stored_axis_order
 from .zarr_chunks import release_written
 
 HEADER_BYTES = 1024
@@ -82,6 +82,23 @@ def partial_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.partial-{os.getpid()}")
 
 
+def resample_header(header, source_header) -> None:
+    """A header copied from a map on another grid of the same box (a --max-box preview): the
+    sampling and start indices scaled by the change in voxels per axis, so that the cell, and
+    so the position of every voxel in Å, stay the input's."""
+    old = [int(source_header[n]) for n in ("nx", "ny", "nz")]
+    new = [int(header[n]) for n in ("nx", "ny", "nz")]
+    if old == new or 0 in old:
+        return
+    ratio = [b / a for a, b in zip(old, new)]  # per column, row, section
+    order = stored_axis_order((int(header.mapc), int(header.mapr), int(header.maps)))
+    for along, axis in zip(ratio, order):  # columns run along axis mapc (1 = x), rows along mapr, sections along maps
+        sampling = "mx my mz".split()[axis - 1]
+        header[sampling] = max(1, int(round(int(source_header[sampling]) * along)))
+    for start, along in zip(("nxstart", "nystart", "nzstart"), ratio):
+        header[start] = int(round(int(source_header[start]) * along))
+
+
 def create_mrc(path: Path, info: MapInfo, label: str) -> MrcTarget:
     """Create a float32 MRC file of ``info.shape`` (data left unwritten) with the input's header
     geometry: voxel size, origin, start indices and axis order; plus a program label."""
@@ -94,6 +111,7 @@ def create_mrc(path: Path, info: MapInfo, label: str) -> MrcTarget:
             h.cella = src.cella
             h.cellb = src.cellb
             h.origin = src.origin
+            resample_header(h, src)
         else:
             sz, sy, sx = info.voxel_size
             mrc.voxel_size = (sx, sy, sz)

@@ -189,3 +189,31 @@ def suppress(modified: np.ndarray, data: np.ndarray, confidence: np.ndarray, exc
     if not exclude_solvent:
         out += data * (np.float32(1.0) - confidence)
     return out
+
+
+SUBTRACTION_TABLE_SIZE = 1000  # entries of the OccuPy GUI's subtraction-mask table
+
+
+def subtraction_table(kind: str, exponent: float = 0.0, power: float | None = None, pivot: float | None = None) -> np.ndarray:
+    """The OccuPy GUI's subtraction-mask table on ``linspace(0, 1, 1000)`` (float32, in [0, 1]):
+    the fraction of the density that an attenuation (``S**exponent``) or a sigmoid (``f(S)/S``
+    below the pivot, 1 above it: nothing is amplified) keeps, per scale value."""
+    n = SUBTRACTION_TABLE_SIZE
+    x = np.linspace(0.0, 1.0, n).astype(np.float32)
+    if kind == "attenuate":
+        kept = x ** np.float32(exponent)
+    elif kind == "sigmoid":
+        kept = sigmoid_table_reference(power, pivot, n)
+        n_pivot = int(n * pivot)
+        kept[n_pivot:] = 1.0
+        kept[0] = 0.0
+        kept[1:n_pivot] = kept[1:n_pivot] / x[1:n_pivot]
+    else:
+        raise ValueError(f"no subtraction mask for a {kind} modification")
+    return np.clip(kept, 0.0, 1.0).astype(np.float32)
+
+
+def subtraction_mask(scale: np.ndarray, table: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The subtraction mask of a block: ``table[int(S * 999)]`` as the GUI indexes it (float32)."""
+    index = (np.asarray(scale, dtype=np.float32) * np.float32(table.size - 1)).astype(np.int16)
+    return np.take(table, index, out=out)

@@ -1,0 +1,104 @@
+"""Histogram matching on numpy blocks (``--hist-match``): a modified map given the grey scale of
+the input, as OccuPy's ``skimage.exposure.match_histograms`` does on the whole arrays.
+
+A value's quantile in its map and the input's value at that quantile come from two histograms
+over *every* float32 value: a bin is the top 20 bits of the value's bit pattern made
+order-preserving, so bins are about 0.05% of the value wide at any magnitude and no range is
+needed before counting. Within a bin values are taken as spread evenly (the cumulative
+histogram is interpolated linearly), so the mapping is monotone and continuous, and the
+counts of blocks simply add up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+ORDER_SHIFT = 12  # low bits of the ordered pattern dropped: 2**20 bins over all float32 values
+N_ORDER_BINS = 1 << (32 - ORDER_SHIFT)
+_SIGN = np.uint32(0x80000000)
+
+
+def ordered_codes(values: np.ndarray) -> np.ndarray:
+    """uint32 codes of float32 ``values`` that sort as the values do (negative values have
+    their bits flipped, positive ones their sign bit set)."""
+    u = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    return np.where(u & _SIGN, ~u, u | _SIGN)
+
+
+def code_values(codes: np.ndarray) -> np.ndarray:
+    """The float32 values of ordered ``codes`` (the inverse of :func:`ordered_codes`)."""
+    codes = np.asarray(codes, dtype=np.uint32)
+    return np.where(codes & _SIGN, codes & ~_SIGN, ~codes).view(np.float32)
+
+
+def order_counts(block: np.ndarray) -> np.ndarray:
+    """Counts of a block's values in the ``N_ORDER_BINS`` ordered bins (int64); blocks add up."""
+    return np.bincount((ordered_codes(block) >> ORDER_SHIFT).ravel(), minlength=N_ORDER_BINS)
+
+
+def _bin_edges(bins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest float value (float64) of each ordered bin in ``bins``; the highest
+    bins are closed at the largest finite float32."""
+    codes = bins.astype(np.uint64) << ORDER_SHIFT
+    lo = code_values(codes.astype(np.uint32)).astype(np.float64)
+    top = np.minimum(codes + (1 << ORDER_SHIFT) - 1, 0xFF7FFFFF)  # the last code in the bin, finite
+    hi = code_values(top.astype(np.uint32)).astype(np.float64)
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class HistogramMatch:
+    """The monotone map of one map's values onto the input's grey scale: for each occupied
+    ordered bin of the map (``bins``, sorted), the matched values at its lower and upper edge;
+    values inside a bin are interpolated linearly."""
+
+    bins: np.ndarray  # int64, the map's occupied ordered bins
+    low: np.ndarray  # float64, matched value at each bin's lowest value
+    high: np.ndarray  # float64, matched value at each bin's highest value
+
+    @classmethod
+    def between(cls, counts: np.ndarray, reference_counts: np.ndarray, reference_range: tuple[float, float] | None = None) -> HistogramMatch:
+        """The match of a map with ordered-bin ``counts`` to a reference (the input) with
+        ``reference_counts``: a value at quantile q of the map goes to the reference's value at q.
+        ``reference_range`` (min, max), when known, closes the outermost bins at the reference's
+        extremes, so no matched value lies outside them."""
+        bins = np.flatnonzero(counts)
+        if bins.size == 0 or not reference_counts.any():
+            raise ValueError("histogram matching needs two non-empty histograms")
+        cumulative = np.concatenate(([0], np.cumsum(counts[bins]))) / counts[bins].sum()  # one array: bin k ends where k+1 starts
+        before, through = cumulative[:-1], cumulative[1:]
+        low, high = (_quantile_values(q, reference_counts, reference_range) for q in (before, through))
+        return cls(bins=bins, low=low, high=high)
+
+    def apply(self, block: np.ndarray) -> np.ndarray:
+        """The matched block (float32, same shape)."""
+        block = np.asarray(block, dtype=np.float32)
+        codes = ordered_codes(block)
+        bins = (codes >> ORDER_SHIFT).astype(np.int64)
+        at = np.searchsorted(self.bins, bins.ravel()).reshape(block.shape)
+        at = np.minimum(at, self.bins.size - 1)
+        if not np.array_equal(self.bins[at], bins):
+            raise ValueError("a value outside the histogram this match was made from")
+        lo, hi = _bin_edges(bins)
+        width = hi - lo
+        frac = np.divide(block - lo, width, out=np.zeros(block.shape), where=width > 0)
+        low, high = self.low[at], self.high[at]
+        return (low + np.clip(frac, 0.0, 1.0) * (high - low)).astype(np.float32)
+
+
+def _quantile_values(quantiles: np.ndarray, counts: np.ndarray, value_range=None) -> np.ndarray:
+    """The values (float64) at ``quantiles`` of the distribution whose ordered-bin histogram is
+    ``counts``, each bin's values spread evenly between its edges (the outermost bins closed at
+    ``value_range`` when given)."""
+    bins = np.flatnonzero(counts)
+    cumulative = np.concatenate(([0], np.cumsum(counts[bins]))) / counts[bins].sum()
+    before, through = cumulative[:-1], cumulative[1:]
+    lo, hi = _bin_edges(bins)
+    if value_range is not None:
+        lo[0], hi[-1] = max(lo[0], value_range[0]), min(hi[-1], value_range[1])
+        hi[0], lo[-1] = max(hi[0], lo[0]), min(lo[-1], hi[-1])
+    at = np.minimum(np.searchsorted(through, quantiles, side="left"), bins.size - 1)
+    frac = np.clip((quantiles - before[at]) / (through[at] - before[at]), 0.0, 1.0)
+    return lo[at] + frac * (hi[at] - lo[at])
