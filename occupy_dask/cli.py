@@ -125,7 +125,7 @@ def main_command(
         help="Flatten solvent to 0 in modified maps (alone: write the solvent-excluded input). Default: retain.",
     ),
     lowpass_output: float | None = typer.Option(
-        None, "--lowpass-amplified", "--lowpass-output", help="Low-pass the modified maps at this resolution [Å]. Default: off."
+        None, "--lowpass-amplified", help="Low-pass the modified maps at this resolution [Å] (OccuPy: --lowpass-output). Default: off."
     ),
     hist_match: bool = typer.Option(False, "--hist-match", help="Histogram-match each modified map to the input (the input's grey scale)."),
     omit_confidence: bool = typer.Option(
@@ -154,7 +154,7 @@ def main_command(
     ),
     plot: bool = typer.Option(False, "--plot", help="Write solModel_<name>.png (and modification_<name>.png when modifying)."),
     save_chimerax: bool = typer.Option(
-        True, "--save-chimerax/--no-save-chimerax", "--chimerax/--no-chimerax", help="Write the ChimeraX script chimX_<name>.cxc."
+        True, "--chimerax/--no-chimerax", help="Write the ChimeraX script chimX_<name>.cxc (also --save-chimerax/--no-save-chimerax)."
     ),
     chimerax_silent: bool = typer.Option(False, "--chimerax-silent", help="Write the ChimeraX script and do not open ChimeraX (the default)."),
     show_chimerax: bool = typer.Option(
@@ -403,8 +403,9 @@ PANELS = {
 
 
 def _arrange_help(command) -> None:
-    """Group the options of --help in panels, and escape the units in their texts: rich reads
-    ``[...]`` as markup and would drop ``[Å]`` or ``[voxels, odd >= 3]``."""
+    """Group the options of --help in panels, escape the units in their texts (rich reads
+    ``[...]`` as markup and would drop ``[Å]`` or ``[voxels, odd >= 3]``), and leave typer's
+    ``[default: ...]`` off where the text already gives the default."""
     import inspect
 
     panel_of = {name: panel for panel, names in PANELS.items() for name in names.split()}
@@ -412,6 +413,8 @@ def _arrange_help(command) -> None:
         info = parameter.default
         if isinstance(getattr(info, "help", None), str) and "\\[" not in info.help:
             info.help = info.help.replace("[", "\\[")
+        if isinstance(getattr(info, "help", None), str) and "Default" in info.help:
+            info.show_default = False  # the text says it, with its meaning; typer would repeat it
         if name in panel_of:
             info.rich_help_panel = panel_of[name]
 
@@ -492,15 +495,23 @@ def _terminate(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+# second spellings of a flag, read as its first (kept out of --help's option column, where rich would cut them)
+ALIASES = {"--save-chimerax": "--chimerax", "--no-save-chimerax": "--no-chimerax", "--lowpass-output": "--lowpass-amplified"}
+
+
 def translate_occupy_spellings(argv: list[str]) -> tuple[list[str], list[str]]:
     """OccuPy's own spellings in ``argv`` made occupy-dask's: ``--amplify G`` / ``--attenuate G``
-    (0.1.13's gamma after the flag) become ``--amplify --gamma G``, ``--help-all`` is ``--help``.
+    (0.1.13's gamma after the flag) become ``--amplify --gamma G``, ``--help-all`` is ``--help``,
+    and the second spellings in ``ALIASES`` their first.
     Returns the arguments and one note per translation. Gammas that cannot be one ``--gamma``
     raise UsageError with the reason."""
     args, notes, gammas = [], [], []
     i = 0
     while i < len(argv):
         word = argv[i]
+        flag, _, value = word.partition("=")
+        if flag in ALIASES:
+            word = ALIASES[flag] + (f"={value}" if value else "")
         if word == "--help-all":
             args.append("--help")
         elif word in ("--amplify", "-am", "--attenuate", "-at") and i + 1 < len(argv) and _is_number(argv[i + 1]):

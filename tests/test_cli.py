@@ -309,6 +309,8 @@ def test_help_shows_units_in_panels(tmp_path):
     shown = subprocess.run([sys.executable, "-m", "occupy_dask", "--help"], capture_output=True, text=True, env=env, timeout=60).stdout
     for unit in ("[Å]", "[voxels, odd >= 3]", "[voxels]", "[confidence limit, 1]", "out_<name>.mrc"):
         assert unit in shown, unit
+    assert "[default: 0.05]" not in shown and "[default: SW]" not in shown  # a default the text gives is not repeated
+    assert "…" not in shown  # no flag name cut short
     panels = [line for line in shown.splitlines() if line.startswith("╭─")]
     assert [p.split()[1] for p in panels] == ["Options", "Input", "Estimation", "Modification", "Outputs", "Compute"]
 
@@ -372,3 +374,10 @@ def test_show_chimerax_opens_the_script_or_says_why_not(tmp_path, data_dir, cli)
             break
         time.sleep(0.05)
     assert (tmp_path / "opened.txt").read_text().strip() == str(tmp_path / "b" / "chimX_emd_1832.cxc")
+
+
+def test_second_spellings_are_read_as_the_first():
+    from occupy_dask.cli import translate_occupy_spellings
+
+    args, notes = translate_occupy_spellings(["--lowpass-output=9", "--no-save-chimerax", "--save-chimerax", "--lowpass-output", "7"])
+    assert args == ["--lowpass-amplified=9", "--no-chimerax", "--chimerax", "--lowpass-amplified", "7"] and notes == []
