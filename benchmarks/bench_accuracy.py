@@ -8,7 +8,12 @@ conventions (``--reference-compatible``), ``--nlrc`` and ``--debias``. Occupancy
 ``--raw`` (resolution mode, with ``--resolution`` set to the phantom's, as a user would give it:
 ``--debias`` refuses resolution mode without it on band-limited maps). The last table sums up the largest error per phantom.
 
-Usage: python benchmarks/bench_accuracy.py [--raw] [--only design|heldout]
+With ``--realizations N`` it instead draws N realizations of each phantom's noise (the same
+atoms) and prints, per domain, the mean and the standard deviation of each estimator's error:
+how much of an error is bias (which an estimator can remove) and how much is the noise of one
+map (which it cannot).
+
+Usage: python benchmarks/bench_accuracy.py [--raw] [--only design|heldout] [--realizations N]
 """
 
 from __future__ import annotations
@@ -45,8 +50,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--raw", action="store_true", help="resolution mode (scale of the raw map) instead of occupancy mode")
     parser.add_argument("--only", choices=("design", "heldout"), default=None)
+    parser.add_argument("--realizations", type=int, default=0, help="noise realizations per phantom: print mean and sd of the errors")
     args = parser.parse_args()
     specs = {"design": DESIGN_SPECS, "heldout": HELD_OUT_SPECS, None: DESIGN_SPECS + HELD_OUT_SPECS}[args.only]
+    if args.realizations:
+        spread(specs, args.realizations, not args.raw)
+        return
     print(f"mode: {'resolution (raw)' if args.raw else 'occupancy'}; relative occupancy = domain median scale / most occupied domain's")
     columns = f"{'phantom':<10} {'set':<7} {'box':>4} {'voxel':>5} {'res':>4} {'noise':>5} {'dom':>3} {'truth':>6}"
     print(columns + "".join(f"{k:>10}" for k in ESTIMATORS))
@@ -65,6 +74,28 @@ def main() -> None:
     print(f"{'largest error':<18}" + "".join(f"{k:>10}" for k in ESTIMATORS))
     for name, kind, errors in worst:
         print(f"{name + ' (' + kind + ')':<18}" + "".join(f"{errors[k]:>10.3f}" for k in ESTIMATORS))
+
+
+def spread(specs, realizations: int, occupancy: bool) -> None:
+    """Per phantom and domain: the mean and sd of each estimator's error over noise realizations."""
+    chosen = {k: ESTIMATORS[k] for k in ("method", "debias")}
+    print(f"{realizations} noise realizations per phantom (same atoms); error = relative occupancy - truth")
+    print(
+        f"{'phantom':<10} {'noise':>5} {'dom':>3} {'truth':>6}"
+        + "".join(f"{k + ' mean':>13}{k + ' sd':>11}" for k in chosen)
+        + f"{'|debias| > 0.05':>17}"
+    )
+    for spec in specs:
+        errors = {k: [] for k in chosen}
+        for r in range(realizations):
+            ph = make_phantom(spec, noise_seed=r)
+            truth = np.asarray(ph.occupancies) / max(ph.occupancies)
+            for k, options in chosen.items():
+                errors[k].append(relative(ph, occupancy, options) - truth)
+        for d, t in enumerate(truth):
+            cells = "".join(f"{np.mean([e[d] for e in errors[k]]):>13.3f}{np.std([e[d] for e in errors[k]]):>11.3f}" for k in chosen)
+            over = sum(abs(e[d]) > 0.05 for e in errors["debias"])
+            print(f"{spec.name:<10} {spec.noise:>5.2f} {d:>3} {t:>6.3f}{cells}{f'{over}/{realizations}':>17}")
 
 
 if __name__ == "__main__":

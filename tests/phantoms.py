@@ -112,8 +112,9 @@ def _band_limit(volume: np.ndarray, voxel_size: float, resolution: float, bfacto
     return np.fft.irfftn(np.fft.rfftn(volume) * transfer, s=volume.shape, axes=(0, 1, 2))
 
 
-def make_phantom(spec: PhantomSpec) -> Phantom:
-    """The map and its truth for ``spec`` (deterministic in ``spec.seed``)."""
+def make_phantom(spec: PhantomSpec, noise_seed: int | None = None) -> Phantom:
+    """The map and its truth for ``spec`` (deterministic in ``spec.seed``); ``noise_seed``
+    draws another realization of the noise on the same atoms."""
     rng = np.random.default_rng(spec.seed)
     box, apix = spec.box, spec.voxel_size
     bfactor = 4.0 * spec.resolution**2  # blur that matches the resolution (about 100 Å^2 at 5 Å)
@@ -125,7 +126,8 @@ def make_phantom(spec: PhantomSpec) -> Phantom:
     full = sum(unit)
     peak = float(full.max())
     signal = sum(o * u for o, u in zip(spec.occupancies, unit)) / peak
-    noise = _band_limit(rng.standard_normal((box,) * 3), apix, spec.resolution, 0.0)
+    noise_rng = rng if noise_seed is None else np.random.default_rng([spec.seed, noise_seed])
+    noise = _band_limit(noise_rng.standard_normal((box,) * 3), apix, spec.resolution, 0.0)
     noise *= spec.noise / noise.std()
     stacked = np.stack(unit)
     owner = np.argmax(stacked, axis=0).astype(np.int8)
