@@ -132,7 +132,12 @@ def open_inputs(
                 settings = replace(settings, shape=reduced, voxel_size=inputs.info.voxel_size, full_shape=shape)
             else:
                 options = {**options, "full_shape": shape}
-        inputs.settings = settings if settings is not None else derive_settings(inputs.info.shape, inputs.info.voxel_size, **options)
+        try:
+            inputs.settings = settings if settings is not None else derive_settings(inputs.info.shape, inputs.info.voxel_size, **options)
+        except SettingsError as exc:
+            if reduced is None:
+                raise
+            raise SettingsError(f"--max-box {max_box} crops the map to {reduced} voxels: {exc}; use a larger --max-box") from None
     except BaseException:
         inputs.close()
         raise
@@ -331,14 +336,21 @@ def _estimate_and_write(inputs: Inputs, paths: dict[str, Path], options: RunOpti
 
             written.update(save_plots(est, paths))
         script = (
-            chimerax_script(est, paths["chimerax"], input_path, written["scale"], modified, options.min_vis_scale) if "chimerax" in paths else None
+            chimerax_script(est, paths["chimerax"], input_path, written["scale"], modified, options.min_vis_scale, options.emdb_entry)
+            if "chimerax" in paths
+            else None
         )
         if script is not None:
             paths["chimerax"].write_text(script, encoding="utf-8")
             written["chimerax"] = paths["chimerax"]
         computed_on = runner.describe()
         listed = {**written, **{key: paths[key] for key in ("log", "report") if key in paths}}  # the log lists the report it precedes
-        write_log(paths["log"], est, listed, computed_on, options.min_vis_scale)
+        input_label = None
+        if options.emdb_entry is not None:
+            from .io.emdb import map_url
+
+            input_label = f"EMD-{options.emdb_entry} ({map_url(options.emdb_entry)})"
+        write_log(paths["log"], est, listed, computed_on, options.min_vis_scale, input_label)
         written["log"] = paths["log"]
         if "report" in paths:
             from .html_report import write_report
@@ -351,6 +363,7 @@ def _estimate_and_write(inputs: Inputs, paths: dict[str, Path], options: RunOpti
                 f"Computed on: {computed_on}.",
                 input_source=inputs.source,
                 min_vis_scale=options.min_vis_scale,
+                input_label=input_label,
             )
             written["report"] = paths["report"]
     return RunResult(est, written, list(runner.timings))

@@ -355,9 +355,12 @@ def main_command(
 def _run_emdb(entry: str, options, runner, quiet: bool, masks: dict, settings_options: dict):
     """Fetch the entry's map into a private temporary folder, run on it, remove the folder."""
     import shutil
+    from dataclasses import replace
 
     from .api import run_map
-    from .io.emdb import fetch_map, map_url
+    from .io.emdb import entry_number, fetch_map, map_url
+
+    options = replace(options, emdb_entry=entry_number(entry))
 
     if quiet:
         path = fetch_map(entry, options.temp_dir)

@@ -31,11 +31,19 @@ CONTOUR = (230, 30, 30)  # the scale's contour at the confidence limit, on the i
 
 
 def write_report(
-    path: Path, est: Estimate, input_path: Path, written: dict[str, Path], computed_on: str | None = None, input_source=None, min_vis_scale=None
+    path: Path,
+    est: Estimate,
+    input_path: Path,
+    written: dict[str, Path],
+    computed_on: str | None = None,
+    input_source=None,
+    min_vis_scale=None,
+    input_label: str | None = None,
 ) -> None:
     """Write ``report_<name>.html`` for an estimate whose maps were written to ``written``; the
     input's slices come from ``input_source`` when given (an opened map), else from its file;
-    ``min_vis_scale`` is the ChimeraX colouring's chosen lower end (for the table of numbers)."""
+    ``min_vis_scale`` is the ChimeraX colouring's chosen lower end (for the table of numbers);
+    ``input_label`` names the input when its path does not (an EMDB entry's temporary copy)."""
     maps = {"input": input_source if input_source is not None else input_path, "scale": written["scale"], "confidence": written["confidence"]}
     for i, mod in enumerate(est.settings.modifications):
         if modified_name(i) in written:
@@ -46,7 +54,8 @@ def write_report(
     names = axis_names(est.info)
     sections = [_axis_section(axis, names[axis], positions[axis], slices, est) for axis in range(3)]
     plots = [_figure_png(figure(est)) for figure in (solvent_figure, modification_figure, noise_floor_figure)]
-    path.write_text(_page(est, input_path, sections, [p for p in plots if p], written, computed_on, min_vis_scale), encoding="utf-8")
+    page = _page(est, input_label or str(input_path), sections, [p for p in plots if p], written, computed_on, min_vis_scale)
+    path.write_text(page, encoding="utf-8")
 
 
 def slices_on_grid(where, shape, positions) -> list[dict[int, np.ndarray]]:
@@ -176,10 +185,10 @@ def _colour_bar() -> str:
     return f'<div class="bar"><span>0</span><div style="background: linear-gradient(to right, {stops})"></div><span>1</span></div>'
 
 
-def _page(est: Estimate, input_path: Path, sections: list[str], plots: list[str], written: dict[str, Path], computed_on, min_vis_scale=None) -> str:
+def _page(est: Estimate, input_label: str, sections: list[str], plots: list[str], written: dict[str, Path], computed_on, min_vis_scale=None) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(n)}</td><td>{html.escape(u)}</td><td>{html.escape(v)}</td><td>{html.escape(MEANINGS.get(n, ''))}</td></tr>"
-        for n, u, v in limits(est, min_vis_scale)
+        for n, u, v in limits(est, min_vis_scale, input_label)
     )
     t = est.target_occupancy
     target = f"<p class=key>Target occupancy: <b>{t.occupancy:.4f}</b> ({t.n_voxels} voxels in the mask)</p>" if t is not None else ""
@@ -199,7 +208,7 @@ table {{ border-collapse: collapse; font-size: 0.9em; }} td {{ border-bottom: 1p
 .key {{ font-size: 1.1em; }} .legend {{ color: rgb{CONTOUR}; }}
 </style></head><body>
 <h1>occupy-dask report: {html.escape(est.info.name)}</h1>
-<p>occupy_dask {__version__}, local map scale (OccuPy method), {est.settings.scale_mode} mode. Input: {html.escape(str(input_path))}.
+<p>occupy_dask {__version__}, local map scale (OccuPy method), {est.settings.scale_mode} mode. Input: {html.escape(input_label)}.
 {html.escape(computed_on or "")}</p>
 <p class=key>Full scale s_max {est.s_max:.4g}; confidence limit {est.confidence_limit:.3f};
 variability limit {"n/a" if est.variability_limit is None else f"{est.variability_limit:.3f}"}.</p>

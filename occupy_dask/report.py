@@ -58,15 +58,16 @@ MEANINGS = {
 }
 
 
-def limits(est: Estimate, min_vis_scale: float | None = None) -> list[tuple[str, str, str]]:
+def limits(est: Estimate, min_vis_scale: float | None = None, input_label: str | None = None) -> list[tuple[str, str, str]]:
     """(name, unit, value) rows of everything derived (docs/method.md section 10);
-    ``min_vis_scale`` is the lowest scale the ChimeraX colouring resolves, when chosen."""
+    ``min_vis_scale`` is the lowest scale the ChimeraX colouring resolves, when chosen, and
+    ``input_label`` names the input when its path does not (an EMDB entry's temporary copy)."""
     s = est.settings
     variability_limit = est.variability_limit
     axes = ", ".join(axis_names(est.info))
     sm = est.solvent_model
     rows = [
-        ("Input", "", str(est.info.path) if est.info.path else est.info.name),
+        ("Input", "", input_label or (str(est.info.path) if est.info.path else est.info.name)),
         ("Box (stored order)", "voxels", " x ".join(map(str, s.shape))),
         *(
             [
@@ -169,8 +170,10 @@ def describe_modification(mod: Modification) -> str:
     return f"{mod.describe()} (factor S^{mod.exponent:.4g})"
 
 
-def write_log(path: Path, est: Estimate, outputs: dict[str, Path], computed_on: str | None = None, min_vis_scale: float | None = None) -> None:
-    rows = limits(est, min_vis_scale)
+def write_log(
+    path: Path, est: Estimate, outputs: dict[str, Path], computed_on: str | None = None, min_vis_scale: float | None = None, input_label=None
+) -> None:
+    rows = limits(est, min_vis_scale, input_label)
     width = max(len(r[0]) for r in rows)
     unit_width = max(len(u) + 2 for _, u, _ in rows if u)
     value_width = min(max(len(r[2]) for r in rows if r[0] in MEANINGS), 28)
@@ -206,7 +209,13 @@ def chimerax_path(path: Path, folder: Path) -> str | None:
 
 
 def chimerax_script(
-    est: Estimate, script: Path, input_path: Path, scale_path: Path, modified: list[Path], min_vis_scale: float | None = None
+    est: Estimate,
+    script: Path,
+    input_path: Path,
+    scale_path: Path,
+    modified: list[Path],
+    min_vis_scale: float | None = None,
+    emdb_entry: str | None = None,
 ) -> str | None:
     """A .cxc beside the outputs that opens the input and scale maps, colours the input surface by
     the scale with a fixed palette over [lowest coloured scale, 1] and draws that colour key, and
@@ -216,9 +225,13 @@ def chimerax_script(
     Models are named when opened (``occupy_<tag>_input``, ...) and every later command selects
     them by that name (``##name=``), not by number: the script works in a session where other
     models are open. The lowest coloured scale is ``min_vis_scale``, else the confidence limit.
+    An input fetched from the EMDB (``emdb_entry``, its digits) is opened from there too, since
+    the downloaded copy is removed after the run.
     """
     paths = [input_path, scale_path, *modified]
     tokens = [chimerax_path(p, script.parent) for p in paths]
+    if emdb_entry is not None:
+        tokens[0] = f"emdb:{int(emdb_entry)}"  # digits only: nothing in it can end the token
     if None in tokens:
         unsafe = paths[tokens.index(None)]
         est.warnings.append(

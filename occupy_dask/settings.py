@@ -256,6 +256,7 @@ class RunOptions:
     save_all_maps: bool = False  # also the low-passed input and each modification's factor
     save_chimerax: bool = True
     min_vis_scale: float | None = None  # lowest scale the ChimeraX colouring resolves (None: the confidence limit)
+    emdb_entry: str | None = None  # the EMDB entry (digits) the input was fetched from; the ChimeraX script opens it from there
     plot: bool = False
     report: bool = False  # report_<name>.html: slices, plots and every number, in one file
     overwrite: bool = False

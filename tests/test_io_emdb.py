@@ -46,10 +46,15 @@ def test_entry_spellings_and_the_archive_layout(monkeypatch):
 def test_emdb_fetches_runs_and_removes_the_download(tmp_path, data_dir, mirror, cli):
     temp = tmp_path / "temp"
     temp.mkdir()
-    fetched = cli("--emdb", "EMD-1832", "-d", "out", "--temp-dir", temp, cwd=tmp_path, env={"OCCUPY_DASK_EMDB_URL": mirror})
+    fetched = cli("--emdb", "EMD-1832", "-d", "out", "--temp-dir", temp, "--report", cwd=tmp_path, env={"OCCUPY_DASK_EMDB_URL": mirror})
     assert fetched.returncode == 0, fetched.stderr
     assert f"fetching {mirror}/EMD-1832/map/emd_1832.map.gz" in fetched.stderr
     assert list(temp.iterdir()) == []  # the download and its decompressed copy are gone
+    script = (tmp_path / "out" / "chimX_emd_1832.cxc").read_text()
+    assert "open emdb:1832 name occupy_" in script  # ChimeraX fetches the input itself: the local copy is gone
+    log = (tmp_path / "out" / "log_emd_1832.txt").read_text()
+    assert f"EMD-1832 ({mirror}/EMD-1832/map/emd_1832.map.gz)" in log
+    assert f"Input: EMD-1832 ({mirror}/EMD-1832/map/emd_1832.map.gz)." in (tmp_path / "out" / "report_emd_1832.html").read_text()
     local = cli("-i", data_dir / "emd_1832.map", "-d", "local", cwd=tmp_path)
     assert local.returncode == 0, local.stderr
     for name in ("scale_res_emd_1832.mrc", "conf_emd_1832.mrc"):

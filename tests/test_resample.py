@@ -66,3 +66,17 @@ def test_a_preview_keeps_the_box_in_angstrom(tmp_path, golden_dir):
     with mrcfile.open(result.outputs["modified_0"]) as modified:
         assert modified.data.shape == (96, 96, 96) and modified.voxel_size.x == pytest.approx(1.1, abs=1e-5)
     assert result.estimate.settings.full_shape == (96, 96, 96) and result.estimate.settings.shape == (64, 64, 64)
+
+
+def test_a_preview_of_a_permuted_anisotropic_map_keeps_each_axis_in_angstrom(tmp_path, data_dir):
+    from occupy_dask.api import run_map
+    from occupy_dask.io.read import open_map
+    from occupy_dask.settings import RunOptions
+
+    result = run_map(data_dir / "emd_3001.map", RunOptions(output_dir=tmp_path), max_box=64, amplify=True)
+    with open_map(data_dir / "emd_3001.map") as source, open_map(result.outputs["scale"]) as preview:
+        assert preview.info.shape == (22, 38, 64) and preview.info.axis_order == source.info.axis_order
+        for v_in, n_in, v_out, n_out in zip(source.info.voxel_size, source.info.shape, preview.info.voxel_size, preview.info.shape):
+            assert v_out == pytest.approx(v_in * n_in / n_out, rel=1e-5)  # the same extent in Å along every stored axis
+    with open_map(result.outputs["modified_0"]) as full, open_map(data_dir / "emd_3001.map") as source:
+        assert full.info.shape == source.info.shape and full.info.voxel_size == pytest.approx(source.info.voxel_size)

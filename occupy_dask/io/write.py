@@ -84,17 +84,22 @@ def partial_path(final: Path) -> Path:
 
 def resample_header(header, source_header) -> None:
     """A header copied from a map on another grid of the same box (a --max-box preview): the
-    sampling and start indices scaled by the change in voxels per axis, so that the cell, and
-    so the position of every voxel in Å, stay the input's."""
+    sampling and start indices scaled by the change in voxels per axis, and the cell set so that
+    the voxel size is the input's times that change exactly (the data spans the same Å)."""
     old = [int(source_header[n]) for n in ("nx", "ny", "nz")]
     new = [int(header[n]) for n in ("nx", "ny", "nz")]
     if old == new or 0 in old:
         return
     ratio = [b / a for a, b in zip(old, new)]  # per column, row, section
     order = stored_axis_order((int(header.mapc), int(header.mapr), int(header.maps)))
+    cell = [float(source_header.cella[a]) for a in "xyz"]
     for along, axis in zip(ratio, order):  # columns run along axis mapc (1 = x), rows along mapr, sections along maps
         sampling = "mx my mz".split()[axis - 1]
-        header[sampling] = max(1, int(round(int(source_header[sampling]) * along)))
+        old_sampling = int(source_header[sampling])
+        header[sampling] = max(1, int(round(old_sampling * along)))
+        if old_sampling > 0:
+            cell[axis - 1] = cell[axis - 1] / old_sampling / along * int(header[sampling])
+    header.cella = tuple(cell)
     for start, along in zip(("nxstart", "nystart", "nzstart"), ratio):
         header[start] = int(round(int(source_header[start]) * along))
 
