@@ -24,7 +24,7 @@ from . import lowpass as lowpass_stage
 from .blocks import Moments, block_grid, block_of, region
 from .buffers import POOL
 from .debias import NoiseFloor
-from .io.read import read_with_halo
+from .io.read import ArraySource, read_with_halo
 from .kernels.ballmax import ball_max_valid, ring_shape
 from .kernels.histogram import confidence_lookup, confidence_lookup_reference, histogram_counts, histogram_edges
 from .kernels.local import debiased_scale, local_scale, masked_sum, recalibrate_noise_level
@@ -159,11 +159,17 @@ def chunk_task(plan: LocalPlan, sources, start, stop, targets=None):
     key = region(start, stop)
     with POOL.borrow() as take:
         scale_padded = read_with_halo(sources["scale"], start, stop, halo, out=take(tuple(n + 2 * h for n, h in zip(shape, halo))))
-        lp_block = block_of(sources["lp"], key, take)
-        raw_block = block_of(sources["raw"], key, take)
+        core = tuple(slice(h, h + n) for h, n in zip(halo, shape))
+        blocks = {}
+        for name in ("lp", "raw"):  # the scale data is one of them: its block is the padded block's core, not a second read
+            if sources[name] is sources["scale"] and not isinstance(sources[name], ArraySource):
+                blocks[name] = take(shape)
+                blocks[name][...] = scale_padded[core]
+            else:
+                blocks[name] = block_of(sources[name], key, take)
+        lp_block, raw_block = blocks["lp"], blocks["raw"]
         stacked = take((len(plan.outputs), *shape)) if targets is not None else np.empty((len(plan.outputs), *shape), dtype=np.float32)
         results = local_outputs(plan, scale_padded, lp_block, raw_block, start, stop, out=stacked, take=take)
-        core = tuple(slice(h, h + n) for h, n in zip(halo, shape))
         stats = {"variability": masked_sum(results["scale"], scale_padded[core], 1.0)}
         if plan.input_range is not None:  # the input's histogram, for the display level of the ChimeraX script
             stats["input_counts"] = histogram_counts(raw_block, *plan.input_range)
