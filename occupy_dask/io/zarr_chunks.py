@@ -107,11 +107,11 @@ def read_plain_block(path: str, layout: PlainLayout, shape, key, out: np.ndarray
             if whole and dst.flags.c_contiguous and dst.dtype == layout.dtype:  # whole planes of the chunk: one read into place
                 view = memoryview(dst.reshape(-1)).cast("B")
                 got = os.preadv(fd, [view], itemsize * z_in * plane)
-            else:
-                data = np.empty(chunk, dtype=layout.dtype)
+            else:  # only the planes needed (a chunk's planes are contiguous), then the rows and columns of them
+                data = np.empty((hi[0] - lo[0], *chunk[1:]), dtype=layout.dtype)
                 view = memoryview(data.reshape(-1)).cast("B")
-                got = os.preadv(fd, [view], 0)
-                dst[...] = data[tuple(slice(a - i * c, b - i * c) for a, b, i, c in zip(lo, hi, index, chunk))]
+                got = os.preadv(fd, [view], itemsize * z_in * plane)
+                dst[...] = data[(slice(None), *(slice(a - i * c, b - i * c) for a, b, i, c in zip(lo[1:], hi[1:], index[1:], chunk[1:])))]
             if got != view.nbytes:
                 raise OSError(f"{chunk_path}: zarr chunk file is shorter than its chunk")
             if drop:  # re-reading from disk is cheaper than growing the page cache by a map-sized store
