@@ -209,8 +209,9 @@ def _estimate_from(red: Reductions, sources: dict, info: MapInfo, s: Settings, e
 
 
 def _finish_modified(est: Estimate, full, run) -> None:
-    """Step 6: the modified maps of a ``--max-box`` preview padded back to the input's box, and
-    clipped to the input's range or, with ``--hist-match``, histogram-matched to the input."""
+    """Step 6: the modified maps (and subtraction masks) of a ``--max-box`` preview padded back
+    to the input's box; the modified maps clipped to the input's range or, with
+    ``--hist-match``, histogram-matched to the input, the masks clipped to [0, 1]."""
     s = est.settings
     names = [modified_name(i) for i in range(len(s.modifications))]
     if not names:
@@ -218,11 +219,14 @@ def _finish_modified(est: Estimate, full, run) -> None:
     if full is not None:
         chunks = est.full_chunks
         planes = chunks[0] if chunks[1:] == tuple(full.info.shape[1:]) else min(chunks[0], 64)
+        back = names + [n for n in est.output_names if n.startswith("submask_")]
         if s.reference_compatible:  # the whole map at once, as the reference
-            padded = {n: dask.delayed(fourier_pad_reference, pure=True)(est[n], full.info.shape) for n in names}
+            padded = {n: dask.delayed(fourier_pad_reference, pure=True)(est[n], full.info.shape) for n in back}
             est.final.update({n: da.from_delayed(p, full.info.shape, np.float32).rechunk(chunks) for n, p in padded.items()})
         else:
-            est.final.update({n: fourier_pad(est[n], full.info.shape, planes) for n in names})
+            est.final.update({n: fourier_pad(est[n], full.info.shape, planes) for n in back})
+        masks = [n for n in back if n.startswith("submask_")]
+        est.final.update({n: est[n].map_blocks(np.clip, np.float32(0.0), np.float32(1.0), dtype=np.float32) for n in masks})
     if s.hist_match:
         source, chunks, value_range = (
             (full.source, est.full_chunks, full.value_range) if full is not None else (est.sources["raw"], s.chunks, est.raw_range)
@@ -364,9 +368,9 @@ class Estimate:
         return replace(self.settings, shape=tuple(self.full_info.shape)).chunks
 
     def grid_of(self, name: str) -> tuple[MapInfo, tuple[int, int, int]]:
-        """Geometry and blocks of output ``name``: a --max-box preview's modified maps are on the
-        input's grid, everything else on the estimate's."""
-        if self.full_info is not None and name.startswith("modified_"):
+        """Geometry and blocks of output ``name``: a --max-box preview's modified maps and
+        subtraction masks are on the input's grid, everything else on the estimate's."""
+        if self.full_info is not None and name.startswith(("modified_", "submask_")):
             return self.full_info, self.full_chunks
         return self.info, self.settings.chunks
 

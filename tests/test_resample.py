@@ -59,12 +59,13 @@ def test_a_preview_keeps_the_box_in_angstrom(tmp_path, golden_dir):
     from occupy_dask.api import run_map
     from occupy_dask.settings import RunOptions
 
-    result = run_map(golden_dir / "phantom96.mrc", RunOptions(output_dir=tmp_path), max_box=64, amplify=True)
+    result = run_map(golden_dir / "phantom96.mrc", RunOptions(output_dir=tmp_path), max_box=64, attenuate=True, subtraction_masks=True)
     with mrcfile.open(result.outputs["scale"]) as scale, mrcfile.open(golden_dir / "phantom96.mrc") as source:
         assert scale.data.shape == (64, 64, 64) and scale.voxel_size.x == pytest.approx(1.65, abs=1e-5)
         assert np.allclose(scale.header.cella.tolist(), source.header.cella.tolist())
-    with mrcfile.open(result.outputs["modified_0"]) as modified:
+    with mrcfile.open(result.outputs["modified_0"]) as modified, mrcfile.open(result.outputs["submask_0"]) as mask:
         assert modified.data.shape == (96, 96, 96) and modified.voxel_size.x == pytest.approx(1.1, abs=1e-5)
+        assert mask.data.shape == (96, 96, 96) and 0.0 <= mask.data.min() < mask.data.max() <= 1.0  # on the input's grid too
     assert result.estimate.settings.full_shape == (96, 96, 96) and result.estimate.settings.shape == (64, 64, 64)
 
 
