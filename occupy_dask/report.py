@@ -32,7 +32,7 @@ MEANINGS = {
     "Tiles used": "tiles whose centre lies inside the inscribed ellipsoid",
     "Best tile (index)": "the tile the full scale comes from",
     "Best tile centre": "its centre along the stored axes",
-    "Full scale s_max": "the largest tile quantile: this value of the scale data is scale 1",
+    "Full scale s_max": "this value of the scale data is scale 1 (see Full-scale normalisation)",
     "Solvent region": "the voxels the solvent model is fitted to",
     "Solvent peak mu": "centre of the Gaussian solvent model (low-passed map)",
     "Solvent width sigma": "width of the solvent model",
@@ -92,12 +92,18 @@ def limits(est: Estimate, min_vis_scale: float | None = None, input_label: str |
         ),
         ("Kernel n_v", "voxels", str(s.n_v)),
         ("Tau", "0-1", f"{s.tau:.4f}"),
-        ("Full-scale normalisation", "", "S0: tau x largest scale-data value (no tiles)" if s.s0 else "SW: largest tile percentile"),
-        ("Tile size", "voxels", str(s.tile_size)),
-        ("Tile grid", "", "default (stride = tile size)" if s.tile_grid is None else f"{s.tile_grid} per axis"),
-        ("Tiles used", "", str(est.n_tiles)),
-        ("Best tile (index)", "", str(est.best_tile)),
-        ("Best tile centre", f"voxels; {axes}", ", ".join(f"{c:.1f}" for c in est.best_tile_centre)),
+        ("Full-scale normalisation", "", "S0: tau x the largest scale-data value (no tiles)" if s.s0 else "SW: the largest tile quantile at tau"),
+        *(
+            []
+            if s.s0  # no tiles: s_max is tau times the largest value
+            else [
+                ("Tile size", "voxels", str(s.tile_size)),
+                ("Tile grid", "", "default (stride = tile size)" if s.tile_grid is None else f"{s.tile_grid} per axis"),
+                ("Tiles used", "", str(est.n_tiles)),
+                ("Best tile (index)", "", str(est.best_tile)),
+                ("Best tile centre", f"voxels; {axes}", ", ".join(f"{c:.1f}" for c in est.best_tile_centre)),
+            ]
+        ),
         ("Full scale s_max", "map units", f"{est.s_max:.6g}"),
         ("Solvent region", "", est.solvent_region),
         ("Solvent peak mu", "map units", f"{sm.mu:.6g}"),

@@ -353,7 +353,7 @@ def test_occupy_features_write_what_occupy_writes(tmp_path, golden_dir, cli):
     assert mask.shape == (64, 64, 64) and 0.0 <= mask.min() < mask.max() <= 1.0
     assert "subtraction mask (attenuated, amount -1)" in done.stdout
     log = (beside / "log_phantom64.txt").read_text()
-    assert "S0: tau x largest scale-data value" in log
+    assert "S0: tau x the largest scale-data value" in log and "Best tile" not in log
 
 
 def test_show_chimerax_opens_the_script_or_says_why_not(tmp_path, data_dir, cli):
