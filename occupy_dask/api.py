@@ -177,7 +177,9 @@ def estimate(
     ``variability_limit`` is known once the maps are written. Use it as a context manager, or
     call ``close()``. With a distributed ``client`` the reductions run on its cluster (compute
     the lazy maps there too); arrays and the low-passed map are then kept in temporary zarr
-    stores under ``temp_dir``, which must be reachable by the workers.
+    stores under ``temp_dir``, which must be reachable by the workers. With ``max_box`` (a
+    preview of a large map) the estimate runs on the map Fourier-cropped to that box:
+    ``scale`` and ``confidence_map`` are on that grid, ``est.modified(i)`` back on the input's.
     """
     runner = _runner(run, client) if (run is not None or client is not None) else default_run
     inputs = open_inputs(
@@ -223,6 +225,11 @@ def modify(
     input's range; compute it while ``est`` is open.
     """
     s = est.settings
+    if est.full_info is not None:
+        raise SettingsError(
+            "modify() needs a full-resolution estimate; for a max_box preview give the modification to estimate() "
+            "(amplify=..., gamma=..., sigmoid=..., ...) and use est.modified(), which is back on the input's grid"
+        )
     exclude = s.exclude_solvent if exclude_solvent is None else bool(exclude_solvent)
     mods = modifications_from_options(
         amplify=(amount is not None or gamma is not None) and not attenuate,

@@ -81,3 +81,12 @@ def test_a_preview_of_a_permuted_anisotropic_map_keeps_each_axis_in_angstrom(tmp
             assert v_out == pytest.approx(v_in * n_in / n_out, rel=1e-5)  # the same extent in Å along every stored axis
     with open_map(result.outputs["modified_0"]) as full, open_map(data_dir / "emd_3001.map") as source:
         assert full.info.shape == source.info.shape and full.info.voxel_size == pytest.approx(source.info.voxel_size)
+
+
+def test_modify_of_a_preview_says_how_to_get_the_full_size_map(golden_dir):
+    import occupy_dask
+
+    with occupy_dask.estimate(golden_dir / "phantom96.mrc", max_box=64, amplify=True) as est:
+        assert est.modified(0).shape == (96, 96, 96) and est.scale.shape == (64, 64, 64)
+        with pytest.raises(SettingsError, match="est.modified"):
+            occupy_dask.modify(est, gamma=2.0)
