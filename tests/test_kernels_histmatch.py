@@ -55,3 +55,17 @@ def test_a_value_outside_the_histogram_is_refused():
     match = HistogramMatch.between(order_counts(np.array([1.0, 2.0], np.float32)), order_counts(np.array([0.0, 5.0], np.float32)))
     with pytest.raises(ValueError, match="outside the histogram"):
         match.apply(np.array([100.0], np.float32))
+
+
+def test_exact_zeros_map_as_one_repeated_value():
+    rng = np.random.default_rng(5)
+    source = (rng.random((30, 30, 30)) * 2.0 - 0.5).astype(np.float32)
+    solvent = rng.random(source.shape) < 0.8
+    source[solvent] = 0.0  # excluded solvent, some of it as -0.0 (a negative voxel times confidence 0)
+    source[solvent & (rng.random(source.shape) < 0.5)] = -0.0
+    reference = rng.standard_normal(source.shape).astype(np.float32)
+    match = HistogramMatch.between(order_counts(source), order_counts(reference), (float(reference.min()), float(reference.max())))
+    got, want = match.apply(source), exact_match(source, reference)
+    assert len(np.unique(got[solvent])) == 1  # one value for all zeros, whatever their sign
+    assert abs(float(got[solvent][0]) - float(want[solvent][0])) < 1e-3 * np.ptp(reference)
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.99999

@@ -6,7 +6,9 @@ over *every* float32 value: a bin is the top 20 bits of the value's bit pattern 
 order-preserving, so bins are about 0.05% of the value wide at any magnitude and no range is
 needed before counting. Within a bin values are taken as spread evenly (the cumulative
 histogram is interpolated linearly), so the mapping is monotone and continuous, and the
-counts of blocks simply add up.
+counts of blocks simply add up. Exact zeros, the one value that recurs in bulk (excluded or
+flattened solvent), are mapped as an exact match maps a repeated value: to the quantile at the top
+of their count.
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ N_ORDER_BINS = 1 << (32 - ORDER_SHIFT)
 _SIGN = np.uint32(0x80000000)
 
 
+ZERO_BIN = 0x80000000 >> ORDER_SHIFT  # the bin of 0 (and of positive values below 6e-42)
+
+
 def ordered_codes(values: np.ndarray) -> np.ndarray:
     """uint32 codes of float32 ``values`` that sort as the values do (negative values have
-    their bits flipped, positive ones their sign bit set)."""
-    u = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    their bits flipped, positive ones their sign bit set); -0 is coded as 0."""
+    u = (np.asarray(values, dtype=np.float32) + np.float32(0.0)).view(np.uint32)  # -0 + 0 = +0
     return np.where(u & _SIGN, ~u, u | _SIGN)
 
 
@@ -84,6 +89,9 @@ class HistogramMatch:
         lo, hi = _bin_edges(bins)
         width = hi - lo
         frac = np.divide(block - lo, width, out=np.zeros(block.shape), where=width > 0)
+        # exact zeros (solvent excluded, flattened regions) are one value, not a spread: like every
+        # repeated value in an exact match, they take the quantile at the top of their count
+        frac[bins == ZERO_BIN] = 1.0
         low, high = self.low[at], self.high[at]
         return (low + np.clip(frac, 0.0, 1.0) * (high - low)).astype(np.float32)
 
