@@ -227,15 +227,17 @@ def _finish_modified(est: Estimate, full, run) -> None:
             est.final.update({n: fourier_pad(est[n], full.info.shape, planes) for n in back})
         masks = [n for n in back if n.startswith("submask_")]
         est.final.update({n: est[n].map_blocks(np.clip, np.float32(0.0), np.float32(1.0), dtype=np.float32) for n in masks})
-    if s.hist_match:
+    matched = [modified_name(i) for i, m in enumerate(s.modifications) if m.kind != "exclude"]  # as the reference: not exclusion alone
+    if s.hist_match and matched:
         source, chunks, value_range = (
             (full.source, est.full_chunks, full.value_range) if full is not None else (est.sources["raw"], s.chunks, est.raw_range)
         )
         reference = da.from_array(source, chunks=chunks, lock=False, asarray=False, meta=np.empty((0, 0, 0), np.float32))
-        est.final.update(histogram_matched({n: est[n] for n in names}, reference, run, value_range))
-    elif full is not None:
-        lo, hi = (np.float32(v) for v in full.value_range)
-        est.final.update({n: est[n].map_blocks(np.clip, lo, hi, dtype=np.float32) for n in names})
+        est.final.update(histogram_matched({n: est[n] for n in matched}, reference, run, value_range))
+    unclipped = [n for n in names if not (s.hist_match and n in matched)]
+    if unclipped and (full is not None or s.hist_match):  # neither the fused pass nor the low-pass clipped them
+        lo, hi = (np.float32(v) for v in (full.value_range if full is not None else est.raw_range))
+        est.final.update({n: est[n].map_blocks(np.clip, lo, hi, dtype=np.float32) for n in unclipped})
 
 
 def histogram_matched(arrays: dict[str, da.Array], reference: da.Array, run, reference_range=None) -> dict[str, da.Array]:

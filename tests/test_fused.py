@@ -105,3 +105,9 @@ def test_subtraction_masks_need_attenuation_or_sigmoid(phantom64):
 
     with pytest.raises(SettingsError, match="--attenuate or --sigmoid"):
         occupy_dask.estimate(phantom64, voxel_size=1.5, amplify=True, subtraction_masks=True)
+
+
+def test_hist_match_leaves_exclusion_alone_as_the_reference(phantom64):
+    with occupy_dask.estimate(phantom64, voxel_size=1.5, chunks=32, exclude_solvent=True, hist_match=True) as est:
+        got, conf = est.modified(0).compute(), est.confidence_map.compute()
+    assert np.array_equal(got, phantom64 * conf)  # the solvent-excluded input, not matched (OccuPy matches modified maps only)
