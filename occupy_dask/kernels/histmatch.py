@@ -13,8 +13,10 @@ of their count.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 ORDER_SHIFT = 12  # low bits of the ordered pattern dropped: 2**20 bins over all float32 values
@@ -40,7 +42,24 @@ def code_values(codes: np.ndarray) -> np.ndarray:
 
 def order_counts(block: np.ndarray) -> np.ndarray:
     """Counts of a block's values in the ``N_ORDER_BINS`` ordered bins (int64); blocks add up."""
-    return np.bincount((ordered_codes(block) >> ORDER_SHIFT).ravel(), minlength=N_ORDER_BINS)
+    flat = np.ascontiguousarray(block, dtype=np.float32).reshape(-1)
+    return _count(flat.view(np.uint32), np.zeros(N_ORDER_BINS, dtype=np.int64))
+
+
+@numba.njit(cache=True, nogil=True)
+def _ordered_bin(u):  # pragma: no cover
+    sign = np.uint32(0x80000000)
+    if u == sign:  # -0 is coded as +0
+        u = np.uint32(0)
+    code = ~u if u & sign else u | sign
+    return code >> ORDER_SHIFT
+
+
+@numba.njit(cache=True, nogil=True)
+def _count(bits, counts):  # pragma: no cover
+    for i in range(bits.size):
+        counts[_ordered_bin(bits[i])] += 1
+    return counts
 
 
 def _bin_edges(bins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -78,22 +97,51 @@ class HistogramMatch:
         return cls(bins=bins, low=low, high=high)
 
     def apply(self, block: np.ndarray) -> np.ndarray:
-        """The matched block (float32, same shape)."""
-        block = np.asarray(block, dtype=np.float32)
-        codes = ordered_codes(block)
-        bins = (codes >> ORDER_SHIFT).astype(np.int64)
-        at = np.searchsorted(self.bins, bins.ravel()).reshape(block.shape)
-        at = np.minimum(at, self.bins.size - 1)
-        if not np.array_equal(self.bins[at], bins):
+        """The matched block (float32, same shape), in one pass over it."""
+        block = np.ascontiguousarray(block, dtype=np.float32)
+        out = np.empty(block.shape, dtype=np.float32)
+        low, span, lo_edge, inverse_width = self._tables
+        flat = block.reshape(-1)
+        if _apply(flat, flat.view(np.uint32), low, span, lo_edge, inverse_width, out.reshape(-1)):
             raise ValueError("a value outside the histogram this match was made from")
-        lo, hi = _bin_edges(bins)
-        width = hi - lo
-        frac = np.divide(block - lo, width, out=np.zeros(block.shape), where=width > 0)
+        return out
+
+    @functools.cached_property
+    def _tables(self):
+        """Per ordered bin (all 2^20): the matched value at its lower edge, the matched span across
+        it, its lower edge and 1 / its width (0 where the bin is a point: exact zeros, or a bin
+        the map does not occupy, marked by a NaN lower value)."""
+        low = np.full(N_ORDER_BINS, np.nan)
+        span = np.zeros(N_ORDER_BINS)
+        lo_edge = np.zeros(N_ORDER_BINS)
+        inverse_width = np.zeros(N_ORDER_BINS)
+        lo, hi = _bin_edges(self.bins)
+        low[self.bins] = self.low
+        span[self.bins] = self.high - self.low
+        lo_edge[self.bins] = lo
+        spread = (hi > lo) & (self.bins != ZERO_BIN)
+        inverse_width[self.bins[spread]] = 1.0 / (hi[spread] - lo[spread])
         # exact zeros (solvent excluded, flattened regions) are one value, not a spread: like every
         # repeated value in an exact match, they take the quantile at the top of their count
-        frac[bins == ZERO_BIN] = 1.0
-        low, high = self.low[at], self.high[at]
-        return (low + np.clip(frac, 0.0, 1.0) * (high - low)).astype(np.float32)
+        zero = self.bins == ZERO_BIN
+        low[self.bins[zero]] = self.high[zero]
+        span[self.bins[zero]] = 0.0
+        return low, span, lo_edge, inverse_width
+
+
+@numba.njit(cache=True, nogil=True)
+def _apply(values, bits, low, span, lo_edge, inverse_width, out):  # pragma: no cover
+    missing = 0
+    for i in range(values.size):
+        b = _ordered_bin(bits[i])
+        if np.isnan(low[b]):
+            missing += 1
+            out[i] = np.float32(np.nan)
+            continue
+        frac = (np.float64(values[i]) - lo_edge[b]) * inverse_width[b]
+        frac = 0.0 if frac < 0.0 else (1.0 if frac > 1.0 else frac)
+        out[i] = np.float32(low[b] + frac * span[b])
+    return missing
 
 
 def _quantile_values(quantiles: np.ndarray, counts: np.ndarray, value_range=None) -> np.ndarray:
