@@ -22,14 +22,13 @@ import numpy as np
 ORDER_SHIFT = 12  # low bits of the ordered pattern dropped: 2**20 bins over all float32 values
 N_ORDER_BINS = 1 << (32 - ORDER_SHIFT)
 _SIGN = np.uint32(0x80000000)
-
-
 ZERO_BIN = 0x80000000 >> ORDER_SHIFT  # the bin of 0 (and of positive values below 6e-42)
 
 
 def ordered_codes(values: np.ndarray) -> np.ndarray:
     """uint32 codes of float32 ``values`` that sort as the values do (negative values have
-    their bits flipped, positive ones their sign bit set); -0 is coded as 0."""
+    their bits flipped, positive ones their sign bit set); -0 is coded as 0. The compiled
+    passes (:func:`order_counts`, :meth:`HistogramMatch.apply`) code each value the same way."""
     u = (np.asarray(values, dtype=np.float32) + np.float32(0.0)).view(np.uint32)  # -0 + 0 = +0
     return np.where(u & _SIGN, ~u, u | _SIGN)
 
