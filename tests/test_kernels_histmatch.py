@@ -26,8 +26,10 @@ def test_codes_sort_as_the_values_and_invert():
 def test_counts_of_blocks_add_up_to_the_counts_of_the_map():
     rng = np.random.default_rng(3)
     data = rng.standard_normal((20, 20, 20)).astype(np.float32)
+    data[0, 0, :3] = (0.0, -0.0, 1e-30)
     counts = order_counts(data)
     assert counts.shape == (N_ORDER_BINS,) and counts.sum() == data.size
+    assert np.array_equal(counts, np.bincount((ordered_codes(data) >> 12).ravel(), minlength=N_ORDER_BINS))  # the compiled pass codes as the spec
     assert np.array_equal(counts, order_counts(data[:7]) + order_counts(data[7:]))
 
 
