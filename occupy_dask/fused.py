@@ -235,15 +235,13 @@ def fused_graph(plan: LocalPlan, sources: dict):
         for c in range(len(plan.outputs)):
             array_layer[(out, c, *index)] = (_take_output, (fused, *index), c)
         stats_layer[(stats, *index)] = (operator.getitem, (fused, *index), 1)
-    # two graphs that share the fused layer: each collection holds only the layers it computes
-    # (dask mixes up the results of an array and a delayed that carry each other's layers)
-    array_graph = HighLevelGraph({fused: fused_layer, out: array_layer}, {fused: set(), out: {fused}})
-    stats_graph = HighLevelGraph(
-        {fused: fused_layer, stats: stats_layer, gather: {gather: (list, list(stats_layer))}}, {fused: set(), stats: {fused}, gather: {stats}}
+    graph = HighLevelGraph(
+        {fused: fused_layer, out: array_layer, stats: stats_layer, gather: {gather: (list, list(stats_layer))}},
+        {fused: set(), out: {fused}, stats: {fused}, gather: {stats}},
     )
     dim_chunks = tuple(tuple(min(c, n - s) for s in range(0, n, c)) for n, c in zip(shape, chunks))
-    stacked = da.Array(array_graph, out, ((1,) * len(plan.outputs), *dim_chunks), dtype=np.float32)
-    return stacked, Delayed(gather, stats_graph)
+    stacked = da.Array(graph, out, ((1,) * len(plan.outputs), *dim_chunks), dtype=np.float32)
+    return stacked, Delayed(gather, graph)
 
 
 def _take_output(result, channel):
