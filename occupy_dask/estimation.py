@@ -26,6 +26,7 @@ from .buffers import POOL
 from .debias import NoiseFloor, map_noise_floor
 from .fused import (
     LocalPlan,
+    clipped,
     display_level,
     factor_name,
     fused_graph,
@@ -180,7 +181,7 @@ def _estimate_from(red: Reductions, sources: dict, info: MapInfo, s: Settings, e
     stacked, stats = fused_graph(plan, sources)
     final = {}
     if s.lowpass_output_angstrom:
-        final = {modified_name(i): lowpass_modified(stacked[outputs.index(modified_name(i))], s, raw_range) for i in range(len(s.modifications))}
+        final = {modified_name(i): lowpass_modified(stacked[outputs.index(modified_name(i))], s) for i in range(len(s.modifications))}
     return Estimate(
         settings=s,
         info=info,
@@ -210,8 +211,9 @@ def _estimate_from(red: Reductions, sources: dict, info: MapInfo, s: Settings, e
 
 def _finish_modified(est: Estimate, full, run) -> None:
     """Step 6: the modified maps (and subtraction masks) of a ``--max-box`` preview padded back
-    to the input's box; the modified maps clipped to the input's range or, with
-    ``--hist-match``, histogram-matched to the input, the masks clipped to [0, 1]."""
+    to the input's box; every modified map that a later stage made (a low-pass, the way back, or
+    none with ``--hist-match``) histogram-matched to the input or clipped to its range, the
+    masks clipped to [0, 1]."""
     s = est.settings
     names = [modified_name(i) for i in range(len(s.modifications))]
     if not names:
@@ -225,8 +227,7 @@ def _finish_modified(est: Estimate, full, run) -> None:
             est.final.update({n: da.from_delayed(p, full.info.shape, np.float32).rechunk(chunks) for n, p in padded.items()})
         else:
             est.final.update({n: fourier_pad(est[n], full.info.shape, planes) for n in back})
-        masks = [n for n in back if n.startswith("submask_")]
-        est.final.update({n: est[n].map_blocks(np.clip, np.float32(0.0), np.float32(1.0), dtype=np.float32) for n in masks})
+        est.final.update({n: clipped(est[n], (0.0, 1.0)) for n in back if n.startswith("submask_")})
     matched = [modified_name(i) for i, m in enumerate(s.modifications) if m.kind != "exclude"]  # as the reference: not exclusion alone
     if s.hist_match and matched:
         source, chunks, value_range = (
@@ -234,10 +235,9 @@ def _finish_modified(est: Estimate, full, run) -> None:
         )
         reference = da.from_array(source, chunks=chunks, lock=False, asarray=False, meta=np.empty((0, 0, 0), np.float32))
         est.final.update(histogram_matched({n: est[n] for n in matched}, reference, run, value_range))
-    unclipped = [n for n in names if not (s.hist_match and n in matched)]
-    if unclipped and (full is not None or s.hist_match):  # neither the fused pass nor the low-pass clipped them
-        lo, hi = (np.float32(v) for v in (full.value_range if full is not None else est.raw_range))
-        est.final.update({n: est[n].map_blocks(np.clip, lo, hi, dtype=np.float32) for n in unclipped})
+    if not s.clips_modified_in_pass:  # made by a later stage: clipped here, unless matched
+        value_range = full.value_range if full is not None else est.raw_range
+        est.final.update({n: clipped(est[n], value_range) for n in names if not (s.hist_match and n in matched)})
 
 
 def histogram_matched(arrays: dict[str, da.Array], reference: da.Array, run, reference_range=None) -> dict[str, da.Array]:

@@ -248,21 +248,25 @@ def _take_output(result, channel):
     return result[0][channel : channel + 1]
 
 
-def lowpass_modified(array: da.Array, s: Settings, raw_range) -> da.Array:
-    """``--lowpass-amplified``: low-pass a modified map (pencil FFT as the input's) and clip it
-    to the input's range (not when it is histogram-matched or padded back to a full box afterwards)."""
+def lowpass_modified(array: da.Array, s: Settings) -> da.Array:
+    """``--lowpass-amplified``: a modified map low-passed (pencil FFT as the input's), in the
+    settings' blocks. Not clipped: the stage that finishes the map does that."""
     filtered = lowpass_stage.lowpass(array, s.voxel_size, s.lowpass_output_angstrom, reference=s.reference_compatible)
-    if s.hist_match or s.full_shape:
-        return filtered.rechunk(s.chunks, method="tasks")
-    lo, hi = np.float32(raw_range[0]), np.float32(raw_range[1])
-    return filtered.rechunk(s.chunks, method="tasks").map_blocks(np.clip, lo, hi, dtype=np.float32)
+    return filtered.rechunk(s.chunks, method="tasks")
+
+
+def clipped(array: da.Array, value_range) -> da.Array:
+    """``array`` clipped to ``value_range`` (the input's min and max), block by block."""
+    lo, hi = np.float32(value_range[0]), np.float32(value_range[1])
+    return array.map_blocks(np.clip, lo, hi, dtype=np.float32)
 
 
 def one_modification(plan: LocalPlan, sources: dict, mod: Modification, **changes) -> da.Array:
-    """One more modification of an estimated map as a lazy array (its own fused pass);
-    ``changes`` are settings that differ from the estimate's (exclude_solvent, scale_limit,
-    lowpass_output_angstrom, seed)."""
-    s = replace(plan.settings, modifications=(mod,), **changes)
+    """One more modification of an estimated map as a lazy array (its own fused pass), clipped
+    to the input's range; ``changes`` are settings that differ from the estimate's
+    (exclude_solvent, scale_limit, lowpass_output_angstrom, seed). It is never
+    histogram-matched (that needs the whole map's histogram first)."""
+    s = replace(plan.settings, modifications=(mod,), hist_match=False, **changes)
     plan = replace(plan, settings=s, outputs=(modified_name(0),))
     stacked, _ = fused_graph(plan, sources)
-    return lowpass_modified(stacked[0], s, plan.input_range) if s.lowpass_output_angstrom else stacked[0]
+    return clipped(lowpass_modified(stacked[0], s), plan.input_range) if s.lowpass_output_angstrom else stacked[0]

@@ -111,3 +111,11 @@ def test_hist_match_leaves_exclusion_alone_as_the_reference(phantom64):
     with occupy_dask.estimate(phantom64, voxel_size=1.5, chunks=32, exclude_solvent=True, hist_match=True) as est:
         got, conf = est.modified(0).compute(), est.confidence_map.compute()
     assert np.array_equal(got, phantom64 * conf)  # the solvent-excluded input, not matched (OccuPy matches modified maps only)
+
+
+def test_modify_of_a_hist_match_estimate_is_clipped_as_documented(phantom64):
+    with occupy_dask.estimate(phantom64, voxel_size=1.5, amplify=True, hist_match=True) as est:
+        got = occupy_dask.modify(est, amount=1.0).compute()
+        assert got.min() >= phantom64.min() and got.max() == phantom64.max()  # amount 1 lifts partial occupancies to the top: clipped there
+        low_passed = occupy_dask.modify(est, amount=1.0, lowpass_output=6.0).compute()
+        assert low_passed.min() >= phantom64.min() and low_passed.max() <= phantom64.max()
