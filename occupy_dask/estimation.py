@@ -289,7 +289,7 @@ def output_names(s: Settings, extra_outputs=()) -> tuple[str, ...]:
         outputs.append(modified_name(i))
         if "factor" in extra_outputs and mod.kind != "exclude":
             outputs.append(factor_name(i))
-        if s.subtraction_masks and mod.kind in ("attenuate", "sigmoid"):
+        if s.subtraction_masks and mod.removes_density:
             outputs.append(submask_name(i))
     return tuple(outputs)
 

@@ -38,7 +38,7 @@ def output_paths(info: MapInfo, settings: Settings, options: RunOptions, fmt: st
     for i, path in enumerate(modified_paths(settings, name, output_dir, options.output_map, fmt)):
         paths[modified_name(i)] = path
     for i, mod in enumerate(mods):
-        if settings.subtraction_masks and mod.kind in ("attenuate", "sigmoid"):
+        if settings.subtraction_masks and mod.removes_density:
             paths[submask_name(i)] = output_dir / f"{subtraction_mask_stem(mod)}_{name}{ext}"
     if options.save_all_maps:
         paths["lowpass"] = output_dir / f"lowpass_{name}{ext}"

@@ -21,6 +21,7 @@ import numpy as np
 import scipy.fft as spfft
 
 from .errors import SettingsError
+from .settings import check_max_box
 
 SLAB_BYTES = 64 << 20  # input planes read per step of the crop
 
@@ -28,10 +29,9 @@ SLAB_BYTES = 64 << 20  # input planes read per step of the crop
 def reduced_shape(shape: tuple[int, int, int], max_box: int | None) -> tuple[int, int, int] | None:
     """The box the map is cropped to: the largest axis becomes ``max_box``, the others shrink by
     the same ratio to even sizes; None when the map fits (nothing to do)."""
+    check_max_box(max_box)
     if max_box is None or max(shape) <= max_box:
         return None
-    if max_box < 16 or max_box % 2:
-        raise SettingsError(f"--max-box must be even and at least 16 voxels, got {max_box}")
     ratio = max_box / max(shape)
     return tuple(max(2, 2 * int(round(n * ratio / 2))) for n in shape)
 
@@ -116,8 +116,7 @@ def fourier_crop_reference(data: np.ndarray, reduced: tuple[int, int, int]) -> n
     n, m = data.shape[0], reduced[0]
     k, mid = m // 2, n // 2
     spectrum = spfft.fftshift(spfft.rfftn(np.asarray(data, dtype=np.float32)), axes=(0, 1))
-    window = np.zeros((m, m, k + 1), dtype=np.complex64)
-    window[:, :, :] = spectrum[mid - k : mid + k, mid - k : mid + k, : k + 1]
+    window = spectrum[mid - k : mid + k, mid - k : mid + k, : k + 1]
     out = spfft.irfftn(spfft.ifftshift(window, axes=(0, 1)))
     out *= (m / n) ** 3
     return np.asarray(out, dtype=np.float32)

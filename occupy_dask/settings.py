@@ -76,6 +76,11 @@ class Modification:
     def amount(self) -> float:
         return -self.exponent
 
+    @property
+    def removes_density(self) -> bool:
+        """Attenuation and the sigmoid: the modifications with a subtraction mask (what they keep)."""
+        return self.kind in ("attenuate", "sigmoid")
+
     def describe(self) -> str:
         """The modification in a few words, for map headers, the log and plots."""
         if self.kind == "sigmoid":
@@ -161,6 +166,12 @@ def check_scale_limit(scale_limit: float) -> None:
     """The amplify limit is a scale: it must lie in [0, 1)."""
     if not (0.0 <= scale_limit < 1.0):
         raise SettingsError(f"--amplify-limit must lie in [0, 1), got {scale_limit}")
+
+
+def check_max_box(max_box: int | None) -> None:
+    """``--max-box`` must be an even box of at least 16 voxels (None: no preview)."""
+    if max_box is not None and (max_box < 16 or max_box % 2):
+        raise SettingsError(f"--max-box must be even and at least 16 voxels, got {max_box}")
 
 
 def is_isotropic(voxel_size: tuple[float, float, float]) -> bool:
@@ -351,9 +362,8 @@ def derive_settings(
         occupancy = any(m.kind != "exclude" for m in modifications)
     scale_mode = "occ" if occupancy else "res"
 
-    if max_box is not None and (max_box < 16 or max_box % 2):
-        raise SettingsError(f"--max-box must be even and at least 16 voxels, got {max_box}")
-    if subtraction_masks and not any(m.kind in ("attenuate", "sigmoid") for m in modifications):
+    check_max_box(max_box)
+    if subtraction_masks and not any(m.removes_density for m in modifications):
         raise SettingsError("--subtraction-mask needs --attenuate or --sigmoid (the mask is what they remove)")
     if hedge_confidence is not None and not hedge_confidence > 1.0:
         raise SettingsError(f"--hedge-confidence must be larger than 1, got {hedge_confidence}")
