@@ -282,7 +282,7 @@ def main_command(
             output_map=output_map,
             output_format=output_format,
             save_all_maps=save_all_maps,
-            save_chimerax=save_chimerax,
+            save_chimerax=save_chimerax or chimerax_silent or show_chimerax,  # both write the script, as in OccuPy
             plot=plot,
             report=report,
             overwrite=overwrite,
