@@ -139,3 +139,22 @@ def test_mrc_block_reads_into_buffers(data_dir):
             out = np.empty([k.stop - k.start for k in key], np.float32)
             assert m.source.read_into(key, out) is out
             assert np.array_equal(out, ref.data[key])
+
+
+def test_reads_of_spans_apart_announce_every_span_first(tmp_path, monkeypatch):
+    """A block of rows from several planes is many spans apart in the file: all of them are
+    announced to the kernel (POSIX_FADV_WILLNEED) before the first is read, so a cold disk
+    queues them together; a block of whole planes is one span and is read as it is."""
+    import os
+
+    data = np.random.default_rng(6).normal(size=(9, 20, 16)).astype(np.float32)
+    mrcfile.write(tmp_path / "m.mrc", data, voxel_size=1.0)
+    calls = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, start, length, advice: calls.append((start, length, advice)))
+    with open_map(tmp_path / "m.mrc") as m:
+        offset = m.source.offset
+        assert np.array_equal(m.source[2:7, 5:11, 0:16], data[2:7, 5:11])
+        assert calls == [(offset + ((z * 20) + 5) * 16 * 4, 6 * 16 * 4, os.POSIX_FADV_WILLNEED) for z in range(2, 7)]
+        calls.clear()
+        assert np.array_equal(m.source[2:7, 0:20, 0:16], data[2:7])
+        assert calls == []

@@ -41,3 +41,15 @@ def test_ball_max_valid_on_an_interior_block():
     kernel = ball_kernel((7,) * 3, (3.3,) * 3)
     full = ndimage.maximum_filter(data, footprint=kernel, mode="reflect")
     assert np.array_equal(ball_max_valid(data[7:30, 5:33, 10:27], kernel), full[10:27, 8:30, 13:24])
+
+
+@pytest.mark.parametrize("size, radius", [((9, 9, 9), (4.0, 4.0, 4.0)), ((3, 3, 11), (1.0, 1.0, 5.0)), ((5, 7, 13), (2.0, 3.1, 6.2))])
+def test_ball_max_across_tiles_with_ties_and_unused_widths(size, radius):
+    """Rows wider than one x-tile and more rows than one y-tile of the filter's cache tiling;
+    values repeat (integers, and signed zeros), and the second and third footprints leave
+    half-widths unused (their runs go through the spare row buffers)."""
+    data = np.random.default_rng(3).integers(-3, 4, size=(14, 45, 1100)).astype(np.float32)
+    data[data == 0] = np.where(np.random.default_rng(4).random(np.count_nonzero(data == 0)) < 0.5, -0.0, 0.0)
+    kernel = ball_kernel(size, radius)
+    expected = ndimage.maximum_filter(data, footprint=kernel, mode="reflect")
+    assert np.array_equal(ball_max(data, kernel), expected)

@@ -60,10 +60,13 @@ def _ball_max_valid(padded, dz, dy, width_index, widths, hz, hy, hx, out, ring):
     store = np.full(wmax + 1, -1, np.int64)  # ring slot of each stored half-width
     for wi in range(n_w):
         store[widths[wi]] = wi
-    # two row buffers: writing each maximum into the other buffer (never in place) lets LLVM
-    # vectorise the loops, which it does not do for a read-modify-write of a possibly aliased row
+    # every maximum is written into another buffer than the one it reads (never in place), and
+    # rows are read through slices indexed from 0: both let LLVM vectorise the loops
     acc_a = np.empty(tile_x, padded.dtype)
     acc_b = np.empty(tile_x, padded.dtype)
+    run_a = np.empty(tile_x, padded.dtype)  # run maxima of half-widths the kernel does not use
+    run_b = np.empty(tile_x, padded.dtype)
+    n_rows = dz.size
     for ty0 in range(0, y_n, tile_y):
         ty_n = min(tile_y, y_n - ty0)
         for tx0 in range(0, x_n, tile_x):
@@ -71,51 +74,66 @@ def _ball_max_valid(padded, dz, dy, width_index, widths, hz, hy, hx, out, ring):
             for zp in range(zp_n):
                 slot = zp % depth
                 for y in range(ty_n + 2 * hy):
-                    row = padded[zp, ty0 + y, tx0:]
-                    run = np.empty(tw, padded.dtype)  # a fresh buffer: known not to alias `row`
+                    # the row's run maxima, widened by one voxel each side per half-width
+                    row = padded[zp, ty0 + y, tx0 + hx - wmax : tx0 + hx + wmax + tw]
+                    centre = row[wmax : wmax + tw]
+                    prv = ring[slot, store[0], y] if store[0] >= 0 else run_a
                     for x in range(tw):
-                        run[x] = row[x + hx]
-                    if store[0] >= 0:
-                        dst = ring[slot, store[0], y]
+                        prv[x] = centre[x]
+                    for w in range(1, wmax + 1):
+                        nxt = ring[slot, store[w], y] if store[w] >= 0 else (run_b if w % 2 == 1 else run_a)
+                        left = row[wmax - w : wmax - w + tw]
+                        right = row[wmax + w : wmax + w + tw]
                         for x in range(tw):
-                            dst[x] = run[x]
-                    for w in range(1, wmax + 1):  # widen the run by one voxel each side
-                        for x in range(tw):
-                            a = row[x + hx - w]
-                            b = row[x + hx + w]
+                            a = left[x]
+                            b = right[x]
                             c = a if a > b else b
-                            run[x] = c if c > run[x] else run[x]
-                        if store[w] >= 0:
-                            dst = ring[slot, store[w], y]
-                            for x in range(tw):
-                                dst[x] = run[x]
+                            r = prv[x]
+                            nxt[x] = c if c > r else r
+                        prv = nxt
                 if zp < depth - 1:
                     continue
                 z = zp - (depth - 1)
                 for y in range(ty_n):
-                    src = ring[(z + hz + dz[0]) % depth, width_index[0], y + hy + dy[0]]
+                    # the maximum over the kernel's rows, four rows per sweep; on ties the earlier
+                    # row's value is kept, as a sweep per row would
+                    cur, other = acc_a, acc_b
+                    first = ring[(z + hz + dz[0]) % depth, width_index[0], y + hy + dy[0]]
                     for x in range(tw):
-                        acc_a[x] = src[x]
-                    for r in range(1, dz.size):
-                        src = ring[(z + hz + dz[r]) % depth, width_index[r], y + hy + dy[r]]
-                        if r % 2 == 1:
-                            for x in range(tw):
-                                a = acc_a[x]
-                                b = src[x]
-                                acc_b[x] = b if b > a else a
-                        else:
-                            for x in range(tw):
-                                a = acc_b[x]
-                                b = src[x]
-                                acc_a[x] = b if b > a else a
-                    last = acc_a if dz.size % 2 == 1 else acc_b
-                    o = out[z, ty0 + y, tx0:]
+                        cur[x] = first[x]
+                    r = 1
+                    while r + 3 < n_rows:
+                        s1 = ring[(z + hz + dz[r]) % depth, width_index[r], y + hy + dy[r]]
+                        s2 = ring[(z + hz + dz[r + 1]) % depth, width_index[r + 1], y + hy + dy[r + 1]]
+                        s3 = ring[(z + hz + dz[r + 2]) % depth, width_index[r + 2], y + hy + dy[r + 2]]
+                        s4 = ring[(z + hz + dz[r + 3]) % depth, width_index[r + 3], y + hy + dy[r + 3]]
+                        for x in range(tw):
+                            a1 = s1[x]
+                            a2 = s2[x]
+                            a3 = s3[x]
+                            a4 = s4[x]
+                            c12 = a2 if a2 > a1 else a1
+                            c34 = a4 if a4 > a3 else a3
+                            c = c34 if c34 > c12 else c12
+                            a = cur[x]
+                            other[x] = c if c > a else a
+                        cur, other = other, cur
+                        r += 4
+                    while r < n_rows:
+                        s1 = ring[(z + hz + dz[r]) % depth, width_index[r], y + hy + dy[r]]
+                        for x in range(tw):
+                            a = cur[x]
+                            b = s1[x]
+                            other[x] = b if b > a else a
+                        cur, other = other, cur
+                        r += 1
+                    o = out[z, ty0 + y, tx0 : tx0 + tw]
                     for x in range(tw):
-                        o[x] = last[x]
+                        o[x] = cur[x]
     return out
 
 
-TILE_Y, TILE_X = 32, 256  # output rows and columns per tile: the ring of a ball of radius 4 is about 2 MB
+TILE_Y, TILE_X = 16, 512  # output rows and columns per tile: the ring of a ball of radius 4 is about 2 MB
 
 
 def ring_shape(padded_shape, kernel: np.ndarray) -> tuple[int, int, int, int]:
