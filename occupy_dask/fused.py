@@ -163,8 +163,11 @@ def chunk_task(plan: LocalPlan, sources, start, stop, targets=None):
         blocks = {}
         for name in ("lp", "raw"):  # the scale data is one of them: its block is the padded block's core, not a second read
             if sources[name] is sources["scale"] and not isinstance(sources[name], ArraySource):
-                blocks[name] = take(shape)
-                blocks[name][...] = scale_padded[core]
+                if name == "lp":  # the confidence lookup reads the core where it is
+                    blocks[name] = scale_padded[core]
+                else:  # the modification reads the raw map contiguously
+                    blocks[name] = take(shape)
+                    blocks[name][...] = scale_padded[core]
             else:
                 blocks[name] = block_of(sources[name], key, take)
         lp_block, raw_block = blocks["lp"], blocks["raw"]

@@ -21,7 +21,7 @@ from .blocks import region
 from .io.read import ArraySource, ZarrSource
 from .io.zarr_chunks import create_plain_array
 
-IN_MEMORY_BYTES = 2 << 30  # larger low-passed maps and spectra go to disk
+IN_MEMORY_BYTES = 512 << 20  # larger low-passed maps and spectra go to disk (a run's memory then follows its chunks, not its map)
 BUDGET_SHARE = 8  # under a memory limit, a map or spectrum above this share of it goes to disk
 
 

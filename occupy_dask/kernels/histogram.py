@@ -50,9 +50,13 @@ def _count(values, edges, counts):  # pragma: no cover
 @numba.njit(cache=True, nogil=True)
 def _lookup(values, edges, table, out):  # pragma: no cover
     scale = np.float32(edges.size - 1) / (edges[-1] - edges[0])
-    for j in range(values.size):
-        f = table[_bin_of(values[j], edges, scale)]
-        out[j] = 0.0 if f < 0.0 else (1.0 if f > 1.0 else f)
+    nz, ny, nx = values.shape
+    for z in range(nz):
+        for y in range(ny):
+            row, dst = values[z, y], out[z, y]
+            for x in range(nx):
+                f = table[_bin_of(row[x], edges, scale)]
+                dst[x] = 0.0 if f < 0.0 else (1.0 if f > 1.0 else f)
     return out
 
 
@@ -60,12 +64,23 @@ def _lookup(values, edges, table, out):  # pragma: no cover
 def _lookup_reference(values, lo_over_span, span, table, out):  # pragma: no cover
     n = np.float32(table.size)
     one = np.float32(1.0)
-    for j in range(values.size):
-        u = values[j] / span - lo_over_span
-        i = int(u * n - one)  # truncates toward zero; -1 (the minimum voxel) wraps to the last bin
-        f = table[i]
-        out[j] = 0.0 if f < 0.0 else (1.0 if f > 1.0 else f)
+    nz, ny, nx = values.shape
+    for z in range(nz):
+        for y in range(ny):
+            row, dst = values[z, y], out[z, y]
+            for x in range(nx):
+                u = row[x] / span - lo_over_span
+                i = int(u * n - one)  # truncates toward zero; -1 (the minimum voxel) wraps to the last bin
+                f = table[i]
+                dst[x] = 0.0 if f < 0.0 else (1.0 if f > 1.0 else f)
     return out
+
+
+def _as_block(values: np.ndarray) -> np.ndarray:
+    """float32 values as a 3D array for the lookups: a 3D block as it is (a view into a padded
+    block too, not copied), anything else flattened."""
+    values = np.asarray(values, dtype=np.float32)
+    return values if values.ndim == 3 else np.ascontiguousarray(values).reshape(1, 1, -1)
 
 
 def histogram_counts(values: np.ndarray, lo: float, hi: float, n_bins: int = N_BINS) -> np.ndarray:
@@ -86,31 +101,32 @@ def density_from_counts(counts: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 def confidence_lookup(lp: np.ndarray, table: np.ndarray, edges: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Confidence per voxel: the content fraction of the voxel's histogram bin, in [0, 1]
-    (float32, into ``out`` when given)."""
-    lp = np.ascontiguousarray(lp, dtype=np.float32)
+    (float32, into ``out`` when given). A 3D ``lp`` may be a strided view (the core of a padded
+    block): it is read where it is."""
     table = np.ascontiguousarray(table, dtype=np.float32)
     if out is None:
-        out = np.empty(lp.shape, dtype=np.float32)
-    elif not (out.flags.c_contiguous and out.dtype == np.float32 and out.shape == lp.shape):
+        out = np.empty(np.shape(lp), dtype=np.float32)
+    elif not (out.flags.c_contiguous and out.dtype == np.float32 and out.shape == np.shape(lp)):
         raise ValueError("out must be a C-contiguous float32 array shaped like the block")
     if edges[-1] <= edges[0]:
         out[...] = np.clip(table[0], 0.0, 1.0)
         return out
-    _lookup(lp.reshape(-1), edges.astype(np.float32), table, out.reshape(-1))
+    block = _as_block(lp)
+    _lookup(block, edges.astype(np.float32), table, out.reshape(block.shape))
     return out
 
 
 def confidence_lookup_reference(lp: np.ndarray, table: np.ndarray, lp_min: float, lp_max: float, out: np.ndarray | None = None) -> np.ndarray:
     """The reference's lookup (docs/method.md 11): ``int(u*1000 - 1)`` of the range-scaled map,
     where -1 (the minimum voxel) wraps to the last bin."""
-    lp = np.ascontiguousarray(lp, dtype=np.float32)
     span = np.float32(lp_max) - np.float32(lp_min)
     if out is None:
-        out = np.empty(lp.shape, dtype=np.float32)
-    elif not (out.flags.c_contiguous and out.dtype == np.float32 and out.shape == lp.shape):
+        out = np.empty(np.shape(lp), dtype=np.float32)
+    elif not (out.flags.c_contiguous and out.dtype == np.float32 and out.shape == np.shape(lp)):
         raise ValueError("out must be a C-contiguous float32 array shaped like the block")
     table = np.ascontiguousarray(table, dtype=np.float32)
-    _lookup_reference(lp.reshape(-1), np.float32(lp_min) / span, span, table, out.reshape(-1))
+    block = _as_block(lp)
+    _lookup_reference(block, np.float32(lp_min) / span, span, table, out.reshape(block.shape))
     return out
 
 
