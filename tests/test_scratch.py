@@ -42,3 +42,47 @@ def test_an_error_while_spilling_removes_the_store(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         materialise(lazy, True, str(tmp_path), failing, "test")
     assert not any(tmp_path.iterdir())
+
+
+def test_a_1024_box_spills_its_lowpassed_map_and_both_spectra_while_512_keeps_them():
+    """Above 512 MiB the low-passed map and the low-pass's spectra go to disk, so a run's memory
+    follows its chunks: a 1024^3 map (4 GiB; spectra of 1.1 GB at an 8 Å low-pass of 1 Å voxels)
+    plans all three stores, a 512^3 map none."""
+    from occupy_dask.lowpass import spectrum_bytes
+    from occupy_dask.scratch import scratch_bytes
+    from occupy_dask.settings import RunOptions, derive_settings
+
+    big = derive_settings((1024,) * 3, 1.0, occupancy=True)
+    spectrum = spectrum_bytes(big.shape, big.voxel_size, big.lowpass_angstrom)
+    assert spectrum > 1e9
+    assert scratch_bytes(big, RunOptions(), _run) == 4 * 1024**3 + 2 * spectrum
+    assert scratch_bytes(derive_settings((512,) * 3, 1.0, occupancy=True), RunOptions(), _run) == 0
+
+
+def test_pooled_buffers_are_freed_before_each_pass(monkeypatch, tmp_path):
+    """The block buffers one pass pooled (blocks read from a file) are freed before the next
+    pass starts: blocks of other shapes must not be held twice."""
+    import mrcfile
+
+    import occupy_dask
+    from occupy_dask import estimation, reductions
+    from occupy_dask.buffers import POOL
+
+    pooled = {}
+
+    def recording(name, function):
+        def wrapper(*args, **kwargs):
+            pooled.setdefault(name, POOL.nbytes)
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(estimation, "global_reductions", recording("reductions", estimation.global_reductions))
+    monkeypatch.setattr(estimation, "fused_graph", recording("fused", estimation.fused_graph))
+    monkeypatch.setattr(reductions, "first_pass_block", recording("first pass", reductions.first_pass_block))
+    data = np.random.default_rng(1).normal(size=(48, 40, 44)).astype(np.float32)
+    data[10:30, 10:30, 10:30] += 3.0
+    mrcfile.write(tmp_path / "m.mrc", data, voxel_size=1.0)
+    with occupy_dask.estimate(tmp_path / "m.mrc", chunks=16):
+        pass
+    assert pooled["first pass"] == 0 and pooled["reductions"] == 0 and pooled["fused"] == 0
