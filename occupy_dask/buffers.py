@@ -108,3 +108,52 @@ def release_buffers() -> int:
     held = POOL.nbytes
     POOL.clear()
     return held
+
+
+class WriteBehind:
+    """Writes of finished chunks done by one background thread, while the computing threads go
+    on with the next chunks (the disk and the cores then work at the same time).
+
+    ``submit(write, buffers)`` queues ``write()`` and hands ``buffers`` (pool arrays it reads)
+    back to the pool once it has run; at most ``depth`` writes wait or run at a time, so a
+    thread that computes faster than the disk writes waits for it, and memory stays bounded.
+    ``drain()`` waits for every queued write and raises the first error one of them met. Only
+    for tasks that run in the process that drains it (a task in another process writes itself)."""
+
+    def __init__(self, depth: int = 1) -> None:
+        self._slots = threading.BoundedSemaphore(depth)
+        self._lock = threading.Lock()
+        self._pending: list = []
+        self._executor = None
+
+    def submit(self, write, buffers=()) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._slots.acquire()
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="occupy-write")
+            self._pending.append(self._executor.submit(self._run, write, buffers))
+
+    def _run(self, write, buffers) -> None:
+        try:
+            write()
+        finally:
+            for array in buffers:
+                POOL.give(array)
+            self._slots.release()
+
+    def drain(self, raise_errors: bool = True) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        first_error = None
+        for future in pending:
+            try:
+                future.result()
+            except BaseException as exc:  # every write is waited for; the first error is raised
+                first_error = first_error or exc
+        if first_error is not None and raise_errors:
+            raise first_error
+
+
+WRITES = WriteBehind()

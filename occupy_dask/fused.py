@@ -10,6 +10,7 @@ for the map headers, and the sums of the variability limit), so no output is rea
 from __future__ import annotations
 
 import operator
+import os
 import uuid
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -22,7 +23,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from . import lowpass as lowpass_stage
 from .blocks import Moments, block_grid, block_of, region
-from .buffers import POOL
+from .buffers import POOL, WRITES
 from .debias import NoiseFloor
 from .io.read import ArraySource, read_with_halo
 from .kernels.ballmax import ball_max_valid, ring_shape
@@ -150,13 +151,17 @@ def local_outputs(plan: LocalPlan, scale_padded, lp_block, raw_block, start, sto
     return slots
 
 
-def chunk_task(plan: LocalPlan, sources, start, stop, targets=None):
+def chunk_task(plan: LocalPlan, sources, start, stop, targets=None, write_behind: int | None = None):
     """One chunk's outputs and statistics. With ``targets`` (one writable region target per
-    output, or None to skip it) the outputs are written here from lent buffers and only the
-    statistics are returned; otherwise ``(stacked outputs, statistics)``."""
+    output, or None to skip it) the outputs are written from lent buffers and only the
+    statistics are returned: here, or by the background writer of the process whose id is
+    ``write_behind`` (:data:`occupy_dask.buffers.WRITES`, drained there) when the task runs in
+    it; otherwise ``(stacked outputs, statistics)``."""
+    write_behind = write_behind is not None and write_behind == os.getpid()
     halo = plan.halo
     shape = tuple(b - a for a, b in zip(start, stop))
     key = region(start, stop)
+    stacked = None
     with POOL.borrow() as take:
         scale_padded = read_with_halo(sources["scale"], start, stop, halo, out=take(tuple(n + 2 * h for n, h in zip(shape, halo))))
         core = tuple(slice(h, h + n) for h, n in zip(halo, shape))
@@ -171,7 +176,12 @@ def chunk_task(plan: LocalPlan, sources, start, stop, targets=None):
             else:
                 blocks[name] = block_of(sources[name], key, take)
         lp_block, raw_block = blocks["lp"], blocks["raw"]
-        stacked = take((len(plan.outputs), *shape)) if targets is not None else np.empty((len(plan.outputs), *shape), dtype=np.float32)
+        if targets is None:
+            stacked = np.empty((len(plan.outputs), *shape), dtype=np.float32)
+        elif write_behind:  # given back to the pool by the writer, once written
+            stacked = POOL.take((len(plan.outputs), *shape))
+        else:
+            stacked = take((len(plan.outputs), *shape))
         results = local_outputs(plan, scale_padded, lp_block, raw_block, start, stop, out=stacked, take=take)
         stats = {"variability": masked_sum(results["scale"], scale_padded[core], 1.0)}
         if plan.input_range is not None:  # the input's histogram, for the display level of the ChimeraX script
@@ -180,10 +190,17 @@ def chunk_task(plan: LocalPlan, sources, start, stop, targets=None):
             stats[name] = Moments.of(results[name])
         if targets is None:
             return stacked, stats
-        for name, target in zip(plan.outputs, targets):
-            if target is not None:
-                target[key] = results[name]
+        if not write_behind:
+            _write_chunk(plan, targets, key, results)
+    if write_behind:
+        WRITES.submit(lambda: _write_chunk(plan, targets, key, results), [stacked])
     return stats
+
+
+def _write_chunk(plan: LocalPlan, targets, key, results: dict) -> None:
+    for name, target in zip(plan.outputs, targets):
+        if target is not None:
+            target[key] = results[name]
 
 
 def variability_limit(stats: list[dict], s_max: float) -> float | None:
@@ -213,15 +230,19 @@ def output_moments(stats: list[dict], name: str) -> Moments:
     return total
 
 
-def store_outputs(plan: LocalPlan, sources: dict, targets: dict) -> Delayed:
+def store_outputs(plan: LocalPlan, sources: dict, targets: dict, write_behind: bool = False) -> Delayed:
     """A lazy list of per-chunk statistics whose computation writes the outputs named in
     ``targets`` (name -> region-writable target, e.g. an MRC or zarr target) chunk by chunk,
-    each from the fused task that makes it: no chunk result waits in memory for a store task."""
+    each from the fused task that makes it: no chunk result waits in memory for a store task.
+    ``write_behind``: tasks that run in this process leave their writes to its background
+    writer (drain :data:`occupy_dask.buffers.WRITES` after computing); tasks elsewhere write."""
     chunks = plan.settings.chunks
     per_output = tuple(targets.get(name) for name in plan.outputs)
     token = dask.base.tokenize(plan.settings.shape, chunks, plan.s_max, plan.outputs, uuid.uuid4().hex)
     name, gather = f"occupy-fused-store-{token}", f"occupy-gather-{token}"
-    layer = {(name, *index): (chunk_task, plan, sources, start, stop, per_output) for index, start, stop in block_grid(plan.settings.shape, chunks)}
+    owner = os.getpid() if write_behind else None
+    grid = block_grid(plan.settings.shape, chunks)
+    layer = {(name, *index): (chunk_task, plan, sources, start, stop, per_output, owner) for index, start, stop in grid}
     layer[gather] = (list, list(layer))
     return Delayed(gather, HighLevelGraph.from_collections(gather, layer, dependencies=()))
 

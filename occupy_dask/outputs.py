@@ -16,7 +16,7 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 
-from .buffers import release_buffers
+from .buffers import WRITES, release_buffers
 from .errors import OutputError, SettingsError
 from .estimation import Estimate
 from .fused import factor_name, modified_name, store_outputs, submask_name
@@ -266,7 +266,15 @@ def write_maps(est: Estimate, paths: dict[str, Path], run, fmt: str = "mrc") -> 
             info, chunks = est.grid_of(n)
             outputs[n] = open_output(paths[n], fmt, info, map_label(est, n), chunks)
         if all(est.has_block_stats(n) for n in names):  # each fused chunk task writes its own outputs
-            stats, reduced = run(store_outputs(est.plan, est.sources, {n: outputs[n].target for n in names}), label="local scale")[0], {}
+            # tasks in this process leave their writes to its writer thread, which writes while they compute
+            behind = not getattr(run, "distributed", False)
+            try:
+                stats = run(store_outputs(est.plan, est.sources, {n: outputs[n].target for n in names}, write_behind=behind), label="local scale")[0]
+            except BaseException:
+                WRITES.drain(raise_errors=False)  # the writes queued so far finish (into files about to be discarded)
+                raise
+            WRITES.drain()
+            reduced = {}
         else:  # a later stage (low-passed modified maps) reads the fused outputs
             arrays = [est[n] if fmt == "mrc" else est[n].rechunk(est.grid_of(n)[1], method="tasks") for n in names]  # zarr chunks = dask chunks
             store = da.store(arrays, [outputs[n].target for n in names], lock=False, compute=False)

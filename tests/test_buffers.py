@@ -27,3 +27,37 @@ print(before - rss() > 64e6)  # freed back to the system
     if result["keep"] == "unsupported":
         pytest.skip("not glibc")
     assert result == {"keep": "False", "default": "True"}  # kept in the process only when asked
+
+
+def test_write_behind_writes_in_order_bounds_what_waits_and_raises_errors_at_drain():
+    """The background writer runs every queued write, gives each write's buffers back to the
+    pool once written, lets at most ``depth`` writes wait (a further submit blocks until one is
+    done) and raises the first failed write's error at ``drain``, after waiting for the rest."""
+    import threading
+    import time
+
+    from occupy_dask.buffers import POOL, WriteBehind
+
+    POOL.clear()
+    writes = WriteBehind(depth=1)
+    release = threading.Event()
+    done = []
+    buffer = POOL.take((4, 4))
+    writes.submit(lambda: (release.wait(5), done.append(1)), [buffer])
+    started = time.perf_counter()
+    threading.Timer(0.3, release.set).start()
+    writes.submit(lambda: done.append(2))  # waits for the first write's slot
+    assert time.perf_counter() - started > 0.25
+    writes.drain()
+    assert done == [1, 2] and POOL.take((4, 4)) is buffer
+
+    def failing():
+        raise OSError(28, "No space left on device")
+
+    writes.submit(failing)
+    writes.submit(lambda: done.append(3))
+    with pytest.raises(OSError, match="No space"):
+        writes.drain()
+    assert done == [1, 2, 3]
+    writes.submit(failing)
+    writes.drain(raise_errors=False)  # after another error: waited for, not raised
