@@ -54,3 +54,26 @@ def test_slabs_from_pool_buffers_are_written_direct_where_aligned(tmp_path, shap
     unaligned = np.empty(4 * 512 + 1, np.float32)[1:].reshape(4, 16, 32)  # off the 512-byte grid
     assert not write._write_direct(target.path, unaligned, write.HEADER_BYTES)
     assert np.array_equal(mrcfile.read(tmp_path / "out.mrc"), data)
+
+
+def test_a_finished_output_is_flushed_to_disk_before_it_is_renamed(tmp_path, monkeypatch):
+    """Sub-blocks go through a shared mapping without a flush each (the kernel writes them
+    back); finishing an output flushes its file once, before ``commit`` renames it into place."""
+    import os
+
+    from occupy_dask.io.read import MapInfo
+    from occupy_dask.io.write import MrcOutput
+
+    data = np.random.default_rng(7).normal(size=(6, 8, 10)).astype(np.float32)
+    output = MrcOutput(tmp_path / "out.mrc", MapInfo(path=None, name="m", shape=data.shape, voxel_size=(1.0, 1.0, 1.0)), "test", (3, 4, 5))
+    for z in (0, 3):
+        for y in (0, 4):
+            for x in (0, 5):
+                output.target[z : z + 3, y : y + 4, x : x + 5] = data[z : z + 3, y : y + 4, x : x + 5]
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    output.finish((float(data.min()), float(data.max()), float(data.mean()), float(data.std())), None)
+    assert synced == [str(output.partial)] and not (tmp_path / "out.mrc").exists()
+    output.commit()
+    assert np.array_equal(mrcfile.read(tmp_path / "out.mrc"), data)
