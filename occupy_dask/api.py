@@ -312,6 +312,7 @@ def run_map(
             created = make_folders([Path(options.output_dir)])
         inputs = open_inputs(input_map, solvent_def=solvent_def, target_mask=target_mask, temp_dir=options.temp_dir, run=runner, **settings_options)
         paths = output_paths(inputs.info, inputs.settings, options, fmt)
+        inputs.settings = runner.fit_chunks(inputs.settings, len(map_outputs(paths)))  # automatic chunks: as large as the memory allows
         runner.check_memory(inputs.settings.chunks, inputs.settings.halo, len(map_outputs(paths)))
         needed = output_bytes(
             paths, (inputs.full.info if inputs.full is not None else inputs.info).shape, fmt

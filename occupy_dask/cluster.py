@@ -66,7 +66,13 @@ class Runner:
     def check_memory(self, chunks, halo, n_outputs: int) -> None:
         """Refuse chunks too large for the workers (see :func:`check_task_memory`)."""
         if self.limits is not None:
-            check_task_memory(chunks, halo, n_outputs, *self.limits)
+            check_task_memory(chunks, halo, n_outputs, *self.limits, writes_behind=not self.distributed)
+
+    def fit_chunks(self, settings, n_outputs: int):
+        """``settings`` with automatic chunks that fit the workers' memory (see :func:`fitted_chunks`)."""
+        if self.limits is None:
+            return settings
+        return fitted_chunks(settings, n_outputs, *self.limits[:2], writes_behind=not self.distributed)
 
     @property
     def distributed(self) -> bool:
@@ -281,11 +287,51 @@ def task_memory(chunks: tuple[int, int, int], halo: tuple[int, int, int], n_outp
     return padded * (TASK_BLOCKS + n_outputs)
 
 
-def check_task_memory(chunks, halo, n_outputs: int, worker_memory: int | None, threads_per_worker: int, where: str) -> None:
+def thread_memory(chunks, halo, n_outputs: int, threads_per_worker: int, writes_behind: bool = False) -> float:
+    """Bytes each thread of a worker needs: its task, and its share of the one chunk's outputs
+    that wait for the background writer (threaded runs, see :class:`occupy_dask.buffers.WriteBehind`)."""
+    waiting = 4 * math.prod(chunks) * n_outputs if writes_behind else 0
+    return task_memory(chunks, halo, n_outputs) + waiting / max(threads_per_worker, 1)
+
+
+def fitted_chunks(settings, n_outputs: int, worker_memory: int | None, threads_per_worker: int, writes_behind: bool = False):
+    """``settings`` with automatic chunks small enough for ``threads_per_worker`` tasks to fit
+    the usable part of ``worker_memory``: the automatic chunks when they fit, else the thickest
+    slabs of whole planes (halving, down to the kernel halo or 4 planes), else the largest cubes
+    (halving from 256, down to twice the halo or 32) that fit. Chunks the user chose, and limits
+    nothing fits (refused by :func:`check_task_memory`), are left as they are."""
+    from dataclasses import replace
+
+    from .settings import DEFAULT_CHUNK_EDGE
+
+    if not worker_memory or settings.chunk_edge is not None:
+        return settings
+    per_thread = worker_memory * USABLE_FRACTION / max(threads_per_worker, 1)
+
+    def fits(candidate) -> bool:
+        return thread_memory(candidate.chunks, candidate.halo, n_outputs, threads_per_worker, writes_behind) <= per_thread
+
+    if fits(settings):
+        return settings
+    candidates = []
+    planes = settings.chunks[0] // 2 if settings.chunks[1:] == settings.shape[1:] else 0
+    while planes >= max(settings.halo[0], 4):
+        candidates.append(replace(settings, fitted_planes=planes))
+        planes //= 2
+    edge = min(DEFAULT_CHUNK_EDGE, max(settings.shape)) // 2
+    while edge >= max(2 * max(settings.halo), 32):
+        candidates.append(replace(settings, fitted_edge=edge))
+        edge //= 2
+    return next((candidate for candidate in candidates if fits(candidate)), settings)
+
+
+def check_task_memory(
+    chunks, halo, n_outputs: int, worker_memory: int | None, threads_per_worker: int, where: str, writes_behind: bool = False
+) -> None:
     """Refuse, before running, chunks whose tasks cannot all fit a worker's memory limit."""
     if not worker_memory:
         return
-    need = task_memory(chunks, halo, n_outputs)
+    need = thread_memory(chunks, halo, n_outputs, threads_per_worker, writes_behind)
     per_thread = worker_memory * USABLE_FRACTION / max(threads_per_worker, 1)
     if need > per_thread:
         gib = 1 << 30

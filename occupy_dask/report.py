@@ -127,7 +127,7 @@ def limits(est: Estimate, min_vis_scale: float | None = None, input_label: str |
         ("Target mask threshold", "0-1", f"{s.target_threshold:g} (--target-mask voxels above it are the target)"),
         ("Flattened-map limit", "fraction", f"{s.flattened_fraction:g} (more exact zeros inside the inscribed sphere: refused)"),
         ("Pure-noise limit", "ratio", f"{s.noise_power_ratio:g} (low-pass power over white noise's below it: refused)"),
-        ("Chunks", "voxels", " x ".join(map(str, s.chunks)) + (" (automatic)" if s.chunk_edge is None else "")),
+        ("Chunks", "voxels", " x ".join(map(str, s.chunks)) + _chunks_note(s)),
     ]
     for mod in s.modifications:
         rows.append(("Modification", "", describe_modification(mod)))
@@ -150,6 +150,14 @@ def limits(est: Estimate, min_vis_scale: float | None = None, input_label: str |
             ("Target occupancy", "0-1", f"{t.occupancy:.4f}" + (" (nlrc)" if t.nlrc_limit is not None else "")),
         ]
     return rows
+
+
+def _chunks_note(s) -> str:
+    if s.chunk_edge is not None:
+        return ""
+    if s.fitted_planes is not None or s.fitted_edge is not None:
+        return " (automatic, made smaller to fit the memory limit)"
+    return " (automatic)"
 
 
 def noise_floor_rows(est: Estimate) -> list[tuple[str, str, str]]:

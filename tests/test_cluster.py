@@ -204,14 +204,46 @@ def test_unreachable_scheduler_fails_within_the_timeout(tmp_path, data_dir, cli)
 
 
 def test_chunks_too_large_for_the_memory_limit_are_refused_before_running(tmp_path, data_dir, cli):
-    # default chunks of the 64^3 map: 4 slabs of 16x64x64 voxels (3.4 MB per task with halo and 3 outputs)
-    proc = cli("-i", data_dir / "emd_1832.map", "-d", "out", "--memory-limit", "4MB", "--threads", "2", "--amplify", cwd=tmp_path)
+    # default chunks of the 64^3 map: 4 slabs of 16x64x64 voxels; at 1 MB neither thinner slabs nor cubes fit either
+    proc = cli("-i", data_dir / "emd_1832.map", "-d", "out", "--memory-limit", "1MB", "--threads", "2", "--amplify", cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
     assert "chunks of 16x64x64 voxels need about" in line and "GiB per task" in line and "2 thread(s) each" in line and "--chunks" in line
     assert not (tmp_path / "out").exists()
     proc = cli("-i", data_dir / "emd_1832.map", "-d", "out", "--memory-limit", "4MB", "--threads", "2", "--amplify", "--chunks", "16", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_automatic_chunks_are_made_smaller_to_fit_the_memory_limit(tmp_path, data_dir, cli):
+    """Under a limit the automatic 16-plane slabs do not fit, the run picks thinner slabs that do
+    (says so in the log), and its outputs equal an unconstrained run's."""
+    free = cli("-i", data_dir / "emd_1832.map", "-d", "free", "--amplify", "-q", cwd=tmp_path)
+    assert free.returncode == 0, free.stderr
+    bound = cli("-i", data_dir / "emd_1832.map", "-d", "bound", "--amplify", "-q", "--memory-limit", "7MB", "--threads", "2", cwd=tmp_path)
+    assert bound.returncode == 0, bound.stderr
+    log = (tmp_path / "bound" / "log_emd_1832.txt").read_text()
+    chunks = next(line for line in log.splitlines() if line.startswith("Chunks"))
+    assert "x 64 x 64 (automatic, made smaller to fit the memory limit)" in chunks and "16 x 64 x 64" not in chunks
+    for name in ("scale_occ_emd_1832.mrc", "conf_emd_1832.mrc", "out_emd_1832.mrc"):
+        assert np.array_equal(mrcfile.read(tmp_path / "free" / name), mrcfile.read(tmp_path / "bound" / name)), name
+
+
+def test_fitted_chunks_choose_the_largest_that_fit():
+    from occupy_dask.cluster import fitted_chunks, thread_memory
+    from occupy_dask.settings import derive_settings
+
+    s = derive_settings((256, 512, 512), 1.0, occupancy=True)  # automatic: 32-plane slabs, halo 4
+    assert s.chunks == (32, 512, 512)
+    need = {p: thread_memory((p, 512, 512), s.halo, 3, 2, writes_behind=True) for p in (32, 16, 8, 4)}
+    limit = int(need[8] * 2 / 0.75) + 1  # two threads of 8-plane slabs fit, 16-plane ones do not
+    fitted = fitted_chunks(s, 3, limit, 2, writes_behind=True)
+    assert fitted.chunks == (8, 512, 512) and fitted.fitted_planes == 8
+    assert fitted_chunks(s, 3, int(need[32] * 2 / 0.75) + 1, 2, writes_behind=True) is s  # the automatic chunks fit
+    cubes = fitted_chunks(s, 3, int(thread_memory((64, 64, 64), s.halo, 3, 2, True) * 2 / 0.75) + 1, 2, writes_behind=True)
+    assert cubes.chunks == (64, 64, 64) and cubes.fitted_edge == 64
+    assert fitted_chunks(s, 3, 1000, 2) is s  # nothing fits: left to the refusal
+    chosen = derive_settings((256, 512, 512), 1.0, occupancy=True, chunks=32)
+    assert fitted_chunks(chosen, 3, limit, 2) is chosen  # the user's chunks are never changed
 
 
 def test_task_memory_numbers():
