@@ -14,11 +14,12 @@ from pathlib import Path
 
 from bench_estimate import run_measured, write_phantom
 
-CASES = [  # (chunks, threads, memory limit)
+CASES = [  # (chunks, threads, memory limit); chunks None: automatic (under a limit: made smaller to fit it)
     (None, 2, None),
     (None, 1, None),
     (64, 2, None),
     (64, 2, "300MB"),
+    (None, 2, "600MB"),
 ]
 
 
