@@ -30,6 +30,7 @@ from .errors import ClusterError, ClusterUsageError
 TASK_BLOCKS = 8
 # dask pauses a worker at 80% of its memory limit; leave the rest for the interpreter and buffers.
 USABLE_FRACTION = 0.75
+LOWPASS_SHARE = 16  # under a memory limit a low-pass block is at most this fraction of it per thread
 
 
 class _RichCallback(Callback):
@@ -82,12 +83,14 @@ class Runner:
     @property
     def lowpass_block_bytes(self) -> int:
         """Blocks of the low-pass stage: the default, or under a memory limit small enough that
-        each thread's blocks and their transforms (about 16 blocks) fit a third of it."""
+        each thread's block and its transforms (at most about 5 blocks) fit a third of it. (Far
+        smaller blocks cut the spilled spectra into thousands of tiny chunk files, several
+        times slower to write and read back.)"""
         from .lowpass import TARGET_BLOCK_BYTES
 
         if self.memory_budget is None:
             return TARGET_BLOCK_BYTES
-        return int(max(1 << 20, min(TARGET_BLOCK_BYTES, self.memory_budget // (48 * max(self.limits[1], 1)))))
+        return int(max(1 << 20, min(TARGET_BLOCK_BYTES, self.memory_budget // (LOWPASS_SHARE * max(self.limits[1], 1)))))
 
     @property
     def memory_budget(self) -> int | None:

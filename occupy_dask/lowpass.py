@@ -103,9 +103,10 @@ def lowpass(
     about ``block_bytes`` of half spectrum each, with the input and the pencils as large;
     a smaller ``block_bytes`` lowers the stage's memory, not its result).
 
-    ``spill(array, chunks, name)``, when given, computes an intermediate spectrum into a store
-    chunked ``chunks`` and returns a lazy array reading it back: the all-to-all rechunks between
-    stages then never hold the whole spectrum in memory.
+    ``spill(array, chunks, name, read_chunks)``, when given, computes an intermediate spectrum
+    into a store chunked ``chunks`` and returns a lazy array reading it back in the next stage's
+    blocks ``read_chunks``: the all-to-all rechunks between stages then never hold the whole
+    spectrum in memory.
     """
     shape = tuple(int(n) for n in data.shape)
     nz, ny, nx = shape
@@ -124,7 +125,7 @@ def lowpass(
         meta=np.empty((0, 0, 0), np.complex64),
     )
     if spill is not None:
-        spec = spill(spec, (nkz, slabs.chunks[1][0], sx), "spectrum")
+        spec = spill(spec, (nkz, slabs.chunks[1][0], sx), "spectrum", (nkz, ny, sx))
     filtered = spec.rechunk((nkz, ny, sx), method="tasks").map_blocks(
         _filter_yz,
         shape=shape,
@@ -138,7 +139,7 @@ def lowpass(
         meta=np.empty((0, 0, 0), np.complex64),
     )
     if spill is not None:
-        filtered = spill(filtered, (sz, ny, sx), "filtered")
+        filtered = spill(filtered, (sz, ny, sx), "filtered", (sz, ny, nkx))
     back = filtered.rechunk((sz, ny, nkx), method="tasks")
     return back.map_blocks(
         _inverse_x,

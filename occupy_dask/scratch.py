@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import dask
@@ -19,7 +20,7 @@ import numpy as np
 
 from .blocks import region
 from .io.read import ArraySource, ZarrSource
-from .io.zarr_chunks import create_plain_array
+from .io.zarr_chunks import create_plain_array, plain_layout, read_plain_block
 
 IN_MEMORY_BYTES = 512 << 20  # larger low-passed maps and spectra go to disk (a run's memory then follows its chunks, not its map)
 BUDGET_SHARE = 8  # under a memory limit, a map or spectrum above this share of it goes to disk
@@ -112,15 +113,41 @@ def materialise(array: da.Array, to_disk: bool, temp_dir: str | None, run, label
 
 
 def spiller(folder: Path, run):
-    """``spill(array, chunks, name)`` for the low-pass: computes an intermediate spectrum into
-    ``folder`` and returns a lazy array reading it back."""
+    """``spill(array, chunks, name, read_chunks)`` for the low-pass: computes an intermediate
+    spectrum into a store in ``folder`` chunked ``chunks`` and returns a lazy array reading it
+    back in blocks of ``read_chunks`` (the next stage's blocks, each read straight from the
+    chunk files it covers: under a memory limit the store has thousands of small chunks, too
+    many to read one task and one zarr call each)."""
 
-    def spill_spectrum(array: da.Array, chunks, name: str) -> da.Array:
+    def spill_spectrum(array: da.Array, chunks, name: str, read_chunks=None) -> da.Array:
         path = folder / f"{name}.zarr"
         spill(array, path, chunks, run, f"low-pass ({name})")
-        return da.from_zarr(str(path))
+        store = PlainStore(str(path), tuple(array.shape), array.dtype.str)
+        meta = np.empty((0, 0, 0), dtype=array.dtype)
+        return da.from_array(store, chunks=read_chunks or chunks, lock=False, asarray=False, meta=meta)
 
     return spill_spectrum
+
+
+@dataclass(frozen=True)
+class PlainStore:
+    """A plain zarr store of ours (a spilled spectrum) read straight from its chunk files, which
+    are dropped from the page cache once read (it is read once)."""
+
+    path: str
+    shape: tuple[int, int, int]
+    dtype_str: str
+
+    ndim = 3
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.dtype_str)
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = tuple(slice(*k.indices(n)[:2]) for k, n in zip(key, self.shape))
+        out = np.empty([k.stop - k.start for k in key], dtype=self.dtype)
+        return read_plain_block(self.path, plain_layout(self.path), self.shape, key, out, drop=True)
 
 
 def array_source(data, temp_dir: str | None, run, distributed: bool = False):
