@@ -300,9 +300,12 @@ def thread_memory(chunks, halo, n_outputs: int, threads_per_worker: int, writes_
 def fitted_chunks(settings, n_outputs: int, worker_memory: int | None, threads_per_worker: int, writes_behind: bool = False):
     """``settings`` with automatic chunks small enough for ``threads_per_worker`` tasks to fit
     the usable part of ``worker_memory``: the automatic chunks when they fit, else the thickest
-    slabs of whole planes (halving, down to the kernel halo or 4 planes), else the largest cubes
-    (halving from 256, down to twice the halo or 32) that fit. Chunks the user chose, and limits
-    nothing fits (refused by :func:`check_task_memory`), are left as they are."""
+    slabs of whole planes (halving, down to the kernel halo or 4 planes), else the largest bars
+    of whole rows (E planes x E rows x all columns; each plane of a bar is one contiguous run of
+    the file, read and written in one piece; E halving from 256 down to twice the halo or 16),
+    else the largest cubes (halving from 256, down to twice the halo or 32) that fit. Chunks
+    the user chose, and limits nothing fits (refused by :func:`check_task_memory`), are left as
+    they are."""
     from dataclasses import replace
 
     from .settings import DEFAULT_CHUNK_EDGE
@@ -321,6 +324,10 @@ def fitted_chunks(settings, n_outputs: int, worker_memory: int | None, threads_p
     while planes >= max(settings.halo[0], 4):
         candidates.append(replace(settings, fitted_planes=planes))
         planes //= 2
+    edge = min(DEFAULT_CHUNK_EDGE, max(settings.shape[:2]))
+    while edge >= max(2 * max(settings.halo[:2]), 16):
+        candidates.append(replace(settings, fitted_bar=edge))
+        edge //= 2
     edge = min(DEFAULT_CHUNK_EDGE, max(settings.shape)) // 2
     while edge >= max(2 * max(settings.halo), 32):
         candidates.append(replace(settings, fitted_edge=edge))

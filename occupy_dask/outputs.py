@@ -266,8 +266,11 @@ def write_maps(est: Estimate, paths: dict[str, Path], run, fmt: str = "mrc") -> 
             info, chunks = est.grid_of(n)
             outputs[n] = open_output(paths[n], fmt, info, map_label(est, n), chunks)
         if all(est.has_block_stats(n) for n in names):  # each fused chunk task writes its own outputs
-            # tasks in this process leave their writes to its writer thread, which writes while they compute
-            behind = not getattr(run, "distributed", False)
+            # tasks in this process leave their writes to its writer thread, which writes while they
+            # compute: MRC slabs, one positioned write each (I/O); cubes (page faults of a mapping)
+            # and zarr chunks (compression) cost CPU and are written by the tasks, on every core
+            s = est.settings
+            behind = not getattr(run, "distributed", False) and fmt == "mrc" and tuple(s.chunks[1:]) == tuple(s.shape[1:])
             try:
                 stats = run(store_outputs(est.plan, est.sources, {n: outputs[n].target for n in names}, write_behind=behind), label="local scale")[0]
             except BaseException:

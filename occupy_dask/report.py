@@ -155,7 +155,7 @@ def limits(est: Estimate, min_vis_scale: float | None = None, input_label: str |
 def _chunks_note(s) -> str:
     if s.chunk_edge is not None:
         return ""
-    if s.fitted_planes is not None or s.fitted_edge is not None:
+    if (s.fitted_planes, s.fitted_bar, s.fitted_edge) != (None, None, None):
         return " (automatic, made smaller to fit the memory limit)"
     return " (automatic)"
 

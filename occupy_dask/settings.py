@@ -203,6 +203,7 @@ class Settings:
     reference_compatible: bool = False
     chunk_edge: int | None = None  # None: automatic (slabs of whole planes, or 256^3 cubes)
     fitted_planes: int | None = None  # automatic chunks made smaller to fit the memory: slabs of this many planes...
+    fitted_bar: int | None = None  # ...or bars of this many planes and rows, all columns...
     fitted_edge: int | None = None  # ...or cubes of this edge
     resolution_angstrom: float | None = None
     # modification (docs/method.md section 8)
@@ -248,14 +249,17 @@ class Settings:
         whole (y, x) planes of about 32 MB, at least 16 planes of up to 64 MB (smaller maps: at
         least 8 slabs of 16 planes or more), which are contiguous in the file and so read and
         written in one piece; cubes of 256 when 16 planes hold more than 64 MB. Under a memory
-        limit that these do not fit, thinner slabs or smaller cubes (``fitted_planes``,
-        ``fitted_edge``: see :func:`occupy_dask.cluster.fitted_chunks`)."""
+        limit that these do not fit, thinner slabs, bars of whole rows or smaller cubes
+        (``fitted_planes``, ``fitted_bar``, ``fitted_edge``: see
+        :func:`occupy_dask.cluster.fitted_chunks`)."""
         edge = self.chunk_edge or self.fitted_edge
         if edge is not None:
             return tuple(min(edge, n) for n in self.shape)
         nz, ny, nx = self.shape
         if self.fitted_planes is not None:
             return (min(self.fitted_planes, nz), ny, nx)
+        if self.fitted_bar is not None:
+            return (min(self.fitted_bar, nz), min(self.fitted_bar, ny), nx)
         plane = 4 * ny * nx
         planes = min(max(SLAB_BYTES // plane, MIN_SLAB_PLANES), max(MIN_SLAB_PLANES, -(-nz // MIN_SLABS)))
         if min(planes, nz) * plane <= MAX_SLAB_BYTES:

@@ -214,16 +214,18 @@ def test_chunks_too_large_for_the_memory_limit_are_refused_before_running(tmp_pa
     assert proc.returncode == 0, proc.stderr
 
 
-def test_automatic_chunks_are_made_smaller_to_fit_the_memory_limit(tmp_path, data_dir, cli):
-    """Under a limit the automatic 16-plane slabs do not fit, the run picks thinner slabs that do
-    (says so in the log), and its outputs equal an unconstrained run's."""
+@pytest.mark.parametrize("limit, chunks", [("7MB", "8 x 64 x 64"), ("3MB", "16 x 16 x 64")])
+def test_automatic_chunks_are_made_smaller_to_fit_the_memory_limit(tmp_path, data_dir, cli, limit, chunks):
+    """Under a limit the automatic 16-plane slabs do not fit, the run picks thinner slabs or, at
+    a tighter one, bars of whole rows that do (says so in the log), and its outputs equal an
+    unconstrained run's."""
     free = cli("-i", data_dir / "emd_1832.map", "-d", "free", "--amplify", "-q", cwd=tmp_path)
     assert free.returncode == 0, free.stderr
-    bound = cli("-i", data_dir / "emd_1832.map", "-d", "bound", "--amplify", "-q", "--memory-limit", "7MB", "--threads", "2", cwd=tmp_path)
+    bound = cli("-i", data_dir / "emd_1832.map", "-d", "bound", "--amplify", "-q", "--memory-limit", limit, "--threads", "2", cwd=tmp_path)
     assert bound.returncode == 0, bound.stderr
     log = (tmp_path / "bound" / "log_emd_1832.txt").read_text()
-    chunks = next(line for line in log.splitlines() if line.startswith("Chunks"))
-    assert "x 64 x 64 (automatic, made smaller to fit the memory limit)" in chunks and "16 x 64 x 64" not in chunks
+    line = next(line for line in log.splitlines() if line.startswith("Chunks"))
+    assert f"{chunks} (automatic, made smaller to fit the memory limit)" in line
     for name in ("scale_occ_emd_1832.mrc", "conf_emd_1832.mrc", "out_emd_1832.mrc"):
         assert np.array_equal(mrcfile.read(tmp_path / "free" / name), mrcfile.read(tmp_path / "bound" / name)), name
 
@@ -239,8 +241,13 @@ def test_fitted_chunks_choose_the_largest_that_fit():
     fitted = fitted_chunks(s, 3, limit, 2, writes_behind=True)
     assert fitted.chunks == (8, 512, 512) and fitted.fitted_planes == 8
     assert fitted_chunks(s, 3, int(need[32] * 2 / 0.75) + 1, 2, writes_behind=True) is s  # the automatic chunks fit
-    cubes = fitted_chunks(s, 3, int(thread_memory((64, 64, 64), s.halo, 3, 2, True) * 2 / 0.75) + 1, 2, writes_behind=True)
-    assert cubes.chunks == (64, 64, 64) and cubes.fitted_edge == 64
+    bar = {e: thread_memory((e, e, 512), s.halo, 3, 2, True) for e in (128, 64, 16)}
+    bars = fitted_chunks(s, 3, int(bar[64] * 2 / 0.75) + 1, 2, writes_behind=True)  # no slab fits: bars of whole rows
+    assert bars.chunks == (64, 64, 512) and bars.fitted_bar == 64 and bar[128] * 2 / 0.75 > int(bar[64] * 2 / 0.75) + 1
+    cube = thread_memory((32, 32, 32), s.halo, 3, 2, True)
+    assert cube < bar[16]
+    cubes = fitted_chunks(s, 3, int(cube * 2 / 0.75) + 1, 2, writes_behind=True)  # not even a 16-row bar: cubes
+    assert cubes.chunks == (32, 32, 32) and cubes.fitted_edge == 32
     assert fitted_chunks(s, 3, 1000, 2) is s  # nothing fits: left to the refusal
     chosen = derive_settings((256, 512, 512), 1.0, occupancy=True, chunks=32)
     assert fitted_chunks(chosen, 3, limit, 2) is chosen  # the user's chunks are never changed

@@ -41,6 +41,18 @@ class MrcTarget:
                 os.pwrite(f.fileno(), memoryview(block.reshape(-1)).cast("B"), start)
                 release_written(f.fileno(), start, block.nbytes)
             return
+        whole_rows = (
+            len(key) == 3
+            and all(isinstance(k, slice) and k.step in (None, 1) for k in key)
+            and key[2].indices(self.shape[2]) == (0, self.shape[2], 1)
+        )
+        if whole_rows:  # whole rows of each plane: one contiguous run per plane, one positioned write each
+            (z0, z1, _), (y0, y1, _) = (k.indices(n) for k, n in zip(key[:2], self.shape[:2]))
+            block = np.ascontiguousarray(value, dtype="<f4").reshape(z1 - z0, -1)
+            with open(self.path, "r+b", buffering=0) as f:
+                for z in range(z1 - z0):
+                    os.pwrite(f.fileno(), memoryview(block[z]).cast("B"), self.offset + 4 * ((z0 + z) * self.shape[1] + y0) * self.shape[2])
+            return  # left to the kernel's writeback; the finished file is flushed once (MrcOutput.finish)
         # rows apart in the file (a cube of a larger map): through a shared mapping, left to the
         # kernel's writeback (a flush per block, a synchronous write, cost 10x the write itself);
         # the finished file is flushed once (MrcOutput.finish)

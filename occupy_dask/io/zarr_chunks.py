@@ -82,6 +82,20 @@ def plain_layout(path: str) -> PlainLayout | None:
     return PlainLayout(chunks, separator, fill, dtype)
 
 
+def _will_need(file_path: str, start: int, length: int) -> None:
+    """Ask the kernel to start reading a range of a file now (a hint: ignored where unsupported)."""
+    try:
+        fd = os.open(file_path, os.O_RDONLY)
+    except OSError:  # a chunk never written: nothing to read
+        return
+    try:
+        os.posix_fadvise(fd, start, length, os.POSIX_FADV_WILLNEED)
+    except (OSError, AttributeError):
+        pass
+    finally:
+        os.close(fd)
+
+
 def read_plain_block(path: str, layout: PlainLayout, shape, key, out: np.ndarray, drop: bool = False) -> np.ndarray:
     """Read the block ``key`` of the plain array at ``path`` into ``out``, chunk file by chunk
     file (whole planes of a chunk in one positioned read); with ``drop`` each chunk file read is
@@ -91,7 +105,12 @@ def read_plain_block(path: str, layout: PlainLayout, shape, key, out: np.ndarray
     bounds = [k.indices(n)[:2] for k, n in zip(key, shape)]
     ranges = [range(a // c, (b - 1) // c + 1) for (a, b), c in zip(bounds, chunk)]
     plane = chunk[1] * chunk[2]
-    for index in ((i, j, k) for i in ranges[0] for j in ranges[1] for k in ranges[2]):
+    indices = [(i, j, k) for i in ranges[0] for j in ranges[1] for k in ranges[2]]
+    if drop and len(indices) > 1:  # read from disk: every chunk file's planes asked for at once, queued together
+        for i, j, k in indices:
+            z_lo, z_hi = max(bounds[0][0], i * chunk[0]), min(bounds[0][1], (i + 1) * chunk[0])
+            _will_need(layout.chunk_path(path, (i, j, k)), itemsize * (z_lo - i * chunk[0]) * plane, itemsize * (z_hi - z_lo) * plane)
+    for index in indices:
         lo = [max(a, i * c) for (a, _), i, c in zip(bounds, index, chunk)]
         hi = [min(b, (i + 1) * c) for (_, b), i, c in zip(bounds, index, chunk)]
         dst = out[tuple(slice(a - o[0], b - o[0]) for a, b, o in zip(lo, hi, bounds))]
