@@ -169,7 +169,10 @@ def main_command(
     chunks: int | None = typer.Option(
         None,
         "--chunks",
-        help="Cubic chunks of this edge [voxels]. Default: slabs of whole planes of 32-64 MB (cubes of 256 for very large planes).",
+        help=(
+            "Cubic chunks of this edge [voxels]. Default: slabs of whole planes of 32-64 MB (cubes of 256 for very large planes), "
+            "smaller where the memory limit needs it."
+        ),
     ),
     output_dir: Path = typer.Option(Path("."), "--output-dir", "-d", help="Directory for all outputs. Default: current directory."),
     keep_output_path: bool = typer.Option(False, "--keep-output-path", help="Write the outputs beside the input map (instead of --output-dir)."),
@@ -201,7 +204,12 @@ def main_command(
     workers: int | None = typer.Option(None, "--workers", help="Local: run on a LocalCluster of this many worker processes instead of threads."),
     threads: int | None = typer.Option(None, "--threads", help="Threads (per worker with --workers). Default: all cores."),
     memory_limit: str | None = typer.Option(
-        None, "--memory-limit", help="Memory limit, e.g. 4GB: per worker with --workers, else for the run; chunks that cannot fit are refused."
+        None,
+        "--memory-limit",
+        help=(
+            "Memory limit, e.g. 4GB: per worker with --workers, else for the run; automatic chunks are made to fit it, "
+            "--chunks that cannot fit are refused."
+        ),
     ),
     scheduler_address: str | None = typer.Option(None, "--scheduler-address", help="Run on an existing dask scheduler, e.g. tcp://10.0.0.5:8786."),
     scheduler_file: Path | None = typer.Option(None, "--scheduler-file", help="Run on the existing dask scheduler described by this file."),
