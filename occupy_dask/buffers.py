@@ -117,20 +117,28 @@ class WriteBehind:
     ``submit(write, buffers)`` queues ``write()`` and hands ``buffers`` (pool arrays it reads)
     back to the pool once it has run; at most ``depth`` writes wait or run at a time, so a
     thread that computes faster than the disk writes waits for it, and memory stays bounded.
-    ``drain()`` waits for every queued write and raises the first error one of them met. Only
-    for tasks that run in the process that drains it (a task in another process writes itself)."""
+    ``drain()`` waits for every queued write and raises the first error one of them met; after
+    a failed write (a full disk) ``submit`` raises that error too, so the run stops at the next
+    chunk instead of computing the rest of the map for nothing. Only for tasks that run in the
+    process that drains it (a task in another process writes itself)."""
 
     def __init__(self, depth: int = 1) -> None:
         self._slots = threading.BoundedSemaphore(depth)
         self._lock = threading.Lock()
         self._pending: list = []
         self._executor = None
+        self._failed: BaseException | None = None
 
     def submit(self, write, buffers=()) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         self._slots.acquire()
         with self._lock:
+            if self._failed is not None:
+                self._slots.release()
+                for array in buffers:
+                    POOL.give(array)
+                raise self._failed
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(1, thread_name_prefix="occupy-write")
             self._pending.append(self._executor.submit(self._run, write, buffers))
@@ -138,6 +146,10 @@ class WriteBehind:
     def _run(self, write, buffers) -> None:
         try:
             write()
+        except BaseException as exc:
+            with self._lock:
+                self._failed = self._failed or exc
+            raise
         finally:
             for array in buffers:
                 POOL.give(array)
@@ -146,6 +158,13 @@ class WriteBehind:
     def drain(self, raise_errors: bool = True) -> None:
         with self._lock:
             pending, self._pending = self._pending, []
+        try:
+            self._wait(pending, raise_errors)
+        finally:
+            with self._lock:
+                self._failed = None  # the next run starts clean
+
+    def _wait(self, pending, raise_errors: bool) -> None:
         first_error = None
         for future in pending:
             try:

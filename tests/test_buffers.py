@@ -55,9 +55,14 @@ def test_write_behind_writes_in_order_bounds_what_waits_and_raises_errors_at_dra
         raise OSError(28, "No space left on device")
 
     writes.submit(failing)
-    writes.submit(lambda: done.append(3))
+    time.sleep(0.2)  # the failed write has run
+    with pytest.raises(OSError, match="No space"):  # the next chunk stops at once
+        writes.submit(lambda: done.append(3))
     with pytest.raises(OSError, match="No space"):
         writes.drain()
-    assert done == [1, 2, 3]
+    assert done == [1, 2]
+    writes.submit(lambda: done.append(4))  # drained: the next run starts clean
+    writes.drain()
+    assert done == [1, 2, 4]
     writes.submit(failing)
     writes.drain(raise_errors=False)  # after another error: waited for, not raised
