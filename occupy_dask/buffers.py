@@ -128,10 +128,18 @@ class WriteBehind:
         self._pending: list = []
         self._executor = None
         self._failed: BaseException | None = None
+        self._closed = False
 
     def submit(self, write, buffers=()) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
+        if self._closed:  # a task of a run that is over: it writes itself
+            try:
+                write()
+            finally:
+                for array in buffers:
+                    POOL.give(array)
+            return
         self._slots.acquire()
         with self._lock:
             if self._failed is not None:
@@ -158,13 +166,6 @@ class WriteBehind:
     def drain(self, raise_errors: bool = True) -> None:
         with self._lock:
             pending, self._pending = self._pending, []
-        try:
-            self._wait(pending, raise_errors)
-        finally:
-            with self._lock:
-                self._failed = None  # the next run starts clean
-
-    def _wait(self, pending, raise_errors: bool) -> None:
         first_error = None
         for future in pending:
             try:
@@ -174,5 +175,37 @@ class WriteBehind:
         if first_error is not None and raise_errors:
             raise first_error
 
+    def close(self) -> None:
+        """Stop the writer's thread (after ``drain``); later writes are done by their callers."""
+        with self._lock:
+            self._closed = True
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
 
-WRITES = WriteBehind()
+
+_WRITERS: dict[str, WriteBehind] = {}  # the background writers of the runs going on in this process
+
+
+def open_writer() -> str:
+    """A new background writer for one run's fused pass; returns the key its tasks find it by."""
+    import uuid
+
+    key = uuid.uuid4().hex
+    _WRITERS[key] = WriteBehind()
+    return key
+
+
+def writer(key: str | None) -> WriteBehind | None:
+    """The open writer ``key`` of this process (None: none, or that run is over: the task writes
+    itself, so a task still running after its run failed never reaches the next run's writer)."""
+    return _WRITERS.get(key) if key is not None else None
+
+
+def close_writer(key: str, raise_errors: bool = True) -> None:
+    """Wait for the writes of writer ``key`` (raising the first error unless told not to) and
+    close it."""
+    try:
+        _WRITERS[key].drain(raise_errors)
+    finally:
+        _WRITERS.pop(key).close()

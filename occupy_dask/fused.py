@@ -23,7 +23,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from . import lowpass as lowpass_stage
 from .blocks import Moments, block_grid, block_of, region
-from .buffers import POOL, WRITES
+from .buffers import POOL, writer
 from .debias import NoiseFloor
 from .io.read import ArraySource, read_with_halo
 from .kernels.ballmax import ball_max_valid, ring_shape
@@ -151,13 +151,14 @@ def local_outputs(plan: LocalPlan, scale_padded, lp_block, raw_block, start, sto
     return slots
 
 
-def chunk_task(plan: LocalPlan, sources, start, stop, targets=None, write_behind: int | None = None):
+def chunk_task(plan: LocalPlan, sources, start, stop, targets=None, write_behind: tuple[int, str] | None = None):
     """One chunk's outputs and statistics. With ``targets`` (one writable region target per
     output, or None to skip it) the outputs are written from lent buffers and only the
-    statistics are returned: here, or by the background writer of the process whose id is
-    ``write_behind`` (:data:`occupy_dask.buffers.WRITES`, drained there) when the task runs in
-    it; otherwise ``(stacked outputs, statistics)``."""
-    write_behind = write_behind is not None and write_behind == os.getpid()
+    statistics are returned: here, or, when the task runs in the process ``write_behind``
+    names (``(process id, writer key)``) and that run's writer is still open, by that writer
+    (:func:`occupy_dask.buffers.open_writer`); otherwise ``(stacked outputs, statistics)``."""
+    behind = writer(write_behind[1]) if write_behind is not None and write_behind[0] == os.getpid() else None
+    write_behind = behind is not None
     halo = plan.halo
     shape = tuple(b - a for a, b in zip(start, stop))
     key = region(start, stop)
@@ -193,7 +194,7 @@ def chunk_task(plan: LocalPlan, sources, start, stop, targets=None, write_behind
         if not write_behind:
             _write_chunk(plan, targets, key, results)
     if write_behind:
-        WRITES.submit(lambda: _write_chunk(plan, targets, key, results), [stacked])
+        behind.submit(lambda: _write_chunk(plan, targets, key, results), [stacked])
     return stats
 
 
@@ -230,17 +231,18 @@ def output_moments(stats: list[dict], name: str) -> Moments:
     return total
 
 
-def store_outputs(plan: LocalPlan, sources: dict, targets: dict, write_behind: bool = False) -> Delayed:
+def store_outputs(plan: LocalPlan, sources: dict, targets: dict, write_behind: str | None = None) -> Delayed:
     """A lazy list of per-chunk statistics whose computation writes the outputs named in
     ``targets`` (name -> region-writable target, e.g. an MRC or zarr target) chunk by chunk,
     each from the fused task that makes it: no chunk result waits in memory for a store task.
-    ``write_behind``: tasks that run in this process leave their writes to its background
-    writer (drain :data:`occupy_dask.buffers.WRITES` after computing); tasks elsewhere write."""
+    ``write_behind``: the key of a writer of this process (:func:`occupy_dask.buffers.open_writer`;
+    close it after computing): tasks that run in this process leave their writes to it, tasks
+    elsewhere write."""
     chunks = plan.settings.chunks
     per_output = tuple(targets.get(name) for name in plan.outputs)
     token = dask.base.tokenize(plan.settings.shape, chunks, plan.s_max, plan.outputs, uuid.uuid4().hex)
     name, gather = f"occupy-fused-store-{token}", f"occupy-gather-{token}"
-    owner = os.getpid() if write_behind else None
+    owner = (os.getpid(), write_behind) if write_behind is not None else None
     grid = block_grid(plan.settings.shape, chunks)
     layer = {(name, *index): (chunk_task, plan, sources, start, stop, per_output, owner) for index, start, stop in grid}
     layer[gather] = (list, list(layer))

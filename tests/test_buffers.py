@@ -61,8 +61,21 @@ def test_write_behind_writes_in_order_bounds_what_waits_and_raises_errors_at_dra
     with pytest.raises(OSError, match="No space"):
         writes.drain()
     assert done == [1, 2]
-    writes.submit(lambda: done.append(4))  # drained: the next run starts clean
-    writes.drain()
-    assert done == [1, 2, 4]
-    writes.submit(failing)
-    writes.drain(raise_errors=False)  # after another error: waited for, not raised
+    writes.close()
+
+
+def test_a_task_of_a_failed_run_never_reaches_the_next_runs_writer():
+    """Each run has its own writer, found by key; once a run closed it (after a failure too), a
+    task still running from that run finds none and writes itself, so its error cannot land in
+    the next run's writer."""
+    from occupy_dask.buffers import close_writer, open_writer, writer
+
+    first = open_writer()
+    writer(first).submit(lambda: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    close_writer(first, raise_errors=False)  # the failed run's writer, drained quietly
+    assert writer(first) is None and writer(None) is None
+    second = open_writer()
+    done = []
+    writer(second).submit(lambda: done.append(1))
+    close_writer(second)  # the next run: no error of the first
+    assert done == [1] and writer(second) is None

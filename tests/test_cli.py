@@ -273,6 +273,9 @@ def test_a_full_disk_is_one_clear_error_and_leaves_no_partial_output(emd1832, tm
     line = result.output.strip().splitlines()[-1]
     assert "emd_1832.map" in line and "No space left on device" in line and "Traceback" not in result.output
     assert not out.exists()  # nothing half-written, and the folder the run made is gone
+    monkeypatch.undo()  # the disk has room again: the next run in this process is not touched by the failed one
+    again = runner.invoke(app, ["-i", str(emd1832), "-d", str(out), "--amplify", "-q"])
+    assert again.exit_code == 0, again.output
 
 
 def test_sigterm_ends_a_run_like_ctrl_c_and_removes_temporaries(tmp_path, golden_dir):
