@@ -15,14 +15,18 @@ import ctypes
 import sys
 import threading
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 ALIGNMENT = 4096  # page-aligned buffers: whole-plane slabs can be written with O_DIRECT
 
 
 def aligned_empty(shape) -> np.ndarray:
     """An uninitialised C-contiguous float32 array starting on an ALIGNMENT boundary."""
+    import numpy as np  # here, not at import: the command line loads this module before it parses (--help needs no numpy)
+
     nbytes = 4 * int(np.prod(shape))
     raw = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
     offset = -raw.ctypes.data % ALIGNMENT
@@ -34,7 +38,7 @@ class BufferPool:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._free: dict[tuple[int, ...], list[np.ndarray]] = {}
+        self._free: dict[tuple[int, ...], list] = {}
 
     def take(self, shape) -> np.ndarray:
         """A page-aligned C-contiguous float32 array of ``shape`` with arbitrary contents."""
@@ -52,7 +56,7 @@ class BufferPool:
     @contextmanager
     def borrow(self):
         """Collect buffers with ``take`` inside the block; all are given back at its end."""
-        taken: list[np.ndarray] = []
+        taken: list = []
 
         def take(shape):
             taken.append(self.take(shape))

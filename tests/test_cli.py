@@ -384,3 +384,18 @@ def test_second_spellings_are_read_as_the_first():
 
     args, notes = translate_occupy_spellings(["--lowpass-output=9", "--no-save-chimerax", "--save-chimerax", "--lowpass-output", "7"])
     assert args == ["--lowpass-amplified=9", "--no-chimerax", "--chimerax", "--lowpass-amplified", "7"] and notes == []
+
+
+@pytest.mark.parametrize("flag", ["--help", "--version"])
+def test_help_and_version_import_none_of_the_method_s_libraries(flag):
+    """``--help`` and ``--version`` answer without numpy, dask, numba, scipy, zarr or matplotlib
+    (the start-up of a run is theirs alone)."""
+    heavy = "{'numpy', 'dask', 'numba', 'scipy', 'zarr', 'matplotlib', 'distributed'}"
+    probe = (
+        f"import sys, runpy; sys.argv = ['occupy-dask', '{flag}']\n"
+        "try:\n    runpy.run_module('occupy_dask', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {heavy}))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
