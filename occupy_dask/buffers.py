@@ -107,6 +107,12 @@ def keep_freed_memory(keep_bytes: int = 1 << 30) -> bool:
     return all(mallopt(param, value) == 1 for param, value in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, int(keep_bytes))))
 
 
+def release_run_buffers(run) -> None:
+    """Free the pooled buffers of a run: its runner's (this process and its workers) or, for a
+    plain compute function, this process's."""
+    getattr(run, "release_buffers", release_buffers)()
+
+
 def release_buffers() -> int:
     """Free this process's pooled buffers; returns how many bytes they held."""
     held = POOL.nbytes
@@ -141,15 +147,13 @@ class WriteBehind:
             try:
                 write()
             finally:
-                for array in buffers:
-                    POOL.give(array)
+                _give_back(buffers)
             return
         self._slots.acquire()
         with self._lock:
             if self._failed is not None:
                 self._slots.release()
-                for array in buffers:
-                    POOL.give(array)
+                _give_back(buffers)
                 raise self._failed
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(1, thread_name_prefix="occupy-write")
@@ -163,8 +167,7 @@ class WriteBehind:
                 self._failed = self._failed or exc
             raise
         finally:
-            for array in buffers:
-                POOL.give(array)
+            _give_back(buffers)
             self._slots.release()
 
     def drain(self, raise_errors: bool = True) -> None:
@@ -186,6 +189,11 @@ class WriteBehind:
             executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=True)
+
+
+def _give_back(buffers) -> None:
+    for array in buffers:
+        POOL.give(array)
 
 
 _WRITERS: dict[str, WriteBehind] = {}  # the background writers of the runs going on in this process

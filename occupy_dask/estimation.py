@@ -22,7 +22,7 @@ import numpy as np
 
 from . import lowpass as lowpass_stage
 from .blocks import Moments
-from .buffers import POOL
+from .buffers import POOL, release_run_buffers
 from .debias import NoiseFloor, map_noise_floor
 from .fused import (
     LocalPlan,
@@ -66,14 +66,14 @@ def estimate_map(
                 notes.append(f"replaced {bad} NaN or infinite voxels with the median of the finite ones ({median:.6g})")
         sources = {"raw": raw_source}
         sources["lp"], lp_ranges = _lowpassed(raw_source, s, run, options, temp_dirs)
-        release_buffers(run)
+        release_run_buffers(run)  # the next pass reads blocks of other shapes: its memory is reused, not held twice
         if solvent_def is not None:
             sources["solvent_def"] = solvent_def
         if target_mask is not None:
             sources["target_mask"] = target_mask
         sources["scale"] = sources["lp"] if s.scale_mode == "occ" else sources["raw"]
         reductions = global_reductions(sources, s, run, lp_ranges)
-        release_buffers(run)
+        release_run_buffers(run)
         est = _estimate_from(reductions, sources, info, s, options.extra_outputs)
         if full is not None:
             est.full_info = full.info
@@ -85,12 +85,6 @@ def estimate_map(
     est.warnings[:0] = notes
     est.cleanup.extend(lambda path=path: shutil.rmtree(path, ignore_errors=True) for path in temp_dirs)
     return est
-
-
-def release_buffers(run) -> None:
-    """Free the block buffers a pass pooled: the next pass reads blocks of other shapes (the
-    memory is reused for them instead of being held twice)."""
-    getattr(run, "release_buffers", POOL.clear)()
 
 
 def default_run(*objs, label: str = ""):

@@ -158,11 +158,9 @@ def chunk_task(plan: LocalPlan, sources, start, stop, targets=None, write_behind
     names (``(process id, writer key)``) and that run's writer is still open, by that writer
     (:func:`occupy_dask.buffers.open_writer`); otherwise ``(stacked outputs, statistics)``."""
     behind = writer(write_behind[1]) if write_behind is not None and write_behind[0] == os.getpid() else None
-    write_behind = behind is not None
     halo = plan.halo
     shape = tuple(b - a for a, b in zip(start, stop))
     key = region(start, stop)
-    stacked = None
     with POOL.borrow() as take:
         scale_padded = read_with_halo(sources["scale"], start, stop, halo, out=take(tuple(n + 2 * h for n, h in zip(shape, halo))))
         core = tuple(slice(h, h + n) for h, n in zip(halo, shape))
@@ -179,7 +177,7 @@ def chunk_task(plan: LocalPlan, sources, start, stop, targets=None, write_behind
         lp_block, raw_block = blocks["lp"], blocks["raw"]
         if targets is None:
             stacked = np.empty((len(plan.outputs), *shape), dtype=np.float32)
-        elif write_behind:  # given back to the pool by the writer, once written
+        elif behind is not None:  # given back to the pool by the writer, once written
             stacked = POOL.take((len(plan.outputs), *shape))
         else:
             stacked = take((len(plan.outputs), *shape))
@@ -191,9 +189,9 @@ def chunk_task(plan: LocalPlan, sources, start, stop, targets=None, write_behind
             stats[name] = Moments.of(results[name])
         if targets is None:
             return stacked, stats
-        if not write_behind:
+        if behind is None:
             _write_chunk(plan, targets, key, results)
-    if write_behind:
+    if behind is not None:
         behind.submit(lambda: _write_chunk(plan, targets, key, results), [stacked])
     return stats
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 
-from .buffers import close_writer, open_writer, release_buffers
+from .buffers import close_writer, open_writer, release_run_buffers
 from .errors import OutputError, SettingsError
 from .estimation import Estimate
 from .fused import factor_name, modified_name, store_outputs, submask_name
@@ -302,7 +302,7 @@ def write_maps(est: Estimate, paths: dict[str, Path], run, fmt: str = "mrc") -> 
     finally:
         for output in outputs.values():
             output.discard()
-        getattr(run, "release_buffers", release_buffers)()
+        release_run_buffers(run)
     return {n: paths[n] for n in names}
 
 

@@ -19,24 +19,11 @@ import mrcfile.utils
 import numpy as np
 
 from ..errors import MapError
-from .zarr_chunks import plain_layout, read_plain_block
+from .zarr_chunks import plain_layout, read_plain_block, will_need
 
 SUPPORTED_MODES = {0: "int8", 1: "int16", 2: "float32", 6: "uint16", 12: "float16"}
 MAP_SUFFIXES = (".mrc", ".map", ".ccp4", ".mrcs", ".rec", ".mrc.gz", ".map.gz", ".ccp4.gz", ".ome.zarr", ".zarr")
 UNIT_ANGSTROM = {"angstrom": 1.0, "nanometer": 10.0, "micrometer": 1e4, "picometer": 0.01}
-
-
-def prefetch(fd: int, starts, length: int) -> None:
-    """Tell the kernel that the spans ``[start, start + length)`` of a file will be read soon.
-
-    Reads of many spans apart in a file (a block of rows from every plane) otherwise go to the
-    disk one at a time, each waiting for the last; announced together they are queued at once
-    (on a cold network or virtual disk, 20x faster). A hint: ignored where not supported."""
-    advise = getattr(os, "posix_fadvise", None)
-    if advise is None:
-        return
-    for start in starts:
-        advise(fd, start, length, os.POSIX_FADV_WILLNEED)
 
 
 @dataclass(frozen=True)
@@ -76,7 +63,8 @@ class MrcSource:
         with open(self.path, "rb", buffering=0) as f:
             row_bytes = nx * dtype.itemsize
             if z1 - z0 > 1 and (y1 - y0) < ny:  # spans apart in the file: ask for all of them at once
-                prefetch(f.fileno(), [self.offset + (z * ny + y0) * row_bytes for z in range(z0, z1)], (y1 - y0) * row_bytes)
+                for z in range(z0, z1):
+                    will_need(f.fileno(), self.offset + (z * ny + y0) * row_bytes, (y1 - y0) * row_bytes)
             for z in range(z1 - z0):
                 target = out[z] if whole_rows else span
                 view = memoryview(target.reshape(-1)).cast("B")
