@@ -39,7 +39,7 @@ from .fused import (
 from .io.read import FiniteSource, MapInfo
 from .kernels.histmatch import HistogramMatch, order_counts
 from .kernels.histogram import N_BINS, density_from_counts, histogram_edges
-from .kernels.local import block_moments, ellipsoid_terms
+from .kernels.local import block_ranges, ellipsoid_terms
 from .reductions import Reductions, finite_median, global_reductions
 from .resample import fourier_pad, fourier_pad_reference
 from .scratch import lowpass_on_disk, materialise, scratch_folder, spiller, too_large_for_memory
@@ -128,8 +128,7 @@ def _lowpassed(raw_source, s: Settings, run, options: RunOptions, temp_dirs: lis
 def lowpass_block_ranges(block: np.ndarray, shape, start) -> np.ndarray:
     """(min, max, min inside, max inside the inscribed ellipsoid) of one block of the low-passed map."""
     stop = tuple(a + n for a, n in zip(start, block.shape))
-    sums, _ = block_moments(block, block, ellipsoid_terms(shape, start, stop))
-    return np.array([sums[1, 2], sums[1, 3], sums[2, 2], sums[2, 3]])
+    return block_ranges(block, ellipsoid_terms(shape, start, stop))
 
 
 def _estimate_from(red: Reductions, sources: dict, info: MapInfo, s: Settings, extra_outputs) -> Estimate:

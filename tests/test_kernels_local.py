@@ -30,3 +30,34 @@ def test_block_moments_against_numpy():
         assert np.allclose(sums[row, :2], [v.sum(), (v * v).sum()], rtol=1e-12)
         assert (sums[row, 2], sums[row, 3]) == (v.min(), v.max())
     assert np.isnan(sums[0, 0]) and sums[0, 3] == finite.max()  # NaN propagates into the raw sums; counted apart
+
+
+def test_block_moments_add_in_voxel_order_and_block_ranges_agree():
+    """The sums are the sequential float64 sums (the order fixes their last bits, which the
+    solvent model sees); block_ranges gives the low-passed rows' ranges, ignoring NaN and
+    keeping the first of equal signed zeros, as block_moments does."""
+    from occupy_dask.kernels.local import block_moments, block_ranges, ellipsoid_terms
+
+    rng = np.random.default_rng(8)
+    shape, start, stop = (9, 10, 11), (0, 1, 2), (6, 7, 9)
+    raw = (rng.normal(size=(6, 6, 7)) * 1e3).astype(np.float32)
+    lp = (rng.normal(size=raw.shape) * 1e3).astype(np.float32)
+    inside = inscribed_ellipsoid(shape, start, stop)
+    lp[tuple(np.argwhere(~inside)[0])] = np.nan  # outside: the whole block's sums are NaN, the inside's are not
+    lp[tuple(np.argwhere(inside)[0])], lp[tuple(np.argwhere(inside)[1])] = -0.0, 0.0
+    terms = ellipsoid_terms(shape, start, stop)
+    sums, _ = block_moments(raw, lp, terms)
+    for row, values in ((0, raw), (1, lp), (2, lp[inside])):
+        total = squares = 0.0
+        for v in values.ravel().astype(np.float64).tolist():
+            total += v
+            squares += v * v
+        if row == 1:
+            assert np.isnan(total) and np.isnan(sums[row, 0])
+        else:
+            assert (sums[row, 0], sums[row, 1]) == (total, squares)
+    ranges = block_ranges(lp, terms)
+    assert ranges.tobytes() == np.array([sums[1, 2], sums[1, 3], sums[2, 2], sums[2, 3]]).tobytes()
+    assert np.isfinite(ranges).all()
+    empty = block_ranges(np.zeros((1, 1, 1), np.float32), ellipsoid_terms((9, 9, 9), (0, 0, 0), (1, 1, 1)))
+    assert list(empty) == [0.0, 0.0, np.inf, -np.inf]  # the corner voxel lies outside the ellipsoid

@@ -116,3 +116,17 @@ def test_bad_zarr_inputs_are_one_clear_error(tmp_path, cli):
         proc = cli("-i", tmp_path / name, "-d", "out", cwd=tmp_path)
         assert proc.returncode == 1, (name, proc.stderr)
         assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_statistics_from_the_background_writer_equal_those_of_the_tasks(tmp_path, phantom):
+    """MRC slabs are written (and their moments taken) by the run's writer thread; zarr chunks by
+    the tasks: the headers and the statistics agree to the bit."""
+    mrc = run_map(phantom, RunOptions(output_dir=tmp_path / "m"), amplify=True)
+    zr = run_map(phantom, RunOptions(output_dir=tmp_path / "z", output_format="zarr"), amplify=True)
+    for key in ("scale", "confidence", "modified_0"):
+        stats = zarr.open_array(str(zr.outputs[key]), mode="r").attrs["occupy_dask"]["statistics"]
+        with mrcfile.open(mrc.outputs[key]) as m:
+            data = m.data.astype(np.float64)
+            assert (float(m.header.dmin), float(m.header.dmax)) == (data.min(), data.max())
+            assert np.float32(stats["mean"]) == m.header.dmean and np.float32(stats["rms"]) == m.header.rms, key
+            assert float(m.header.dmean) == pytest.approx(data.mean(), rel=1e-6)

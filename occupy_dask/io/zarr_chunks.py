@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+WRITE_BATCH = 64  # chunk files a block write holds open at once (their write-back started together)
+
 
 def drop_cached(fd: int, start: int = 0, length: int = 0) -> None:
     """Drop a range of a file (default: all of it) from the page cache. Fresh page-cache pages
@@ -177,14 +179,36 @@ class PlainTarget:
         return self
 
     def __setitem__(self, key, value) -> None:
+        """Write a block: one whose edges lie on chunk boundaries (or the array's end) goes
+        straight to the chunk files it covers, each flushed and dropped from the page cache;
+        any other block goes through zarr."""
         bounds = [k.indices(n)[:2] for k, n in zip(key, self.shape)]
-        index = [a // c for (a, _), c in zip(bounds, self.chunks)]
-        whole = all(a == i * c and b == min((i + 1) * c, n) for (a, b), i, c, n in zip(bounds, index, self.chunks, self.shape))
-        if not whole:
+        aligned = all(a % c == 0 and (b % c == 0 or b == n) for (a, b), c, n in zip(bounds, self.chunks, self.shape))
+        if not aligned:
             import zarr
 
             zarr.open_array(self.path, mode="r+")[key] = value
             return
+        value = np.asarray(value)
+        ranges = [range(a // c, -(-b // c)) for (a, b), c in zip(bounds, self.chunks)]
+        indices = [(i, j, k) for i in ranges[0] for j in ranges[1] for k in ranges[2]]
+        for first in range(0, len(indices), WRITE_BATCH):
+            written = []
+            try:
+                for index in indices[first : first + WRITE_BATCH]:
+                    part = tuple(slice(i * c - a, min((i + 1) * c, b) - a) for i, c, (a, b) in zip(index, self.chunks, bounds))
+                    written.append(self._write_chunk(index, value[part]))
+                if len(written) > 1:  # start every file's write-back before waiting for any of them
+                    for fd, nbytes in written:
+                        drop_cached(fd, 0, nbytes)
+                for fd, nbytes in written:
+                    release_written(fd, 0, nbytes)
+            finally:
+                for fd, _ in written:
+                    os.close(fd)
+
+    def _write_chunk(self, index, value: np.ndarray) -> tuple[int, int]:
+        """Write one chunk's file; returns its open descriptor and the bytes written."""
         block = np.ascontiguousarray(value, dtype=self.dtype)
         if block.shape != tuple(self.chunks):  # an edge chunk: zarr stores it at the full chunk shape
             full = np.zeros(self.chunks, dtype=self.dtype)
@@ -194,6 +218,7 @@ class PlainTarget:
         fd = os.open(os.path.join(self.path, "c", *map(str, index)), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             os.pwrite(fd, memoryview(block.reshape(-1)).cast("B"), 0)
-            release_written(fd, 0, block.nbytes)
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        return fd, block.nbytes

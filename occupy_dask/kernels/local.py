@@ -90,20 +90,14 @@ def inside_ellipsoid(zy, tx):  # pragma: no cover
     return zy + tx <= 1.0
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _accumulate(row, x):  # pragma: no cover
-    """Add float64 ``x`` to a (total, squares, lo, hi) row as :func:`moments` does."""
-    row[0] += x
-    row[1] += x * x
-    if x < row[2]:
-        row[2] = x
-    if x > row[3]:
-        row[3] = x
-
-
 @numba.njit(cache=True, nogil=True)
 def _block_moments(raw, lp, tz, ty, tx, sums, counts):  # pragma: no cover
-    # sums rows: raw, lp, lp inside; columns: total, squares, lo, hi. counts: inside, zeros inside, NaN, Inf
+    # sums rows: raw, lp, lp inside; columns: total, squares, lo, hi. counts: inside, zeros inside, NaN, Inf.
+    # Accumulated in locals (the arrays would be reloaded and stored at every voxel), each row as moments() adds.
+    r_total, r_squares, r_lo, r_hi = sums[0, 0], sums[0, 1], sums[0, 2], sums[0, 3]
+    v_total, v_squares, v_lo, v_hi = sums[1, 0], sums[1, 1], sums[1, 2], sums[1, 3]
+    i_total, i_squares, i_lo, i_hi = sums[2, 0], sums[2, 1], sums[2, 2], sums[2, 3]
+    n_inside, n_zeros, n_nan, n_inf = counts[0], counts[1], counts[2], counts[3]
     nz, ny, nx = raw.shape
     for z in range(nz):
         for y in range(ny):
@@ -111,17 +105,36 @@ def _block_moments(raw, lp, tz, ty, tx, sums, counts):  # pragma: no cover
             for x in range(nx):
                 r = np.float64(raw[z, y, x])
                 v = np.float64(lp[z, y, x])
-                _accumulate(sums[0], r)
-                _accumulate(sums[1], v)
+                r_total += r
+                r_squares += r * r
+                if r < r_lo:
+                    r_lo = r
+                if r > r_hi:
+                    r_hi = r
+                v_total += v
+                v_squares += v * v
+                if v < v_lo:
+                    v_lo = v
+                if v > v_hi:
+                    v_hi = v
                 if np.isnan(r):
-                    counts[2] += 1
+                    n_nan += 1
                 elif np.isinf(r):
-                    counts[3] += 1
+                    n_inf += 1
                 if inside_ellipsoid(zy, tx[x]):
-                    counts[0] += 1
+                    n_inside += 1
                     if r == 0.0:
-                        counts[1] += 1
-                    _accumulate(sums[2], v)
+                        n_zeros += 1
+                    i_total += v
+                    i_squares += v * v
+                    if v < i_lo:
+                        i_lo = v
+                    if v > i_hi:
+                        i_hi = v
+    sums[0, 0], sums[0, 1], sums[0, 2], sums[0, 3] = r_total, r_squares, r_lo, r_hi
+    sums[1, 0], sums[1, 1], sums[1, 2], sums[1, 3] = v_total, v_squares, v_lo, v_hi
+    sums[2, 0], sums[2, 1], sums[2, 2], sums[2, 3] = i_total, i_squares, i_lo, i_hi
+    counts[0], counts[1], counts[2], counts[3] = n_inside, n_zeros, n_nan, n_inf
 
 
 def block_moments(raw: np.ndarray, lp: np.ndarray, axis_terms) -> tuple[np.ndarray, np.ndarray]:
@@ -134,6 +147,35 @@ def block_moments(raw: np.ndarray, lp: np.ndarray, axis_terms) -> tuple[np.ndarr
     counts = np.zeros(4, np.int64)
     _block_moments(np.asarray(raw, np.float32), np.asarray(lp, np.float32), *axis_terms, sums, counts)
     return sums, counts
+
+
+@numba.njit(cache=True, nogil=True)
+def _block_ranges(values, tz, ty, tx, out):  # pragma: no cover
+    lo, hi, inside_lo, inside_hi = out[0], out[1], out[2], out[3]
+    nz, ny, nx = values.shape
+    for z in range(nz):
+        for y in range(ny):
+            zy = tz[z] + ty[y]
+            for x in range(nx):
+                v = np.float64(values[z, y, x])
+                if v < lo:
+                    lo = v
+                if v > hi:
+                    hi = v
+                if inside_ellipsoid(zy, tx[x]):
+                    if v < inside_lo:
+                        inside_lo = v
+                    if v > inside_hi:
+                        inside_hi = v
+    out[0], out[1], out[2], out[3] = lo, hi, inside_lo, inside_hi
+
+
+def block_ranges(values: np.ndarray, axis_terms) -> np.ndarray:
+    """(min, max, min inside, max inside the inscribed ellipsoid) float64 of a block, the same
+    numbers as the low-passed rows of :func:`block_moments` (NaN ignored; inf when empty)."""
+    out = np.array([np.inf, -np.inf, np.inf, -np.inf])
+    _block_ranges(np.asarray(values, np.float32), *axis_terms, out)
+    return out
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
