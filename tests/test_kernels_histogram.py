@@ -53,3 +53,26 @@ def test_counts_inside_the_ellipsoid_equal_counts_of_the_inside_voxels():
     assert np.array_equal(region_counts, histogram_counts(block[inside], *region_range))  # values above the range are left out
     degenerate = histogram_counts_inside(block, ellipsoid_terms(shape, start, stop), lp_range, (0.0, 0.0))  # an empty range: the numpy path
     assert np.array_equal(degenerate[1], histogram_counts(block[inside], 0.0, 0.0))
+
+
+def _hard_values(edges: np.ndarray) -> np.ndarray:
+    """Every edge, the floats either side of it, values beyond the range, NaN and infinities."""
+    near = np.concatenate([edges, np.nextafter(edges, np.float32(-np.inf)), np.nextafter(edges, np.float32(np.inf))])
+    extra = np.array([np.nan, np.inf, -np.inf, edges[0] - 1, edges[-1] + 1, 3e38, -3e38], np.float32)
+    return np.concatenate([near, extra]).astype(np.float32)
+
+
+def test_bins_of_values_on_and_beside_every_edge_and_of_non_finite_ones():
+    """The spacing only guesses a bin; the walk along the edges decides it, for every value:
+    the last bin whose lower edge is at most the value (the last bin closed), values outside
+    the range uncounted, and looked up in the first or last bin (NaN in the first)."""
+    for lo, hi in ((-1.3, 2.7), (1.0, float(np.nextafter(np.float32(1.0), np.float32(2.0)) * 1.0000005)), (0.0, 1e-30)):
+        edges = histogram_edges(lo, hi)
+        values = RNG.permutation(_hard_values(edges)).reshape(1, 1, -1)
+        table = RNG.uniform(-0.5, 1.5, 1000).astype(np.float32)
+        expected_bin = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, 999)
+        expected_bin[np.isnan(values)] = 0
+        assert np.array_equal(confidence_lookup(values, table, edges), np.clip(table[expected_bin], 0, 1).astype(np.float32)), (lo, hi)
+        counted = (values >= edges[0]) & (values <= edges[-1])
+        assert np.array_equal(histogram_counts(values, lo, hi), np.bincount(expected_bin[counted], minlength=1000)), (lo, hi)
+        assert histogram_counts(values, lo, hi).sum() == np.count_nonzero(counted)

@@ -22,14 +22,25 @@ def histogram_edges(lo: float, hi: float, n_bins: int = N_BINS) -> np.ndarray:
     return np.linspace(float(np.float32(lo)), float(np.float32(hi)), n_bins + 1).astype(np.float32)
 
 
-@numba.njit(cache=True, nogil=True)
-def _bin_of(v, edges, scale):  # pragma: no cover
-    """Bin of one float32 value by the edges: a float32 guess, walked to the right bin."""
+ROW = 4096  # values whose bin guesses are computed in one vectorised sweep
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _guess(v, first, scale, last):  # pragma: no cover
+    """A float32 value's bin guessed from the equal spacing, in ``[0, last]`` (NaN: 0); no
+    branch, so a sweep of guesses vectorises."""
+    g = (v - first) * scale
+    g = g if g > 0 else np.float32(0.0)
+    g = g if g < last else last
+    return np.int32(g)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _settle(v, i, edges):  # pragma: no cover
+    """The bin of ``v`` walked from guess ``i``: the last bin whose lower edge is at most ``v``
+    (the first bin below the edges, the last above them; NaN stays at its guess). From any
+    guess the walk ends in the same bin, so the guess only sets how far it walks."""
     n = edges.size - 1
-    guess = (v - edges[0]) * scale
-    i = int(guess) if guess > 0 else 0
-    if i > n - 1:
-        i = n - 1
     while i > 0 and v < edges[i]:
         i -= 1
     while i < n - 1 and v >= edges[i + 1]:
@@ -38,12 +49,35 @@ def _bin_of(v, edges, scale):  # pragma: no cover
 
 
 @numba.njit(cache=True, nogil=True)
+def _bin_of(v, edges, scale):  # pragma: no cover
+    """Bin of one float32 value by the edges: a float32 guess, walked to the right bin."""
+    return _settle(v, _guess(v, edges[0], scale, np.float32(edges.size - 2)), edges)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _guesses(values, start, stop, edges, scale, out):  # pragma: no cover
+    first, last = edges[0], np.float32(edges.size - 2)
+    for k in range(stop - start):
+        out[k] = _guess(values[start + k], first, scale, last)
+
+
+@numba.njit(cache=True, nogil=True)
 def _count(values, edges, counts):  # pragma: no cover
+    # even and odd values count into two histograms: neighbours, often in one bin, then do not
+    # wait for each other's increment
     scale = np.float32(edges.size - 1) / (edges[-1] - edges[0])
     lo, hi = edges[0], edges[-1]
-    for v in values:
+    first, last = edges[0], np.float32(edges.size - 2)
+    odd = np.zeros(counts.size, np.int64)
+    for i in range(values.size):
+        v = values[i]
         if v >= lo and v <= hi:
-            counts[_bin_of(v, edges, scale)] += 1
+            b = _settle(v, _guess(v, first, scale, last), edges)
+            if i & 1:
+                odd[b] += 1
+            else:
+                counts[b] += 1
+    counts += odd
     return counts
 
 
@@ -51,11 +85,13 @@ def _count(values, edges, counts):  # pragma: no cover
 def _lookup(values, edges, table, out):  # pragma: no cover
     scale = np.float32(edges.size - 1) / (edges[-1] - edges[0])
     nz, ny, nx = values.shape
+    guesses = np.empty(nx, np.int32)
     for z in range(nz):
         for y in range(ny):
             row, dst = values[z, y], out[z, y]
+            _guesses(row, 0, nx, edges, scale, guesses)
             for x in range(nx):
-                f = table[_bin_of(row[x], edges, scale)]
+                f = table[_settle(row[x], guesses[x], edges)]
                 dst[x] = 0.0 if f < 0.0 else (1.0 if f > 1.0 else f)
     return out
 
@@ -137,15 +173,20 @@ def _count_with_region(lp, tz, ty, tx, edges, region_edges, counts, region_count
     lo, hi = edges[0], edges[-1]
     region_lo, region_hi = region_edges[0], region_edges[-1]
     nz, ny, nx = lp.shape
+    guesses = np.empty(nx, np.int32)
+    region_guesses = np.empty(nx, np.int32)
     for z in range(nz):
         for y in range(ny):
+            row = lp[z, y]
             zy = tz[z] + ty[y]
+            _guesses(row, 0, nx, edges, scale, guesses)
+            _guesses(row, 0, nx, region_edges, region_scale, region_guesses)
             for x in range(nx):
-                v = lp[z, y, x]
+                v = row[x]
                 if v >= lo and v <= hi:
-                    counts[_bin_of(v, edges, scale)] += 1
+                    counts[_settle(v, guesses[x], edges)] += 1
                 if inside_ellipsoid(zy, tx[x]) and v >= region_lo and v <= region_hi:
-                    region_counts[_bin_of(v, region_edges, region_scale)] += 1
+                    region_counts[_settle(v, region_guesses[x], region_edges)] += 1
 
 
 def histogram_counts_inside(lp: np.ndarray, axis_terms, lp_range, region_range, n_bins: int = N_BINS) -> tuple[np.ndarray, np.ndarray]:
