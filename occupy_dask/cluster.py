@@ -83,9 +83,9 @@ class Runner:
     @property
     def lowpass_block_bytes(self) -> int:
         """Blocks of the low-pass stage: the default, or under a memory limit small enough that
-        each thread's block and its transforms (at most about 5 blocks) fit a third of it. (Far
-        smaller blocks cut the spilled spectra into thousands of tiny chunk files, several
-        times slower to write and read back.)"""
+        each thread's block and its transforms (at most about 5 blocks, and one waiting for the
+        background writer) fit a third of it. (Far smaller blocks cut the spilled spectra into
+        thousands of tiny chunk files, several times slower to write and read back.)"""
         from .lowpass import TARGET_BLOCK_BYTES
 
         if self.memory_budget is None:

@@ -9,6 +9,7 @@ block reads or as a lazy dask array; the folders are removed when the run ends.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import dask.array as da
 import numpy as np
 
 from .blocks import region
+from .buffers import close_writer, open_writer, writer
 from .io.read import ArraySource, ZarrSource
 from .io.zarr_chunks import create_plain_array, plain_layout, read_plain_block
 
@@ -65,21 +67,37 @@ def scratch_folder(temp_dir: str | None, prefix: str = "occupy_dask_") -> Path:
 def store_blocks(array: da.Array, target, run, label: str, measure=None) -> list:
     """Compute ``array`` block by block into ``target`` (a numpy array or a store target whose
     chunks the blocks cover); returns ``measure(block, shape, start)`` of every block, from the
-    same tasks (None without ``measure``)."""
+    same tasks (None without ``measure``). A store on disk filled by this process's threads is
+    written by a background writer while the tasks go on computing."""
     starts = [np.cumsum((0, *c[:-1])) for c in array.chunks]
     blocks = array.to_delayed(optimize_graph=False)
+    key = open_writer() if not isinstance(target, np.ndarray) and not getattr(run, "distributed", False) else None
     tasks = [
         dask.delayed(_store_block, pure=False)(
-            blocks[i, j, k], target, array.shape, (int(starts[0][i]), int(starts[1][j]), int(starts[2][k])), measure
+            blocks[i, j, k], target, array.shape, (int(starts[0][i]), int(starts[1][j]), int(starts[2][k])), measure, (os.getpid(), key)
         )
         for i, j, k in np.ndindex(*blocks.shape)
     ]
-    return list(run(*tasks, label=label))
+    try:
+        measured = list(run(*tasks, label=label))
+    except BaseException:
+        if key is not None:  # the writes queued so far finish (into a store about to be removed)
+            close_writer(key, raise_errors=False)
+        raise
+    if key is not None:
+        close_writer(key)
+    return measured
 
 
-def _store_block(block: np.ndarray, target, shape, start, measure):
-    target[region(start, tuple(a + n for a, n in zip(start, block.shape)))] = block
-    return None if measure is None else measure(block, shape, start)
+def _store_block(block: np.ndarray, target, shape, start, measure, write_behind=(None, None)):
+    measured = None if measure is None else measure(block, shape, start)
+    key = region(start, tuple(a + n for a, n in zip(start, block.shape)))
+    behind = writer(write_behind[1]) if write_behind[0] == os.getpid() else None
+    if behind is None:
+        target[key] = block
+    else:  # the block is this task's own result: the writer holds it until written
+        behind.submit(lambda: target.__setitem__(key, block))
+    return measured
 
 
 def spill(array: da.Array, path: Path, chunks, run, label: str, measure=None):

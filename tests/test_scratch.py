@@ -86,3 +86,38 @@ def test_pooled_buffers_are_freed_before_each_pass(monkeypatch, tmp_path):
     with occupy_dask.estimate(tmp_path / "m.mrc", chunks=16):
         pass
     assert pooled["first pass"] == 0 and pooled["reductions"] == 0 and pooled["fused"] == 0
+
+
+class _Target:
+    """A store target that records which thread wrote each block, and fails on one of them."""
+
+    def __init__(self, shape, fail_at=None):
+        import threading
+
+        self.data, self.fail_at, self.threads, self._lock = np.zeros(shape, np.float32), fail_at, [], threading.Lock()
+
+    def __setitem__(self, key, value):
+        import threading
+
+        if key[0].start == self.fail_at:
+            raise OSError("No space left on device")
+        with self._lock:
+            self.threads.append(threading.current_thread().name)
+        self.data[key] = value
+
+
+def test_blocks_stored_on_disk_are_written_behind_and_a_failed_write_stops_the_stage():
+    from occupy_dask.scratch import store_blocks
+
+    data = np.random.default_rng(5).normal(size=(40, 6, 7)).astype(np.float32)
+    lazy = da.from_array(data, chunks=(8, 6, 7))
+    target = _Target(data.shape)
+    measured = store_blocks(lazy, target, _run, "test", measure=lambda block, shape, start: (start, float(block.sum())))
+    assert np.array_equal(target.data, data)  # every write done when the stage returns
+    assert [m[0][0] for m in measured] == [0, 8, 16, 24, 32] and measured[1][1] == pytest.approx(float(data[8:16].sum(dtype=np.float64)), rel=1e-5)
+    assert set(target.threads) == {"occupy-write_0"}
+    with pytest.raises(OSError, match="No space left"):
+        store_blocks(lazy, _Target(data.shape, fail_at=16), _run, "test")
+    memory = np.zeros_like(data)
+    store_blocks(lazy, memory, _run, "test")  # an array in memory: filled by the tasks themselves
+    assert np.array_equal(memory, data)
