@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .io.read import ArraySource, read_block
+from .io.read import ArraySource, next_slab_start, read_block
 from .kernels.local import moments
 
 
@@ -30,11 +30,12 @@ def region(start, stop) -> tuple[slice, slice, slice]:
     return tuple(slice(a, b) for a, b in zip(start, stop))
 
 
-def block_of(source, key, take) -> np.ndarray:
-    """A block of a source: a view of an in-memory map, else read into a buffer from ``take``."""
+def block_of(source, key, take, keep_from: int | None = None) -> np.ndarray:
+    """A block of a source: a view of an in-memory map, else read into a buffer from ``take``
+    (``keep_from``: see :func:`occupy_dask.io.read.read_block`)."""
     if isinstance(source, ArraySource):
         return source.array[key]
-    return read_block(source, key, take(tuple(r.stop - r.start for r in key)))
+    return read_block(source, key, take(tuple(r.stop - r.start for r in key)), keep_from=keep_from)
 
 
 def read_blocks(sources, start, stop, reach, names, take):
@@ -43,7 +44,7 @@ def read_blocks(sources, start, stop, reach, names, take):
     sources ``names``, each source read at most once."""
     extended, seen = None, []
     if reach is not None:
-        extended = block_of(sources["scale"], region(start, reach), take)
+        extended = block_of(sources["scale"], region(start, reach), take, keep_from=next_slab_start(start, stop, sources["scale"].shape))
         seen.append((sources["scale"], extended[tuple(slice(0, b - a) for a, b in zip(start, stop))]))
     blocks = []
     for name in names:

@@ -1,5 +1,7 @@
 """io/zarr_chunks.py: raw chunk reads and writes of plain stores agree with zarr's own."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -87,3 +89,28 @@ def test_plain_target_writes_blocks_of_many_whole_chunks_itself(tmp_path, monkey
     target[4:9, 0:7, 0:5] = data[4:9]
     monkeypatch.undo()
     assert np.array_equal(zarr.open_array(str(tmp_path / "m.zarr"), mode="r")[:], data)
+
+
+def test_a_slab_read_keeps_in_the_page_cache_only_the_planes_the_next_slab_reads(tmp_path, monkeypatch):
+    """A spilled store is dropped from the page cache as it is read, except, in a pass over
+    slabs, the planes from ``keep_from`` on: the next slab reads them again (its halo and its
+    tiles' reach), from memory instead of the disk."""
+    from occupy_dask.io import zarr_chunks
+    from occupy_dask.io.read import ZarrSource, read_with_halo
+    from occupy_dask.io.zarr_chunks import create_plain_array
+
+    data = np.random.default_rng(6).normal(size=(32, 5, 6)).astype(np.float32)
+    target = create_plain_array(str(tmp_path / "s.zarr"), data.shape, (8, 5, 6), np.float32)
+    for z in range(0, 32, 8):
+        target[z : z + 8, 0:5, 0:6] = data[z : z + 8]
+    dropped = []
+    monkeypatch.setattr(zarr_chunks, "drop_cached", lambda fd, start=0, length=0: dropped.append((os.readlink(f"/proc/self/fd/{fd}"), start, length)))
+    source = ZarrSource(str(tmp_path / "s.zarr"), data.shape, scratch=True)
+    block = read_with_halo(source, (8, 0, 0), (16, 5, 6), (3, 0, 0), out=np.empty((14, 5, 6), np.float32))
+    assert np.array_equal(block, data[5:19])
+    plane = 5 * 6 * 4
+    chunk_of = [os.path.basename(os.path.dirname(os.path.dirname(p))) for p, _, _ in dropped]  # c/<i>/0/0
+    assert chunk_of == ["0", "1"] and [(s, n) for _, s, n in dropped] == [(5 * plane, 3 * plane), (0, 5 * plane)]
+    dropped.clear()
+    read_with_halo(source, (8, 0, 0), (16, 2, 6), (3, 0, 0), out=np.empty((14, 2, 6), np.float32))  # not a slab: all dropped
+    assert [(s, n) for _, s, n in dropped] == [(0, 0)] * 3

@@ -49,10 +49,10 @@ class MrcSource:
         shape = tuple(max(b - a, 0) for a, b in (k.indices(n)[:2] for k, n in zip(key, self.shape)))
         return self.read_into(key, np.empty(shape, dtype=np.float32))
 
-    def read_into(self, key: tuple[slice, slice, slice], out: np.ndarray) -> np.ndarray:
+    def read_into(self, key: tuple[slice, slice, slice], out: np.ndarray, keep_from: int | None = None) -> np.ndarray:
         """Read the block ``key`` (unit-step slices) into the float32 array ``out`` with
         positioned reads of whole-width row spans (one per plane), cheaper than faulting in a
-        memmap."""
+        memmap. (``keep_from``: see :func:`read_block`; the input is never dropped from the page cache.)"""
         (z0, z1), (y0, y1), (x0, x1) = (k.indices(n)[:2] for k, n in zip(key, self.shape))
         nz, ny, nx = self.shape
         dtype = np.dtype(self.file_dtype)
@@ -110,14 +110,14 @@ class ZarrSource:
 
         return np.asarray(zarr.open_array(self.path, mode="r")[key], dtype=np.float32)
 
-    def read_into(self, key: tuple[slice, slice, slice], out: np.ndarray) -> np.ndarray:
+    def read_into(self, key: tuple[slice, slice, slice], out: np.ndarray, keep_from: int | None = None) -> np.ndarray:
         """Read the block ``key`` into ``out``: a plain store of ours (the spilled maps) straight
         from its chunk files (see :mod:`occupy_dask.io.zarr_chunks`), any other through zarr."""
         layout = plain_layout(self.path)
         if layout is None or layout.dtype != np.dtype("<f4"):
             out[...] = self[key]
             return out
-        return read_plain_block(self.path, layout, self.shape, key, out, drop=self.scratch)
+        return read_plain_block(self.path, layout, self.shape, key, out, drop=self.scratch, keep_from=keep_from)
 
 
 @dataclass(frozen=True)
@@ -140,12 +140,22 @@ class FiniteSource:
         return block
 
 
-def read_block(source, key: tuple[slice, slice, slice], out: np.ndarray) -> np.ndarray:
-    """``source[key]`` written into ``out`` (directly, when the source can)."""
+def read_block(source, key: tuple[slice, slice, slice], out: np.ndarray, keep_from: int | None = None) -> np.ndarray:
+    """``source[key]`` written into ``out`` (directly, when the source can). ``keep_from``: in
+    a pass over slabs, the first plane that the next slab reads too; a scratch store that drops
+    what it has read from the page cache keeps those planes there."""
     if hasattr(source, "read_into"):
-        return source.read_into(key, out)
+        return source.read_into(key, out) if keep_from is None else source.read_into(key, out, keep_from=keep_from)
     out[...] = source[key]
     return out
+
+
+def next_slab_start(start, stop, shape, below: int = 0) -> int | None:
+    """For a block of whole planes (a slab), the first plane the next slab's read needs (its
+    start less ``below`` planes of halo); None for any other block."""
+    if tuple(start[1:]) != (0, 0) or tuple(stop[1:]) != tuple(shape[1:]):
+        return None
+    return int(stop[0]) - int(below)
 
 
 def read_with_halo(source, start, stop, halo, out: np.ndarray | None = None) -> np.ndarray:
@@ -166,7 +176,7 @@ def read_with_halo(source, start, stop, halo, out: np.ndarray | None = None) -> 
         out[...] = block
         return out
     inner = tuple(slice(p[0], p[0] + (b - a)) for p, a, b in zip(pad, lo, hi))
-    read_block(source, key, out[inner])
+    read_block(source, key, out[inner], keep_from=next_slab_start(start, stop, source.shape, below=halo[0]))
     region = list(inner)
     for axis, (before, after) in enumerate(pad):  # axis by axis, as np.pad does
         first, last = region[axis].start, region[axis].stop

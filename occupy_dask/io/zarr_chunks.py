@@ -107,10 +107,11 @@ def _will_need_file(file_path: str, start: int, length: int) -> None:
         os.close(fd)
 
 
-def read_plain_block(path: str, layout: PlainLayout, shape, key, out: np.ndarray, drop: bool = False) -> np.ndarray:
+def read_plain_block(path: str, layout: PlainLayout, shape, key, out: np.ndarray, drop: bool = False, keep_from: int | None = None) -> np.ndarray:
     """Read the block ``key`` of the plain array at ``path`` into ``out``, chunk file by chunk
     file (whole planes of a chunk in one positioned read); with ``drop`` each chunk file read is
-    dropped from the page cache."""
+    dropped from the page cache, all of it, or with ``keep_from`` only the planes read below
+    that plane (a pass over slabs: the planes from there on are read again by the next slab)."""
     chunk = layout.chunks
     itemsize = layout.dtype.itemsize
     bounds = [k.indices(n)[:2] for k, n in zip(key, shape)]
@@ -144,8 +145,10 @@ def read_plain_block(path: str, layout: PlainLayout, shape, key, out: np.ndarray
                 dst[...] = data[(slice(None), *(slice(a - i * c, b - i * c) for a, b, i, c in zip(lo[1:], hi[1:], index[1:], chunk[1:])))]
             if got != view.nbytes:
                 raise OSError(f"{chunk_path}: zarr chunk file is shorter than its chunk")
-            if drop:  # re-reading from disk is cheaper than growing the page cache by a map-sized store
+            if drop and keep_from is None:  # re-reading from disk is cheaper than growing the page cache by a map-sized store
                 drop_cached(fd)
+            elif drop and lo[0] < keep_from:
+                drop_cached(fd, itemsize * z_in * plane, itemsize * (min(hi[0], keep_from) - lo[0]) * plane)
         finally:
             os.close(fd)
     return out
