@@ -185,18 +185,15 @@ def chunk_task(plan: LocalPlan, sources, start, stop, targets=None, write_behind
         stats = {"variability": masked_sum(results["scale"], scale_padded[core], 1.0)}
         if plan.input_range is not None:  # the input's histogram, for the display level of the ChimeraX script
             stats["input_counts"] = histogram_counts(raw_block, *plan.input_range)
+        for name in plan.outputs:
+            stats[name] = Moments.of(results[name])
+        if targets is None:
+            return stacked, stats
         if behind is None:
-            stats.update(_output_moments(plan, results))
-            if targets is None:
-                return stacked, stats
             _write_chunk(plan, targets, key, results)
-    if behind is not None:  # the writer takes the outputs' moments too, before it writes them (drained before the statistics are read)
-        behind.submit(lambda: (stats.update(_output_moments(plan, results)), _write_chunk(plan, targets, key, results)), [stacked])
+    if behind is not None:
+        behind.submit(lambda: _write_chunk(plan, targets, key, results), [stacked])
     return stats
-
-
-def _output_moments(plan: LocalPlan, results: dict) -> dict:
-    return {name: Moments.of(results[name]) for name in plan.outputs}
 
 
 def _write_chunk(plan: LocalPlan, targets, key, results: dict) -> None:

@@ -119,8 +119,8 @@ def test_bad_zarr_inputs_are_one_clear_error(tmp_path, cli):
 
 
 def test_statistics_from_the_background_writer_equal_those_of_the_tasks(tmp_path, phantom):
-    """MRC slabs are written (and their moments taken) by the run's writer thread; zarr chunks by
-    the tasks: the headers and the statistics agree to the bit."""
+    """MRC slabs are written by the run's writer thread, zarr chunks by the tasks: the headers
+    and the statistics agree to the bit."""
     mrc = run_map(phantom, RunOptions(output_dir=tmp_path / "m"), amplify=True)
     zr = run_map(phantom, RunOptions(output_dir=tmp_path / "z", output_format="zarr"), amplify=True)
     for key in ("scale", "confidence", "modified_0"):
