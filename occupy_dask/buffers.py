@@ -221,3 +221,20 @@ def close_writer(key: str, raise_errors: bool = True) -> None:
         _WRITERS[key].drain(raise_errors)
     finally:
         _WRITERS.pop(key).close()
+
+
+@contextmanager
+def background_writer(wanted: bool = True):
+    """A background writer for one stage of a run, as a context: yields its key (None when not
+    ``wanted``). On leaving, every queued write is waited for; the first failed one raises,
+    unless the stage is already failing (its writes then finish into files about to be
+    discarded, and the stage's own error is raised)."""
+    key = open_writer() if wanted else None
+    try:
+        yield key
+    except BaseException:
+        if key is not None:
+            close_writer(key, raise_errors=False)
+        raise
+    if key is not None:
+        close_writer(key)

@@ -16,7 +16,7 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 
-from .buffers import close_writer, open_writer, release_run_buffers
+from .buffers import background_writer, release_run_buffers
 from .errors import OutputError, SettingsError
 from .estimation import Estimate
 from .fused import factor_name, modified_name, store_outputs, submask_name
@@ -271,15 +271,8 @@ def write_maps(est: Estimate, paths: dict[str, Path], run, fmt: str = "mrc") -> 
             # and zarr chunks (compression) cost CPU and are written by the tasks, on every core
             s = est.settings
             behind = not getattr(run, "distributed", False) and fmt == "mrc" and tuple(s.chunks[1:]) == tuple(s.shape[1:])
-            key = open_writer() if behind else None
-            try:
+            with background_writer(behind) as key:
                 stats = run(store_outputs(est.plan, est.sources, {n: outputs[n].target for n in names}, write_behind=key), label="local scale")[0]
-            except BaseException:
-                if key is not None:  # the writes queued so far finish (into files about to be discarded)
-                    close_writer(key, raise_errors=False)
-                raise
-            if key is not None:
-                close_writer(key)
             reduced = {}
         else:  # a later stage (low-passed modified maps) reads the fused outputs
             arrays = [est[n] if fmt == "mrc" else est[n].rechunk(est.grid_of(n)[1], method="tasks") for n in names]  # zarr chunks = dask chunks

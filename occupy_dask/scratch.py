@@ -20,7 +20,7 @@ import dask.array as da
 import numpy as np
 
 from .blocks import region
-from .buffers import close_writer, open_writer, writer
+from .buffers import background_writer, writer
 from .io.read import ArraySource, ZarrSource
 from .io.zarr_chunks import create_plain_array, plain_layout, read_plain_block
 
@@ -71,22 +71,14 @@ def store_blocks(array: da.Array, target, run, label: str, measure=None) -> list
     written by a background writer while the tasks go on computing."""
     starts = [np.cumsum((0, *c[:-1])) for c in array.chunks]
     blocks = array.to_delayed(optimize_graph=False)
-    key = open_writer() if not isinstance(target, np.ndarray) and not getattr(run, "distributed", False) else None
-    tasks = [
-        dask.delayed(_store_block, pure=False)(
-            blocks[i, j, k], target, array.shape, (int(starts[0][i]), int(starts[1][j]), int(starts[2][k])), measure, (os.getpid(), key)
-        )
-        for i, j, k in np.ndindex(*blocks.shape)
-    ]
-    try:
-        measured = list(run(*tasks, label=label))
-    except BaseException:
-        if key is not None:  # the writes queued so far finish (into a store about to be removed)
-            close_writer(key, raise_errors=False)
-        raise
-    if key is not None:
-        close_writer(key)
-    return measured
+    with background_writer(not isinstance(target, np.ndarray) and not getattr(run, "distributed", False)) as key:
+        tasks = [
+            dask.delayed(_store_block, pure=False)(
+                blocks[i, j, k], target, array.shape, (int(starts[0][i]), int(starts[1][j]), int(starts[2][k])), measure, (os.getpid(), key)
+            )
+            for i, j, k in np.ndindex(*blocks.shape)
+        ]
+        return list(run(*tasks, label=label))
 
 
 def _store_block(block: np.ndarray, target, shape, start, measure, write_behind=(None, None)):
