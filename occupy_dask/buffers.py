@@ -200,7 +200,7 @@ _WRITERS: dict[str, WriteBehind] = {}  # the background writers of the runs goin
 
 
 def open_writer() -> str:
-    """A new background writer for one run's fused pass; returns the key its tasks find it by."""
+    """A new background writer for one stage of a run; returns the key its tasks find it by."""
     import uuid
 
     key = uuid.uuid4().hex

@@ -145,7 +145,7 @@ def read_block(source, key: tuple[slice, slice, slice], out: np.ndarray, keep_fr
     a pass over slabs, the first plane that the next slab reads too; a scratch store that drops
     what it has read from the page cache keeps those planes there."""
     if hasattr(source, "read_into"):
-        return source.read_into(key, out) if keep_from is None else source.read_into(key, out, keep_from=keep_from)
+        return source.read_into(key, out, keep_from=keep_from)
     out[...] = source[key]
     return out
 

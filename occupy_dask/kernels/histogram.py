@@ -22,9 +22,6 @@ def histogram_edges(lo: float, hi: float, n_bins: int = N_BINS) -> np.ndarray:
     return np.linspace(float(np.float32(lo)), float(np.float32(hi)), n_bins + 1).astype(np.float32)
 
 
-ROW = 4096  # values whose bin guesses are computed in one vectorised sweep
-
-
 @numba.njit(cache=True, nogil=True, inline="always")
 def _guess(v, first, scale, last):  # pragma: no cover
     """A float32 value's bin guessed from the equal spacing, in ``[0, last]`` (NaN: 0); no
@@ -48,17 +45,12 @@ def _settle(v, i, edges):  # pragma: no cover
     return i
 
 
-@numba.njit(cache=True, nogil=True)
-def _bin_of(v, edges, scale):  # pragma: no cover
-    """Bin of one float32 value by the edges: a float32 guess, walked to the right bin."""
-    return _settle(v, _guess(v, edges[0], scale, np.float32(edges.size - 2)), edges)
-
-
 @numba.njit(cache=True, nogil=True, inline="always")
-def _guesses(values, start, stop, edges, scale, out):  # pragma: no cover
+def _guesses(row, edges, scale, out):  # pragma: no cover
+    """:func:`_guess` of every value of a row, into ``out``."""
     first, last = edges[0], np.float32(edges.size - 2)
-    for k in range(stop - start):
-        out[k] = _guess(values[start + k], first, scale, last)
+    for k in range(row.size):
+        out[k] = _guess(row[k], first, scale, last)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -67,12 +59,12 @@ def _count(values, edges, counts):  # pragma: no cover
     # wait for each other's increment
     scale = np.float32(edges.size - 1) / (edges[-1] - edges[0])
     lo, hi = edges[0], edges[-1]
-    first, last = edges[0], np.float32(edges.size - 2)
+    last = np.float32(edges.size - 2)
     odd = np.zeros(counts.size, np.int64)
     for i in range(values.size):
         v = values[i]
         if v >= lo and v <= hi:
-            b = _settle(v, _guess(v, first, scale, last), edges)
+            b = _settle(v, _guess(v, lo, scale, last), edges)
             if i & 1:
                 odd[b] += 1
             else:
@@ -89,7 +81,7 @@ def _lookup(values, edges, table, out):  # pragma: no cover
     for z in range(nz):
         for y in range(ny):
             row, dst = values[z, y], out[z, y]
-            _guesses(row, 0, nx, edges, scale, guesses)
+            _guesses(row, edges, scale, guesses)
             for x in range(nx):
                 f = table[_settle(row[x], guesses[x], edges)]
                 dst[x] = 0.0 if f < 0.0 else (1.0 if f > 1.0 else f)
@@ -179,8 +171,8 @@ def _count_with_region(lp, tz, ty, tx, edges, region_edges, counts, region_count
         for y in range(ny):
             row = lp[z, y]
             zy = tz[z] + ty[y]
-            _guesses(row, 0, nx, edges, scale, guesses)
-            _guesses(row, 0, nx, region_edges, region_scale, region_guesses)
+            _guesses(row, edges, scale, guesses)
+            _guesses(row, region_edges, region_scale, region_guesses)
             for x in range(nx):
                 v = row[x]
                 if v >= lo and v <= hi:
