@@ -5,7 +5,7 @@ cost per voxel, whole and after the fixed start-up (the wall time of a 32^3 run)
 ``--repeat`` times: wall times are medians (with the range), peaks the largest seen.
 
 Then the roofline: per size, the bytes the run must read (the input) and write (its outputs and
-any spilled low-passed map), the I/O floor at this machine's disk bandwidth (measured here with
+the temporary stores it spills), the I/O floor at this machine's disk bandwidth (measured here with
 O_DIRECT writes and reads of 1 GiB, so the page cache is not measured), the compute floor (the
 single kernels a run cannot avoid, each timed here on one core: the forward and inverse FFT of
 the low-pass, the ball maximum, the histograms and the modification, divided by the cores), and

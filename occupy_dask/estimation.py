@@ -21,7 +21,7 @@ import dask.array as da
 import numpy as np
 
 from . import lowpass as lowpass_stage
-from .blocks import Moments
+from .blocks import Moments, block_grid, block_of, region
 from .buffers import POOL, release_run_buffers
 from .debias import NoiseFloor, map_noise_floor
 from .fused import (
@@ -36,13 +36,13 @@ from .fused import (
     submask_name,
     variability_limit,
 )
-from .io.read import FiniteSource, MapInfo
+from .io.read import FiniteSource, MapInfo, next_slab_start
 from .kernels.histmatch import HistogramMatch, order_counts
 from .kernels.histogram import N_BINS, density_from_counts, histogram_edges
 from .kernels.local import block_ranges, ellipsoid_terms
 from .reductions import Reductions, finite_median, global_reductions
 from .resample import fourier_pad, fourier_pad_reference
-from .scratch import lowpass_on_disk, materialise, scratch_folder, spiller, too_large_for_memory
+from .scratch import LowpassOnRead, Spiller, lowpass_on_disk, materialise, reads_lowpass_from_spectrum, scratch_folder, too_large_for_memory
 from .settings import RunOptions, Settings
 from .solvent import SOLVENT_ADVICE, ConfidenceTable, SolventModel, confidence_table, content_one_percent, fit_solvent_model, solvent_edge
 
@@ -94,14 +94,19 @@ def default_run(*objs, label: str = ""):
 
 def _lowpassed(raw_source, s: Settings, run, options: RunOptions, temp_dirs: list):
     """The low-passed map as a source (the raw map when the low-pass is below Nyquist) and its
-    ranges (min, max, and both inside the inscribed ellipsoid), from the tasks that store it."""
+    ranges (min, max, and both inside the inscribed ellipsoid), from the tasks that store it.
+
+    A map whose spectra go to disk and whose blocks are slabs keeps only its filtered spectrum
+    and low-passes each block as it is read (:class:`~occupy_dask.scratch.LowpassOnRead`):
+    the passes then read a fraction of the map's bytes, and the map itself is never written."""
     if not s.lowpass_applied:
         return raw_source, None
-    spill_spectrum, fft_folder = None, None
+    spiller, fft_folder = None, None
     spectrum = lowpass_stage.spectrum_bytes(s.shape, s.voxel_size, s.lowpass_angstrom, s.reference_compatible)
     if too_large_for_memory(spectrum, run):
         fft_folder = scratch_folder(options.temp_dir, "occupy_dask_fft_")
-        spill_spectrum = spiller(fft_folder, run)
+        spiller = Spiller(fft_folder, run)
+    slabs = s.chunks[1:] == s.shape[1:]
     try:
         block_bytes = getattr(run, "lowpass_block_bytes", lowpass_stage.TARGET_BLOCK_BYTES)
         chunks = lowpass_stage.input_chunks(s.shape, block_bytes)
@@ -110,19 +115,41 @@ def _lowpassed(raw_source, s: Settings, run, options: RunOptions, temp_dirs: lis
             s.voxel_size,
             s.lowpass_angstrom,
             reference=s.reference_compatible,
-            slab_planes=s.chunks[0] if s.chunks[1:] == s.shape[1:] else None,  # slabs as the block reads
-            spill=spill_spectrum,
+            slab_planes=s.chunks[0] if slabs else None,  # slabs as the block reads
+            spill=spiller,
             block_bytes=block_bytes,
         )
         to_disk = lowpass_on_disk(lp_lazy.nbytes, options, run)  # large, over the memory limit, or read by other processes
+        if reads_lowpass_from_spectrum(s, to_disk, spiller is not None):
+            shutil.rmtree(spiller.stores["spectrum"].path)  # read by the filtered stage; the filtered spectrum stays
+            temp_dirs.append(fft_folder)
+            filtered = spiller.stores["filtered"]
+            source = LowpassOnRead(filtered.path, s.shape, filtered.shape[2])
+            return source, _ranges(_block_ranges_of(source, s, run))
         source, folder, parts = materialise(lp_lazy, to_disk, options.temp_dir, run, "low-pass", read_chunks=s.chunks, measure=lowpass_block_ranges)
     finally:
-        if fft_folder is not None:  # the spectra are not needed once the low-passed map exists
+        if fft_folder is not None and fft_folder not in temp_dirs:  # the spectra are not needed once the low-passed map exists
             shutil.rmtree(fft_folder, ignore_errors=True)
     if folder is not None:
         temp_dirs.append(folder)
+    return source, _ranges(parts)
+
+
+def _ranges(parts) -> tuple[float, float, float, float]:
     parts = np.array(parts)
-    return source, (float(parts[:, 0].min()), float(parts[:, 1].max()), float(parts[:, 2].min()), float(parts[:, 3].max()))
+    return float(parts[:, 0].min()), float(parts[:, 1].max()), float(parts[:, 2].min()), float(parts[:, 3].max())
+
+
+def _block_ranges_of(source, s: Settings, run) -> list:
+    """:func:`lowpass_block_ranges` of every block of the low-passed map read from ``source``."""
+    tasks = [dask.delayed(_read_block_ranges, pure=False)(source, start, stop) for _, start, stop in block_grid(s.shape, s.chunks)]
+    return list(run(*tasks, label="low-pass"))
+
+
+def _read_block_ranges(source, start, stop) -> np.ndarray:
+    with POOL.borrow() as take:
+        block = block_of(source, region(start, stop), take, keep_from=next_slab_start(start, stop, source.shape))
+        return lowpass_block_ranges(block, source.shape, start)
 
 
 def lowpass_block_ranges(block: np.ndarray, shape, start) -> np.ndarray:

@@ -76,9 +76,19 @@ def _filter_yz(block: np.ndarray, shape, voxel_size, lowpass_angstrom, reference
 def _inverse_x(block: np.ndarray, shape) -> np.ndarray:
     spec = np.zeros((*block.shape[:2], shape[2] // 2 + 1), dtype=np.complex64)
     spec[:, :, : block.shape[2]] = block
-    out = scipy.fft.irfft(spec, n=shape[2], axis=2, norm="forward", overwrite_x=True, workers=1)
-    out *= np.float32(1.0 / (shape[0] * shape[1] * shape[2]))
-    return out.astype(np.float32, copy=False)
+    return inverse_x(spec, shape)
+
+
+def inverse_x(spec: np.ndarray, shape, out: np.ndarray | None = None, columns: tuple[int, int] | None = None) -> np.ndarray:
+    """The last step of the low-pass of a map of ``shape``: the unnormalised irfft along x of
+    half-spectrum lines ``spec`` (``(..., nx // 2 + 1)`` complex64, left unchanged) times the
+    float32 ``1/N``; into ``out`` when given, only the x ``columns`` (start, stop) of each line."""
+    lines = scipy.fft.irfft(spec, n=shape[2], axis=2, norm="forward", workers=1)
+    if columns is not None:
+        lines = lines[..., columns[0] : columns[1]]
+    if out is None:
+        out = lines
+    return np.multiply(lines, np.float32(1.0 / (shape[0] * shape[1] * shape[2])), out=out)
 
 
 def spectrum_bytes(shape, voxel_size, lowpass_angstrom: float, reference: bool = False) -> int:

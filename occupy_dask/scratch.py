@@ -22,7 +22,8 @@ import numpy as np
 from .blocks import region
 from .buffers import background_writer, writer
 from .io.read import ArraySource, ZarrSource
-from .io.zarr_chunks import create_plain_array, plain_layout, read_plain_block
+from .io.zarr_chunks import copy_rows, create_plain_array, plain_layout, read_plain_block
+from .lowpass import inverse_x
 
 IN_MEMORY_BYTES = 512 << 20  # larger low-passed maps and spectra go to disk (a run's memory then follows its chunks, not its map)
 BUDGET_SHARE = 8  # under a memory limit, a map or spectrum above this share of it goes to disk
@@ -47,8 +48,9 @@ def too_large_for_memory(nbytes: int, run) -> bool:
 
 
 def scratch_bytes(settings, options, run) -> int:
-    """Bytes of temporary stores a run on ``settings`` writes at most: the low-passed map when
-    it is spilled, and the two spilled spectra of a large map."""
+    """Bytes of temporary stores a run on ``settings`` writes at most: the two spilled spectra
+    of a large map, and the low-passed map when it is spilled and not read from the filtered
+    spectrum (see :func:`reads_lowpass_from_spectrum`)."""
     from .lowpass import spectrum_bytes
 
     if not settings.lowpass_applied:
@@ -56,7 +58,16 @@ def scratch_bytes(settings, options, run) -> int:
     map_bytes = 4 * math.prod(settings.shape)
     spilled = lowpass_on_disk(map_bytes, options, run)
     spectrum = spectrum_bytes(settings.shape, settings.voxel_size, settings.lowpass_angstrom, settings.reference_compatible)
-    return (map_bytes if spilled else 0) + (2 * spectrum if too_large_for_memory(spectrum, run) else 0)
+    spectra = too_large_for_memory(spectrum, run)
+    stored = spilled and not reads_lowpass_from_spectrum(settings, spilled, spectra)
+    return (map_bytes if stored else 0) + (2 * spectrum if spectra else 0)
+
+
+def reads_lowpass_from_spectrum(settings, lowpass_on_disk: bool, spectra_on_disk: bool) -> bool:
+    """Whether the low-passed map is read from its filtered spectrum (:class:`LowpassOnRead`)
+    instead of being stored: when it would go to disk, its spectra are on disk already and the
+    blocks read are slabs of whole planes."""
+    return lowpass_on_disk and spectra_on_disk and settings.chunks[1:] == settings.shape[1:]
 
 
 def scratch_folder(temp_dir: str | None, prefix: str = "occupy_dask_") -> Path:
@@ -122,21 +133,24 @@ def materialise(array: da.Array, to_disk: bool, temp_dir: str | None, run, label
     return ZarrSource(str(folder / "map.zarr"), tuple(array.shape), scratch=True), folder, measured
 
 
-def spiller(folder: Path, run):
+class Spiller:
     """``spill(array, chunks, name, read_chunks)`` for the low-pass: computes an intermediate
-    spectrum into a store in ``folder`` chunked ``chunks`` and returns a lazy array reading it
-    back in blocks of ``read_chunks`` (the next stage's blocks, each read straight from the
-    chunk files it covers: under a memory limit the store has thousands of small chunks, too
-    many to read one task and one zarr call each)."""
+    spectrum into a store ``<name>.zarr`` in ``folder`` chunked ``chunks`` and returns a lazy
+    array reading it back in blocks of ``read_chunks`` (the next stage's blocks, each read
+    straight from the chunk files it covers: under a memory limit the store has thousands of
+    small chunks, too many to read one task and one zarr call each). ``stores`` holds the
+    stores written, by name."""
 
-    def spill_spectrum(array: da.Array, chunks, name: str, read_chunks=None) -> da.Array:
-        path = folder / f"{name}.zarr"
-        spill(array, path, chunks, run, f"low-pass ({name})")
-        store = PlainStore(str(path), tuple(array.shape), array.dtype.str)
+    def __init__(self, folder: Path, run) -> None:
+        self.folder, self.run = folder, run
+        self.stores: dict[str, PlainStore] = {}
+
+    def __call__(self, array: da.Array, chunks, name: str, read_chunks=None) -> da.Array:
+        path = self.folder / f"{name}.zarr"
+        spill(array, path, chunks, self.run, f"low-pass ({name})")
+        store = self.stores[name] = PlainStore(str(path), tuple(array.shape), array.dtype.str)
         meta = np.empty((0, 0, 0), dtype=array.dtype)
         return da.from_array(store, chunks=read_chunks or chunks, lock=False, asarray=False, meta=meta)
-
-    return spill_spectrum
 
 
 @dataclass(frozen=True)
@@ -177,3 +191,55 @@ def array_source(data, temp_dir: str | None, run, distributed: bool = False):
         shutil.rmtree(folder, ignore_errors=True)
         raise
     return ZarrSource(str(folder / "input.zarr"), tuple(data.shape)), folder
+
+
+# A read of the low-passed map from its filtered spectrum takes from disk up to GROUP_BYTES of
+# spectrum at a time and transforms up to LINES_BYTES of padded half spectrum at a time, each at
+# most an eighth of the block it reads: with the transform's output, under half a block (inside
+# the allowance of occupy_dask.cluster.TASK_BLOCKS).
+GROUP_BYTES = 16 << 20
+LINES_BYTES = 8 << 20
+
+
+@dataclass(frozen=True)
+class LowpassOnRead:
+    """The low-passed map of a run whose spectra are spilled, read from its filtered half
+    spectrum (``path``: ``(nz, ny, columns)`` complex64, the ``kx`` the low-pass keeps, z and y
+    already transformed back): a read takes the planes' and rows' spectrum lines from disk and
+    does the low-pass's last step on them, the inverse real FFT along x
+    (:func:`occupy_dask.lowpass.inverse_x`). The same bits as the low-passed map itself, which
+    is then never written: an 8 Å low-pass of 1 Å voxels keeps a quarter of the x frequencies,
+    so each pass reads a quarter of the bytes. Blocks of whole lines (slabs) only: a block
+    narrower than the map along x transforms its whole lines."""
+
+    path: str
+    shape: tuple[int, int, int]  # the map's
+    columns: int
+
+    ndim = 3
+    dtype = np.dtype(np.float32)
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = tuple(slice(*k.indices(n)[:2]) for k, n in zip(key, self.shape))
+        return self.read_into(key, np.empty([k.stop - k.start for k in key], dtype=np.float32))
+
+    def read_into(self, key: tuple[slice, slice, slice], out: np.ndarray, keep_from: int | None = None) -> np.ndarray:
+        """Read the block ``key`` into ``out`` (``keep_from``: see :func:`occupy_dask.io.read.read_block`;
+        the rest of what is read is dropped from the page cache)."""
+        (z0, z1), (y0, y1), columns = (k.indices(n)[:2] for k, n in zip(key, self.shape))
+        rows, half = y1 - y0, self.shape[2] // 2 + 1
+        layout = plain_layout(self.path)
+        spectrum_shape = (*self.shape[:2], self.columns)
+        group = max(1, min(z1 - z0, min(GROUP_BYTES, out.nbytes // 8) // (rows * self.columns * 8)))
+        step = max(1, min(group, min(LINES_BYTES, out.nbytes // 8) // (rows * half * 8)))
+        read = np.empty((group, rows, self.columns), dtype=np.complex64)
+        lines = np.zeros((step, rows, half), dtype=np.complex64)  # the columns past the kept ones stay 0
+        for z in range(z0, z1, group):
+            n = min(group, z1 - z)
+            planes = (slice(z, z + n), slice(y0, y1), slice(None))
+            read_plain_block(self.path, layout, spectrum_shape, planes, read[:n], drop=True, keep_from=keep_from)
+            for first in range(0, n, step):
+                m = min(step, n - first)
+                copy_rows(lines[:m, :, : self.columns], read[first : first + m])
+                inverse_x(lines[:m], self.shape, out=out[z - z0 + first : z - z0 + first + m], columns=columns)
+        return out

@@ -109,6 +109,49 @@ def test_spilled_spectrum_gives_the_same_numbers(phantom96, tmp_path, monkeypatc
     assert not any(tmp_path.iterdir())
 
 
+def test_slabs_of_a_spilled_spectrum_are_low_passed_on_read_with_the_same_numbers(phantom96, tmp_path, monkeypatch):
+    """Spilled spectra and slab blocks: the low-passed map is never stored, each read transforms
+    its planes of the filtered spectrum (in several reads and transforms per block here), and
+    every number and every block of the low-passed map is the same as in memory."""
+    from occupy_dask import estimation, scratch
+    from occupy_dask import lowpass as lowpass_stage
+    from occupy_dask.io.read import ArraySource, MapInfo, read_with_halo
+    from occupy_dask.settings import RunOptions
+
+    s = derive_settings(phantom96.shape, 1.1, occupancy=True, amplify=True)
+    assert s.chunks[1:] == phantom96.shape[1:]  # slabs
+    info = MapInfo(path=None, name="p", shape=phantom96.shape, voxel_size=(1.1,) * 3)
+    with estimation.estimate_map(ArraySource(phantom96), info, s) as a:
+        lp = a.sources["lp"].array
+        expected = a.s_max, a.lp_range, a.scale.compute(), a.confidence_map.compute(), a.modified().compute()
+    labels = []
+
+    def run(*objs, label=""):
+        labels.append(label)
+        return estimation.default_run(*objs)
+
+    monkeypatch.setattr(scratch, "IN_MEMORY_BYTES", 100_000)  # spill the spectra and the low-passed map
+    monkeypatch.setattr(lowpass_stage, "TARGET_BLOCK_BYTES", 150_000)  # many slabs and pencils
+    with estimation.estimate_map(ArraySource(phantom96), info, s, run, options=RunOptions(temp_dir=str(tmp_path))) as b:
+        source = b.sources["lp"]
+        assert isinstance(source, scratch.LowpassOnRead) and b.sources["scale"] is source
+        (folder,) = tmp_path.iterdir()
+        assert folder.name.startswith("occupy_dask_fft_") and [p.name for p in folder.iterdir()] == ["filtered.zarr"]
+        assert (b.s_max, b.lp_range) == expected[:2]
+        assert np.array_equal(b.scale.compute(), expected[2])
+        assert np.array_equal(b.confidence_map.compute(), expected[3])
+        assert np.array_equal(b.modified().compute(), expected[4])
+        assert np.array_equal(source[:, :, :], lp)
+        key = (slice(3, 50), slice(7, 60), slice(5, 90))
+        assert np.array_equal(source[key], lp[key])  # rows and columns of a block
+        halo = (5, 0, 0)
+        padded = np.empty((16 + 10, 96, 96), np.float32)
+        assert np.array_equal(read_with_halo(source, (40, 0, 0), (56, 96, 96), halo, out=padded), lp[35:61])
+        assert np.array_equal(read_with_halo(source, (0, 0, 0), (16, 96, 96), halo), np.pad(lp[:21], ((5, 0), (0, 0), (0, 0)), mode="symmetric"))
+    assert "low-pass (spectrum)" in labels and "low-pass (filtered)" in labels and "low-pass" in labels
+    assert not any(tmp_path.iterdir())
+
+
 def test_allow_nonfinite_replaces_with_the_median(phantom96):
     data = phantom96.copy()
     data[3, 4, 5] = np.nan

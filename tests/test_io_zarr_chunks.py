@@ -114,3 +114,20 @@ def test_a_slab_read_keeps_in_the_page_cache_only_the_planes_the_next_slab_reads
     dropped.clear()
     read_with_halo(source, (8, 0, 0), (16, 2, 6), (3, 0, 0), out=np.empty((14, 2, 6), np.float32))  # not a slab: all dropped
     assert [(s, n) for _, s, n in dropped] == [(0, 0)] * 3
+
+
+def test_copy_rows_copies_what_numpy_assignment_copies():
+    """Rows copied as whole items: slices of both sides, other dtypes and layouts (numpy's own
+    assignment then) give exactly ``dst[...] = src``, and nothing beside ``dst`` is touched."""
+    from occupy_dask.io.zarr_chunks import copy_rows
+
+    rng = np.random.default_rng(3)
+    src = (rng.standard_normal((4, 5, 13)) + 1j * rng.standard_normal((4, 5, 13))).astype(np.complex64)
+    wide = np.zeros((4, 5, 20), np.complex64)
+    copy_rows(wide[:, 1:4, 3:9], src[:, :3, 2:8])
+    expected = np.zeros_like(wide)
+    expected[:, 1:4, 3:9] = src[:, :3, 2:8]
+    assert np.array_equal(wide, expected)
+    for dst in (np.zeros((4, 5, 6), np.complex128), np.zeros((6, 5, 4), np.complex64).transpose(2, 1, 0)):
+        copy_rows(dst, src[:, :, :6])
+        assert np.array_equal(dst, src[:, :, :6])

@@ -98,3 +98,9 @@ def test_a_map_larger_than_its_memory_completes_with_the_same_outputs(tmp_path, 
     assert limit < path.stat().st_size + interpreter - 64 * MIB  # a real constraint: the map alone would not fit beside the interpreter
     for name in ("scale_occ_big.mrc", "conf_big.mrc", "out_big.mrc"):
         assert np.array_equal(mrcfile.read(tmp_path / "free" / name), mrcfile.read(tmp_path / "bound" / name)), name
+    # automatic chunks: slabs fitted to the limit, the spectra spilled and the low-passed map read from the filtered one
+    slabs = memory_group.run(["-i", path, "-d", tmp_path / "slabs", "--memory-limit", str(limit), "--amplify", "-q"], cwd=tmp_path)
+    assert slabs.returncode == 0, slabs.stderr
+    assert memory_group.oom_kills() == 0
+    for name in ("scale_occ_big.mrc", "conf_big.mrc", "out_big.mrc"):
+        assert np.array_equal(mrcfile.read(tmp_path / "free" / name), mrcfile.read(tmp_path / "slabs" / name)), name

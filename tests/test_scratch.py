@@ -44,18 +44,22 @@ def test_an_error_while_spilling_removes_the_store(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_a_1024_box_spills_its_lowpassed_map_and_both_spectra_while_512_keeps_them():
+def test_a_1024_box_spills_both_spectra_and_stores_its_lowpassed_map_only_for_cubes_while_512_keeps_them():
     """Above 512 MiB the low-passed map and the low-pass's spectra go to disk, so a run's memory
     follows its chunks: a 1024^3 map (4 GiB; spectra of 1.1 GB at an 8 Å low-pass of 1 Å voxels)
-    plans all three stores, a 512^3 map none."""
+    plans both spectra, and reads its slabs of the low-passed map from the filtered one; in
+    cubes it stores the low-passed map too. A 512^3 map plans no store."""
     from occupy_dask.lowpass import spectrum_bytes
     from occupy_dask.scratch import scratch_bytes
     from occupy_dask.settings import RunOptions, derive_settings
 
     big = derive_settings((1024,) * 3, 1.0, occupancy=True)
+    assert big.chunks[1:] == big.shape[1:]
     spectrum = spectrum_bytes(big.shape, big.voxel_size, big.lowpass_angstrom)
     assert spectrum > 1e9
-    assert scratch_bytes(big, RunOptions(), _run) == 4 * 1024**3 + 2 * spectrum
+    assert scratch_bytes(big, RunOptions(), _run) == 2 * spectrum
+    cubes = derive_settings((1024,) * 3, 1.0, occupancy=True, chunks=256)
+    assert scratch_bytes(cubes, RunOptions(), _run) == 4 * 1024**3 + 2 * spectrum
     assert scratch_bytes(derive_settings((512,) * 3, 1.0, occupancy=True), RunOptions(), _run) == 0
 
 

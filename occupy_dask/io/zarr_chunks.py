@@ -107,6 +107,16 @@ def _will_need_file(file_path: str, start: int, length: int) -> None:
         os.close(fd)
 
 
+def copy_rows(dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst[...] = src``, each row (the last axis, contiguous in both) copied as one item:
+    numpy copies short rows (a chunk's few columns) element by element, at half the speed."""
+    if dst.dtype != src.dtype or dst.shape != src.shape or dst.strides[-1] != dst.itemsize or src.strides[-1] != src.itemsize:
+        dst[...] = src
+        return
+    row = np.dtype((np.void, src.shape[-1] * src.itemsize))
+    dst.view(row)[...] = src.view(row)
+
+
 def read_plain_block(path: str, layout: PlainLayout, shape, key, out: np.ndarray, drop: bool = False, keep_from: int | None = None) -> np.ndarray:
     """Read the block ``key`` of the plain array at ``path`` into ``out``, chunk file by chunk
     file (whole planes of a chunk in one positioned read); with ``drop`` each chunk file read is
@@ -142,7 +152,7 @@ def read_plain_block(path: str, layout: PlainLayout, shape, key, out: np.ndarray
                 data = np.empty((hi[0] - lo[0], *chunk[1:]), dtype=layout.dtype)
                 view = memoryview(data.reshape(-1)).cast("B")
                 got = os.preadv(fd, [view], itemsize * z_in * plane)
-                dst[...] = data[(slice(None), *(slice(a - i * c, b - i * c) for a, b, i, c in zip(lo[1:], hi[1:], index[1:], chunk[1:])))]
+                copy_rows(dst, data[(slice(None), *(slice(a - i * c, b - i * c) for a, b, i, c in zip(lo[1:], hi[1:], index[1:], chunk[1:])))])
             if got != view.nbytes:
                 raise OSError(f"{chunk_path}: zarr chunk file is shorter than its chunk")
             if drop and keep_from is None:  # re-reading from disk is cheaper than growing the page cache by a map-sized store
