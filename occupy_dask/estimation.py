@@ -121,7 +121,7 @@ def _lowpassed(raw_source, s: Settings, run, options: RunOptions, temp_dirs: lis
         )
         to_disk = lowpass_on_disk(lp_lazy.nbytes, options, run)  # large, over the memory limit, or read by other processes
         if reads_lowpass_from_spectrum(s, to_disk, spiller is not None):
-            shutil.rmtree(spiller.stores["spectrum"].path)  # read by the filtered stage; the filtered spectrum stays
+            shutil.rmtree(spiller.stores["spectrum"].path, ignore_errors=True)  # read by the filtered stage; the filtered spectrum stays
             temp_dirs.append(fft_folder)
             filtered = spiller.stores["filtered"]
             source = LowpassOnRead(filtered.path, s.shape, filtered.shape[2])

@@ -56,6 +56,19 @@ def test_local_cluster_of_processes_matches_threads(tmp_path, phantom, threaded)
     assert result.estimate.s_max > 0
 
 
+def test_workers_low_pass_their_blocks_from_the_spilled_spectrum(tmp_path, phantom, threaded, monkeypatch):
+    """Slabs of a map whose spectra are spilled, on workers in other processes: each worker
+    low-passes the blocks it reads from the filtered spectrum, with the threads' numbers."""
+    from occupy_dask import scratch
+
+    monkeypatch.setattr(scratch, "IN_MEMORY_BYTES", 100_000)  # spill the spectra (decided in this process)
+    with connect(ClusterSpec(workers=2, threads=1), quiet=True) as runner:
+        result = run_map(phantom, RunOptions(output_dir=tmp_path), runner=runner, amplify=True)
+    assert isinstance(result.estimate.sources["lp"], scratch.LowpassOnRead)
+    _assert_same(_maps(tmp_path, "phantom96"), threaded)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # spilled stores removed
+
+
 INTRUDER = """
 import sys
 from distributed import Client, Security
