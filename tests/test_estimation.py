@@ -83,16 +83,14 @@ def test_spilled_lowpass_gives_the_same_numbers(phantom96, tmp_path):
     assert not any(tmp_path.iterdir())  # the temporary zarr store is removed on close
 
 
-def test_spilled_spectrum_gives_the_same_numbers(phantom96, tmp_path, monkeypatch):
+def _spilled(phantom, s, tmp_path, monkeypatch):
+    """``estimate_map`` of ``phantom`` (voxels of 1.1 Å) on ``s`` with its spectra and its
+    low-passed map spilled to ``tmp_path`` (many slabs and pencils), and the stage labels it runs."""
     from occupy_dask import estimation, scratch
     from occupy_dask import lowpass as lowpass_stage
     from occupy_dask.io.read import ArraySource, MapInfo
     from occupy_dask.settings import RunOptions
 
-    s = derive_settings(phantom96.shape, 1.1, occupancy=True, chunks=40)
-    info = MapInfo(path=None, name="p", shape=phantom96.shape, voxel_size=(1.1,) * 3)
-    with estimation.estimate_map(ArraySource(phantom96), info, s) as a:
-        expected = a.scale.compute(), a.confidence_map.compute()
     labels = []
 
     def run(*objs, label=""):
@@ -101,7 +99,16 @@ def test_spilled_spectrum_gives_the_same_numbers(phantom96, tmp_path, monkeypatc
 
     monkeypatch.setattr(scratch, "IN_MEMORY_BYTES", 100_000)  # spill the spectra and the low-passed map
     monkeypatch.setattr(lowpass_stage, "TARGET_BLOCK_BYTES", 150_000)  # many slabs and pencils
-    with estimation.estimate_map(ArraySource(phantom96), info, s, run, options=RunOptions(temp_dir=str(tmp_path))) as b:
+    info = MapInfo(path=None, name="p", shape=phantom.shape, voxel_size=(1.1,) * 3)
+    return estimation.estimate_map(ArraySource(phantom), info, s, run, options=RunOptions(temp_dir=str(tmp_path))), labels
+
+
+def test_spilled_spectrum_gives_the_same_numbers(phantom96, tmp_path, monkeypatch):
+    s = derive_settings(phantom96.shape, 1.1, occupancy=True, chunks=40)
+    with occupy_dask.estimate(phantom96, voxel_size=1.1, settings=s) as a:
+        expected = a.scale.compute(), a.confidence_map.compute()
+    estimate, labels = _spilled(phantom96, s, tmp_path, monkeypatch)
+    with estimate as b:
         assert [p.name.startswith("occupy_dask_fft_") for p in tmp_path.iterdir()] == [False]  # spectra removed, lp kept
         assert np.array_equal(b.scale.compute(), expected[0])
         assert np.array_equal(b.confidence_map.compute(), expected[1])
@@ -113,26 +120,16 @@ def test_slabs_of_a_spilled_spectrum_are_low_passed_on_read_with_the_same_number
     """Spilled spectra and slab blocks: the low-passed map is never stored, each read transforms
     its planes of the filtered spectrum (in several reads and transforms per block here), and
     every number and every block of the low-passed map is the same as in memory."""
-    from occupy_dask import estimation, scratch
-    from occupy_dask import lowpass as lowpass_stage
-    from occupy_dask.io.read import ArraySource, MapInfo, read_with_halo
-    from occupy_dask.settings import RunOptions
+    from occupy_dask import scratch
+    from occupy_dask.io.read import read_with_halo
 
     s = derive_settings(phantom96.shape, 1.1, occupancy=True, amplify=True)
     assert s.chunks[1:] == phantom96.shape[1:]  # slabs
-    info = MapInfo(path=None, name="p", shape=phantom96.shape, voxel_size=(1.1,) * 3)
-    with estimation.estimate_map(ArraySource(phantom96), info, s) as a:
+    with occupy_dask.estimate(phantom96, voxel_size=1.1, settings=s) as a:
         lp = a.sources["lp"].array
         expected = a.s_max, a.lp_range, a.scale.compute(), a.confidence_map.compute(), a.modified().compute()
-    labels = []
-
-    def run(*objs, label=""):
-        labels.append(label)
-        return estimation.default_run(*objs)
-
-    monkeypatch.setattr(scratch, "IN_MEMORY_BYTES", 100_000)  # spill the spectra and the low-passed map
-    monkeypatch.setattr(lowpass_stage, "TARGET_BLOCK_BYTES", 150_000)  # many slabs and pencils
-    with estimation.estimate_map(ArraySource(phantom96), info, s, run, options=RunOptions(temp_dir=str(tmp_path))) as b:
+    estimate, labels = _spilled(phantom96, s, tmp_path, monkeypatch)
+    with estimate as b:
         source = b.sources["lp"]
         assert isinstance(source, scratch.LowpassOnRead) and b.sources["scale"] is source
         (folder,) = tmp_path.iterdir()
