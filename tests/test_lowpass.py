@@ -55,3 +55,31 @@ def test_pruned_pencils_equal_the_whole_array_transform(monkeypatch, shape, voxe
     expected = lowpass_numpy(data, voxel, lowpass_a, reference)
     got = lowpass(da.from_array(data, chunks=(shape[0], 7, shape[2])), voxel, lowpass_a, reference).compute()
     assert np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize(
+    ("shape", "voxel", "reference"),
+    [((25, 43, 73), (0.3925, 0.448, 0.4587), False), ((40, 40, 40), (1.0, 1.0, 1.0), True)],
+)
+def test_the_lowpassed_map_read_from_its_filtered_spectrum_is_the_lowpassed_map(tmp_path, small_blocks, monkeypatch, shape, voxel, reference):
+    """Every block read from the spilled filtered spectrum (whole slabs, slabs with a halo and
+    rows and columns of them, in reads and transforms of a few planes) holds the whole-array
+    low-pass's bits."""
+    import dask
+
+    from occupy_dask import scratch
+
+    data = np.random.default_rng(4).normal(size=shape).astype(np.float32)
+    spiller = scratch.Spiller(tmp_path, lambda *objs, label="": dask.compute(*objs))
+    lowpass(da.from_array(data, chunks=lowpass_stage.input_chunks(shape, 150_000)), voxel, 2.5, reference, slab_planes=8, spill=spiller)
+    filtered = spiller.stores["filtered"]
+    assert filtered.shape == (*shape[:2], lowpass_stage.lowpass_support(shape, voxel, 2.5, reference)[2]) and filtered.shape[2] < shape[2] // 2
+    source = scratch.LowpassOnRead(filtered.path, shape, filtered.shape[2])
+    expected = lowpass_numpy(data, voxel, 2.5, reference)
+    monkeypatch.setattr(scratch, "GROUP_BYTES", 3 * shape[1] * filtered.shape[2] * 8)  # three planes read at a time
+    monkeypatch.setattr(scratch, "LINES_BYTES", 2 * shape[1] * (shape[2] // 2 + 1) * 8)  # two transformed at a time
+    assert np.array_equal(source[:, :, :], expected)
+    for key in ((slice(3, 21), slice(None), slice(None)), (slice(5, 17), slice(4, 30), slice(7, 33))):
+        assert np.array_equal(source[key], expected[key])
+        out = np.full([k.indices(n)[1] - k.indices(n)[0] for k, n in zip(key, shape)], np.nan, np.float32)
+        assert source.read_into(key, out, keep_from=key[0].stop - 2) is out and np.array_equal(out, expected[key])
