@@ -131,10 +131,15 @@ def global_reductions(sources: dict, s: Settings, run, lp_ranges=None) -> Reduct
 
 def tiles_of_blocks(grid, origins: np.ndarray, chunks) -> dict:
     """The ids of the tiles whose origin lies in each block, keyed by block index."""
-    owned = {index: [] for index, _, _ in grid}
-    for t, b in enumerate(map(tuple, origins // np.asarray(chunks))):
-        owned[b].append(t)
-    return {index: np.asarray(ids, dtype=np.int64) for index, ids in owned.items()}
+    blocks = origins // np.asarray(chunks)
+    if len(blocks) == 0:
+        return {index: np.zeros(0, dtype=np.int64) for index, _, _ in grid}
+    flat = np.ravel_multi_index(blocks.T, blocks.max(axis=0) + 1)
+    order = np.argsort(flat, kind="stable").astype(np.int64)  # by block, each block's tiles in id order
+    starts = np.flatnonzero(np.diff(flat[order])) + 1
+    firsts = blocks[order[np.concatenate(([0], starts))]]
+    ids = dict(zip(map(tuple, firsts.tolist()), np.split(order, starts)))
+    return {index: ids.get(tuple(index), np.zeros(0, dtype=np.int64)) for index, _, _ in grid}
 
 
 def _known_histogram_ranges(sources, lp_ranges):

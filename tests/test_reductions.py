@@ -25,6 +25,23 @@ def test_solvent_definition_either_polarity(golden_dir, phantom96):
             assert a.solvent_model.sigma == pytest.approx(b.solvent_model.sigma, rel=1e-4)
 
 
+@pytest.mark.parametrize(("shape", "tile_size", "chunks", "grid"), [((90, 80, 70), 7, (32, 25, 70), None), ((60, 60, 60), 9, (7, 60, 60), 12)])
+def test_each_block_owns_the_tiles_whose_origin_it_holds_in_id_order(shape, tile_size, chunks, grid):
+    from occupy_dask.blocks import block_grid
+    from occupy_dask.kernels.tiles import tile_layout
+    from occupy_dask.reductions import tiles_of_blocks
+
+    origins, _ = tile_layout(shape, tile_size, grid)
+    blocks = list(block_grid(shape, chunks))
+    owned = tiles_of_blocks(blocks, origins, chunks)
+    assert sorted(owned) == sorted(index for index, _, _ in blocks)
+    for index, start, stop in blocks:
+        inside = np.all((origins >= start) & (origins < stop), axis=1)
+        assert owned[index].dtype == np.int64
+        assert owned[index].tolist() == np.flatnonzero(inside).tolist()  # increasing ids; none in two blocks
+    assert sum(len(ids) for ids in owned.values()) == len(origins)
+
+
 @pytest.mark.parametrize("shape", [(20, 21, 22), (21, 21, 21)])
 def test_finite_median_is_exact(shape):
     from occupy_dask.estimation import default_run
