@@ -33,6 +33,28 @@ def aligned_empty(shape) -> np.ndarray:
     return raw[offset : offset + nbytes].view(np.float32).reshape(shape)
 
 
+def map_empty(shape) -> np.ndarray:
+    """An uninitialised float32 array for a whole map that tasks fill once (the in-memory
+    low-passed map), in its own anonymous mapping, freed with the array.
+
+    numpy asks for transparent huge pages for every large array. A virtual machine that reports
+    free memory to its host (free page reporting at 2 MB blocks, as on the machines measured)
+    hands out huge pages that the host has taken back, and the first touch of each then costs
+    a fault on the host too. Filling a fresh 512 MB array, 8 new processes each: numpy's array
+    0.13-1.2 s (median 0.9 s), a private mapping of its own 0.25-0.40 s (median 0.28 s). That
+    mapping gets no huge-page advice (unless the system's policy is ``always``)."""
+    import mmap
+
+    import numpy as np
+
+    shape = tuple(int(n) for n in shape)
+    nbytes = 4 * int(np.prod(shape))
+    if nbytes == 0:
+        return np.empty(shape, dtype=np.float32)
+    private = mmap.MAP_PRIVATE | getattr(mmap, "MAP_ANONYMOUS", getattr(mmap, "MAP_ANON", 0))
+    return np.frombuffer(mmap.mmap(-1, nbytes, flags=private), dtype=np.float32).reshape(shape)
+
+
 class BufferPool:
     """Free lists of float32 arrays by shape, shared by the threads of one process."""
 
@@ -105,6 +127,21 @@ def keep_freed_memory(keep_bytes: int = 1 << 30) -> bool:
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     # one arena (threads created later share it), no mmap'ed chunks, trim only above keep_bytes free
     return all(mallopt(param, value) == 1 for param, value in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, int(keep_bytes))))
+
+
+# Threads of the linear-algebra libraries numpy and scipy load. The method calls them only for
+# tiny fits, and OpenBLAS starts a thread per core at import that spins on it (0.2-0.3 s of
+# CPU per run, taken from the other core); dask's own worker processes default to 1 too.
+SINGLE_THREADED_LIBRARIES = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
+
+
+def single_threaded_libraries(environ) -> list[str]:
+    """Set each of SINGLE_THREADED_LIBRARIES the user left unset to 1 in ``environ`` (before
+    numpy is imported); returns those set."""
+    unset = [name for name in SINGLE_THREADED_LIBRARIES if name not in environ]
+    for name in unset:
+        environ[name] = "1"
+    return unset
 
 
 def release_run_buffers(run) -> None:

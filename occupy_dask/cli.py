@@ -558,11 +558,13 @@ def _is_number(word: str) -> bool:
 
 
 def main() -> None:
+    import os
     import signal
     import sys
 
-    from .buffers import keep_freed_memory
+    from .buffers import keep_freed_memory, single_threaded_libraries
 
+    single_threaded_libraries(os.environ)
     signal.signal(signal.SIGTERM, _terminate)
     keep_freed_memory()
     try:

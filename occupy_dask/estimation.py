@@ -39,7 +39,7 @@ from .fused import (
 from .io.read import FiniteSource, MapInfo, next_slab_start
 from .kernels.histmatch import HistogramMatch, order_counts
 from .kernels.histogram import N_BINS, density_from_counts, histogram_edges
-from .kernels.local import block_ranges, ellipsoid_terms
+from .kernels.local import block_ranges, ellipsoid_terms, load_in_background
 from .reductions import Reductions, finite_median, global_reductions
 from .resample import fourier_pad, fourier_pad_reference
 from .scratch import LowpassOnRead, Spiller, lowpass_on_disk, materialise, reads_lowpass_from_spectrum, scratch_folder, too_large_for_memory
@@ -56,6 +56,8 @@ def estimate_map(
     (an :class:`occupy_dask.api.FullMap`) is the input when ``raw_source`` is its ``--max-box``
     preview: the modified maps are then padded back to its box."""
     run = run or default_run
+    if not getattr(run, "distributed", False):  # the kernels run in this process
+        load_in_background()
     temp_dirs: list[Path] = []
     notes = []
     try:

@@ -20,7 +20,7 @@ import dask.array as da
 import numpy as np
 
 from .blocks import region
-from .buffers import background_writer, writer
+from .buffers import background_writer, map_empty, writer
 from .io.read import ArraySource, ZarrSource
 from .io.zarr_chunks import copy_rows, create_plain_array, plain_layout, read_plain_block
 from .lowpass import inverse_x
@@ -117,7 +117,7 @@ def materialise(array: da.Array, to_disk: bool, temp_dir: str | None, run, label
     The store is chunked as the array's z-slabs cut along y and x like ``read_chunks`` (the
     later block reads), so a block read touches hardly more than its own data."""
     if not to_disk:
-        target = np.empty(array.shape, dtype=np.float32)
+        target = map_empty(array.shape)
         return ArraySource(target), None, store_blocks(array, target, run, label, measure)
     folder = scratch_folder(temp_dir)
     chunks = [c[0] for c in array.chunks]

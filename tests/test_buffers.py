@@ -79,3 +79,55 @@ def test_a_task_of_a_failed_run_never_reaches_the_next_runs_writer():
     writer(second).submit(lambda: done.append(1))
     close_writer(second)  # the next run: no error of the first
     assert done == [1] and writer(second) is None
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/smaps"), reason="Linux /proc")
+def test_a_whole_map_array_has_its_own_mapping_without_huge_page_advice():
+    import numpy as np
+
+    from occupy_dask.buffers import map_empty
+
+    array = map_empty((16, 256, 256))  # 4 MB: numpy would advise huge pages for it
+    array[...] = 2.0
+    assert array.dtype == np.float32 and array.flags.c_contiguous and array.flags.writeable
+    address = array.ctypes.data
+    with open("/proc/self/smaps") as f:
+        lines = f.read().splitlines()
+    heads = [i for i, line in enumerate(lines) if "-" in line.split()[0] and ":" not in line.split()[0]]
+    for i, j in zip(heads, [*heads[1:], len(lines)]):
+        lo, hi = (int(a, 16) for a in lines[i].split()[0].split("-"))
+        if lo <= address < hi:
+            assert hi - lo >= array.nbytes  # a mapping of its own, the whole array inside it
+            flags = next(line for line in lines[i:j] if line.startswith("VmFlags:")).split()[1:]
+            assert "hg" not in flags  # no MADV_HUGEPAGE
+            break
+    else:
+        pytest.fail("the array's mapping is not in /proc/self/smaps")
+    assert float(array.sum()) == 2.0 * array.size
+    assert map_empty((0, 3, 4)).shape == (0, 3, 4)
+
+
+def test_linear_algebra_threads_default_to_one_and_user_settings_stay():
+    from occupy_dask.buffers import SINGLE_THREADED_LIBRARIES, single_threaded_libraries
+
+    environ = {"OMP_NUM_THREADS": "4", "PATH": "/bin"}
+    set_here = single_threaded_libraries(environ)
+    assert environ["OMP_NUM_THREADS"] == "4"  # the user's choice
+    assert set_here == [n for n in SINGLE_THREADED_LIBRARIES if n != "OMP_NUM_THREADS"]
+    assert all(environ[n] == "1" for n in set_here)
+    assert single_threaded_libraries(environ) == []
+
+
+def test_the_command_line_sets_them_before_numpy_loads_its_libraries():
+    import subprocess
+    import sys
+
+    script = (
+        "import os, sys; sys.argv = ['occupy-dask', '--version']\n"
+        "from occupy_dask.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('numpy' in sys.modules, os.environ.get('OPENBLAS_NUM_THREADS'), os.environ.get('MKL_NUM_THREADS'))"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env).stdout.split()
+    assert out[-3:] == ["False", "1", "1"]

@@ -61,3 +61,16 @@ def test_block_moments_add_in_voxel_order_and_block_ranges_agree():
     assert np.isfinite(ranges).all()
     empty = block_ranges(np.zeros((1, 1, 1), np.float32), ellipsoid_terms((9, 9, 9), (0, 0, 0), (1, 1, 1)))
     assert list(empty) == [0.0, 0.0, np.inf, -np.inf]  # the corner voxel lies outside the ellipsoid
+
+
+def test_numba_is_started_in_the_background_before_the_first_kernel_call():
+    import subprocess
+    import sys
+
+    script = (
+        "from occupy_dask.kernels.local import load_in_background, moments\n"
+        "assert not moments.signatures\n"
+        "load_in_background().join()\n"
+        "print(len(moments.signatures))"
+    )
+    assert subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()[-1] == "1"

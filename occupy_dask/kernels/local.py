@@ -3,6 +3,8 @@ geometry of the inscribed ellipsoid (docs/method.md sections 5-7)."""
 
 from __future__ import annotations
 
+import threading
+
 import numba
 import numpy as np
 
@@ -23,6 +25,22 @@ def moments(values):  # pragma: no cover
         if x > hi:
             hi = x
     return total, squares, lo, hi
+
+
+def load_in_background() -> threading.Thread:
+    """Start numba in a background thread while the low-pass (numpy and FFTs) runs: its first
+    call of a compiled kernel sets up its compiler, about 0.2 s, during which every other
+    thread that calls a kernel would wait. Errors are left to the real calls."""
+
+    def load() -> None:
+        try:
+            moments(np.zeros(1, np.float32))
+        except Exception:  # noqa: BLE001 - the same call in the run reports it
+            pass
+
+    thread = threading.Thread(target=load, name="occupy-numba-load", daemon=True)
+    thread.start()
+    return thread
 
 
 @numba.njit(cache=True, nogil=True)
