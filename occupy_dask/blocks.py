@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import uuid
 from dataclasses import dataclass
 
+import dask
 import numpy as np
 
 from .io.read import ArraySource, next_slab_start, read_block
@@ -23,6 +25,24 @@ def block_grid(shape, chunks):
         start = tuple(axes[d][index[d]] for d in range(3))
         stop = tuple(min(s + c, n) for s, c, n in zip(start, chunks, shape))
         yield index, start, stop
+
+
+def ordered_keys(name: str, count: int) -> list[str]:
+    """Keys for ``count`` block tasks, in block order, under which dask's local scheduler runs
+    them in that order: it runs independent tasks in descending order of their keys, and would
+    otherwise pick blocks all over the map. Neighbouring slabs then run one after the other, so
+    the planes one read leaves in the page cache for the next (``keep_from``) are read before
+    they are dropped, and files are read and written in order."""
+    token = uuid.uuid4().hex
+    return [f"{name}-{token}-{count - 1 - i:06d}" for i in range(count)]
+
+
+def block_tasks(name: str, calls) -> list:
+    """Lazy ``function(*args)`` for each ``(function, args)`` of ``calls`` (one per block, in
+    block order), under :func:`ordered_keys`."""
+    calls = list(calls)
+    keys = ordered_keys(name, len(calls))
+    return [dask.delayed(function, pure=False)(*args, dask_key_name=key) for (function, args), key in zip(calls, keys)]
 
 
 def region(start, stop) -> tuple[slice, slice, slice]:

@@ -21,7 +21,7 @@ import dask.array as da
 import numpy as np
 
 from . import lowpass as lowpass_stage
-from .blocks import Moments, block_grid, block_of, region
+from .blocks import Moments, block_grid, block_of, block_tasks, region
 from .buffers import POOL, release_run_buffers
 from .debias import NoiseFloor, map_noise_floor
 from .fused import (
@@ -144,7 +144,7 @@ def _ranges(parts) -> tuple[float, float, float, float]:
 
 def _block_ranges_of(source, s: Settings, run) -> list:
     """:func:`lowpass_block_ranges` of every block of the low-passed map read from ``source``."""
-    tasks = [dask.delayed(_read_block_ranges, pure=False)(source, start, stop) for _, start, stop in block_grid(s.shape, s.chunks)]
+    tasks = block_tasks("occupy-ranges", ((_read_block_ranges, (source, start, stop)) for _, start, stop in block_grid(s.shape, s.chunks)))
     return list(run(*tasks, label="low-pass"))
 
 

@@ -22,7 +22,7 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from . import lowpass as lowpass_stage
-from .blocks import Moments, block_grid, block_of, region
+from .blocks import Moments, block_grid, block_of, ordered_keys, region
 from .buffers import POOL, writer
 from .debias import NoiseFloor
 from .io.read import ArraySource, read_with_halo
@@ -241,8 +241,9 @@ def store_outputs(plan: LocalPlan, sources: dict, targets: dict, write_behind: s
     token = dask.base.tokenize(plan.settings.shape, chunks, plan.s_max, plan.outputs, uuid.uuid4().hex)
     name, gather = f"occupy-fused-store-{token}", f"occupy-gather-{token}"
     owner = (os.getpid(), write_behind) if write_behind is not None else None
-    grid = block_grid(plan.settings.shape, chunks)
-    layer = {(name, *index): (chunk_task, plan, sources, start, stop, per_output, owner) for index, start, stop in grid}
+    grid = list(block_grid(plan.settings.shape, chunks))
+    keys = ordered_keys(name, len(grid))  # run in block order: written in file order, each read's kept planes used by the next
+    layer = {key: (chunk_task, plan, sources, start, stop, per_output, owner) for key, (_, start, stop) in zip(keys, grid)}
     layer[gather] = (list, list(layer))
     return Delayed(gather, HighLevelGraph.from_collections(gather, layer, dependencies=()))
 

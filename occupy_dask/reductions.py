@@ -12,10 +12,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import dask
 import numpy as np
 
-from .blocks import Moments, block_grid, read_blocks, region, tile_reach
+from .blocks import Moments, block_grid, block_tasks, read_blocks, region, tile_reach
 from .buffers import POOL
 from .errors import ProcessingError, SolventModelError
 from .kernels.histogram import histogram_counts, histogram_counts_inside, histogram_edges
@@ -69,10 +68,10 @@ def global_reductions(sources: dict, s: Settings, run, lp_ranges=None) -> Reduct
     owned = tiles_of_blocks(grid, origins, s.chunks)
     histogram_ranges = _known_histogram_ranges(sources, lp_ranges)
 
-    tasks = [
-        dask.delayed(first_pass_block, pure=False)(sources, s, start, stop, owned[index], origins[owned[index]], histogram_ranges)
-        for index, start, stop in grid
-    ]
+    tasks = block_tasks(
+        "occupy-first-pass",
+        ((first_pass_block, (sources, s, start, stop, owned[index], origins[owned[index]], histogram_ranges)) for index, start, stop in grid),
+    )
     totals, tiles, histograms, moments_of_tiles = _combine_first_pass(run(*tasks, label="reductions"))
     best, s_max = largest_tile(tiles)
     if s.s0:  # OccuPy's S0: tau times the largest scale-data value (float64, as the reference's)
@@ -105,12 +104,12 @@ def global_reductions(sources: dict, s: Settings, run, lp_ranges=None) -> Reduct
             raise ProcessingError(f"internal error: low-pass ranges {histogram_ranges} disagree with the first pass")
         results = histograms
     else:
-        tasks = []
+        calls = []
         for index, start, stop in grid:
             ids = owned[index]
             target_tiles = (ids, origins[ids], target_tau) if target_tau is not None else None
-            tasks.append(dask.delayed(histogram_block, pure=False)(sources, s, start, stop, lp_range, region_kind, region_range, target_tiles))
-        results = run(*tasks, label="histograms")
+            calls.append((histogram_block, (sources, s, start, stop, lp_range, region_kind, region_range, target_tiles)))
+        results = run(*block_tasks("occupy-histograms", calls), label="histograms")
     return Reductions(
         raw=totals["raw"],
         lp=totals["lp"],
@@ -290,7 +289,7 @@ def finite_median(source, shape, chunks, run) -> tuple[float, int]:
     non-finite voxels, in three reads of the map: range and counts, a histogram to find the
     bins that hold the middle ranks, then the values inside those bins."""
     grid = list(block_grid(shape, chunks))
-    stats = run(*[dask.delayed(_finite_stats, pure=False)(source, a, b) for _, a, b in grid], label="non-finite")
+    stats = run(*block_tasks("occupy-finite", ((_finite_stats, (source, a, b)) for _, a, b in grid)), label="non-finite")
     n = sum(st[0] for st in stats)
     bad = sum(st[1] for st in stats)
     if n == 0:
@@ -298,13 +297,13 @@ def finite_median(source, shape, chunks, run) -> tuple[float, int]:
     lo, hi = min(st[2] for st in stats), max(st[3] for st in stats)
     if bad == 0 or lo == hi:
         return lo, bad
-    counts = sum(run(*[dask.delayed(_finite_counts, pure=False)(source, a, b, lo, hi) for _, a, b in grid]))
+    counts = sum(run(*block_tasks("occupy-finite-counts", ((_finite_counts, (source, a, b, lo, hi)) for _, a, b in grid))))
     edges = histogram_edges(lo, hi)
     ranks = sorted({(n - 1) // 2, n // 2})
     cumulative = np.cumsum(counts)
     bins = [int(np.searchsorted(cumulative, r, side="right")) for r in ranks]
     b_lo, b_hi = edges[min(bins)], edges[max(bins) + 1]
-    inside = np.concatenate(run(*[dask.delayed(_values_in, pure=False)(source, a, b, b_lo, b_hi) for _, a, b in grid]))
+    inside = np.concatenate(run(*block_tasks("occupy-finite-middle", ((_values_in, (source, a, b, b_lo, b_hi)) for _, a, b in grid))))
     inside = np.sort(inside[(inside >= b_lo) & ((inside < b_hi) | (max(bins) == len(counts) - 1))])
     before = int(cumulative[min(bins) - 1]) if min(bins) > 0 else 0
     middle = [float(inside[r - before]) for r in ranks]
