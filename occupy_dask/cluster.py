@@ -320,7 +320,7 @@ def fitted_chunks(settings, n_outputs: int, worker_memory: int | None, threads_p
     if fits(settings):
         return settings
     candidates = []
-    planes = settings.chunks[0] // 2 if settings.chunks[1:] == settings.shape[1:] else 0
+    planes = settings.chunks[0] // 2 if settings.slabs else 0
     while planes >= max(settings.halo[0], 4):
         candidates.append(replace(settings, fitted_planes=planes))
         planes //= 2

@@ -108,7 +108,6 @@ def _lowpassed(raw_source, s: Settings, run, options: RunOptions, temp_dirs: lis
     if too_large_for_memory(spectrum, run):
         fft_folder = scratch_folder(options.temp_dir, "occupy_dask_fft_")
         spiller = Spiller(fft_folder, run)
-    slabs = s.chunks[1:] == s.shape[1:]
     try:
         block_bytes = getattr(run, "lowpass_block_bytes", lowpass_stage.TARGET_BLOCK_BYTES)
         chunks = lowpass_stage.input_chunks(s.shape, block_bytes)
@@ -117,7 +116,7 @@ def _lowpassed(raw_source, s: Settings, run, options: RunOptions, temp_dirs: lis
             s.voxel_size,
             s.lowpass_angstrom,
             reference=s.reference_compatible,
-            slab_planes=s.chunks[0] if slabs else None,  # slabs as the block reads
+            slab_planes=s.chunks[0] if s.slabs else None,  # slabs as the block reads
             spill=spiller,
             block_bytes=block_bytes,
         )

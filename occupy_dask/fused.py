@@ -242,7 +242,7 @@ def store_outputs(plan: LocalPlan, sources: dict, targets: dict, write_behind: s
     name, gather = f"occupy-fused-store-{token}", f"occupy-gather-{token}"
     owner = (os.getpid(), write_behind) if write_behind is not None else None
     grid = list(block_grid(plan.settings.shape, chunks))
-    keys = ordered_keys(name, len(grid))  # run in block order: written in file order, each read's kept planes used by the next
+    keys = ordered_keys(name, len(grid))  # run in block order: written in file order, what a read leaves in the page cache read next
     layer = {key: (chunk_task, plan, sources, start, stop, per_output, owner) for key, (_, start, stop) in zip(keys, grid)}
     layer[gather] = (list, list(layer))
     return Delayed(gather, HighLevelGraph.from_collections(gather, layer, dependencies=()))

@@ -270,7 +270,7 @@ def write_maps(est: Estimate, paths: dict[str, Path], run, fmt: str = "mrc") -> 
             # compute: MRC slabs, one positioned write each (I/O); cubes (page faults of a mapping)
             # and zarr chunks (compression) cost CPU and are written by the tasks, on every core
             s = est.settings
-            behind = not getattr(run, "distributed", False) and fmt == "mrc" and tuple(s.chunks[1:]) == tuple(s.shape[1:])
+            behind = not getattr(run, "distributed", False) and fmt == "mrc" and s.slabs
             with background_writer(behind) as key:
                 stats = run(store_outputs(est.plan, est.sources, {n: outputs[n].target for n in names}, write_behind=key), label="local scale")[0]
             reduced = {}

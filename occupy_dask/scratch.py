@@ -67,7 +67,7 @@ def reads_lowpass_from_spectrum(settings, lowpass_on_disk: bool, spectra_on_disk
     """Whether the low-passed map is read from its filtered spectrum (:class:`LowpassOnRead`)
     instead of being stored: when it would go to disk, its spectra are on disk already and the
     blocks read are slabs of whole planes."""
-    return lowpass_on_disk and spectra_on_disk and settings.chunks[1:] == settings.shape[1:]
+    return lowpass_on_disk and spectra_on_disk and settings.slabs
 
 
 def scratch_folder(temp_dir: str | None, prefix: str = "occupy_dask_") -> Path:

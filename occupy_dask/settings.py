@@ -266,6 +266,11 @@ class Settings:
             return (int(min(planes, nz)), ny, nx)
         return tuple(min(DEFAULT_CHUNK_EDGE, n) for n in self.shape)
 
+    @property
+    def slabs(self) -> bool:
+        """Whether the blocks are slabs of whole (y, x) planes (contiguous in the file)."""
+        return tuple(self.chunks[1:]) == tuple(self.shape[1:])
+
 
 @dataclass(frozen=True)
 class RunOptions:
