@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import mrcfile
 import numpy as np
@@ -18,8 +19,10 @@ from scipy.stats import spearmanr
 import occupy_dask
 from occupy_dask.debias import map_noise_floor, noise_floor_model, top_tiles
 from occupy_dask.errors import ProcessingError
+from occupy_dask.kernels.ballmax import ball_max
 from occupy_dask.kernels.local import debiased_scale, inverse_response
 from occupy_dask.kernels.tiles import tile_moments
+from occupy_dask.lowpass import lowpass_numpy
 from occupy_dask.settings import SettingsError, derive_settings
 
 ACCURACY = 0.06  # largest error of a domain's relative occupancy on the held-out phantoms
@@ -48,6 +51,57 @@ def test_debiased_occupancy_is_closer_to_the_truth(spec):
     assert error_debiased.max() < error_method.max()  # the worst domain improves
     assert est.noise_floor.floor > est.solvent_model.mu
     assert 0.0 <= debiased.min() and debiased.max() == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", HELD_OUT_SPECS[:3], ids=lambda s: s.name)
+def test_the_noise_floor_is_the_median_local_maximum_of_the_maps_own_noise(spec):
+    """The model's floor against the truth: the method's local maximum of the phantom's noise
+    alone (the map minus the same phantom without noise), low-passed as the scale data, plus
+    the solvent mean. Taking the kernel's voxels as independent would put it 0.8-1.2 sigma higher."""
+    noisy, clean = make_phantom(spec), make_phantom(replace(spec, noise=0.0))
+    with occupy_dask.estimate(noisy.data, voxel_size=spec.voxel_size, occupancy=True, debias=True) as est:
+        floor, s = est.noise_floor, est.settings
+    noise = lowpass_numpy(noisy.data - clean.data, s.voxel_size, s.lowpass_angstrom)
+    h = np.array(s.kernel.shape) // 2
+    maxima = ball_max(noise, s.kernel)[h[0] : -h[0], h[1] : -h[1], h[2] : -h[2]]
+    truth = float(np.median(maxima)) + floor.mu
+    assert abs(floor.floor - truth) <= 0.15 * noise.std(), (floor.floor, truth, noise.std())
+
+
+def test_debiased_scale_in_resolution_mode_is_closer_to_the_truth(phantom_a):
+    """Resolution mode (the raw map's scale, noise flat up to --resolution): a held-out phantom."""
+    method, _ = _scale(phantom_a.data, 0.8, occupancy=False, resolution=4.0)
+    debiased, est = _scale(phantom_a.data, 0.8, occupancy=False, resolution=4.0, debias=True)
+    rel_method, truth = relative_occupancies(method, phantom_a.domains, phantom_a.occupancies)
+    rel_debiased, _ = relative_occupancies(debiased, phantom_a.domains, phantom_a.occupancies)
+    assert "resolution 4" in est.noise_floor.correlation
+    assert np.abs(rel_debiased - truth).max() <= 0.1 < np.abs(rel_method - truth).max()  # the method: 0.24
+    assert 0.0 <= debiased.min() and debiased.max() == 1.0
+
+
+def test_a_solvent_definition_gives_the_noise_floor_its_solvent(phantom_a):
+    """The noise floor uses the solvent model of --solvent-def's region (either polarity)."""
+    far = (phantom_a.domains < 0) & (np.abs(phantom_a.data) < 0.5)  # no density at 0.3 of the peak, and not the domains' blur
+    far[:, :, 60:] = False  # part of the solvent, so that the model differs from the default one
+    floors = []
+    for definition in (far, ~far):
+        debiased, est = _scale(phantom_a.data, 0.8, occupancy=True, debias=True, solvent_def=definition.astype(np.float32))
+        rel, truth = relative_occupancies(debiased, phantom_a.domains, phantom_a.occupancies)
+        assert (est.noise_floor.mu, est.noise_floor.sigma) == (est.solvent_model.mu, est.solvent_model.sigma)
+        assert np.abs(rel - truth).max() <= ACCURACY
+        floors.append(est.noise_floor.floor)
+    _, default = _scale(phantom_a.data, 0.8, occupancy=True, debias=True)
+    assert floors[0] == floors[1] != default.noise_floor.floor
+
+
+def test_a_poor_solvent_model_says_the_noise_floor_is_unreliable(phantom_a):
+    data = phantom_a.data.copy()
+    data[4:8, 4:8, 4:8] = -30.0  # a deep artefact: most of the histogram's range is solvent
+    with occupy_dask.estimate(data, voxel_size=0.8, occupancy=True, debias=True) as est:
+        warnings = est.warnings
+    assert any(w.startswith("potentially bad solvent model") for w in warnings)
+    assert "the noise floor of --debias comes from that solvent model and is unreliable too" in warnings
 
 
 def test_chunks_do_not_change_the_debiased_scale(phantom_a):
