@@ -72,6 +72,30 @@ def test_spectra_round_trip_through_plain_complex_stores(tmp_path):
     assert np.array_equal(da.from_zarr(str(tmp_path / "c.zarr")).compute(), data)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.complex64])
+def test_plain_arrays_are_made_without_zarr_with_zarrs_own_metadata(tmp_path, monkeypatch, dtype):
+    """The scratch stores' zarr.json is written without importing zarr, byte for byte what
+    zarr.create_array writes; zarr reads the array back; an existing array is not replaced."""
+    import sys
+
+    import zarr
+
+    from occupy_dask.io.zarr_chunks import create_plain_array
+
+    zarr.create_array(str(tmp_path / "zarr.zarr"), shape=(9, 7, 5), chunks=(4, 7, 2), dtype=np.dtype(dtype), fill_value=0, compressors=None)
+    monkeypatch.setitem(sys.modules, "zarr", None)  # any import of zarr fails
+    target = create_plain_array(str(tmp_path / "ours.zarr"), (9, 7, 5), (4, 7, 2), dtype)
+    data = (np.random.default_rng(2).normal(size=(9, 7, 5)) * (1 + 1j if dtype == np.complex64 else 1)).astype(dtype)
+    target[0:8, 0:7, 0:4] = data[0:8, :, 0:4]  # the chunks past x = 4 and z = 8 are never written: zarr's fill value
+    with pytest.raises(FileExistsError):
+        create_plain_array(str(tmp_path / "ours.zarr"), (9, 7, 5), (4, 7, 2), dtype)
+    monkeypatch.undo()
+    assert (tmp_path / "ours.zarr" / "zarr.json").read_bytes() == (tmp_path / "zarr.zarr" / "zarr.json").read_bytes()
+    expected = np.zeros_like(data)
+    expected[0:8, :, 0:4] = data[0:8, :, 0:4]
+    assert np.array_equal(zarr.open_array(str(tmp_path / "ours.zarr"), mode="r")[:], expected)
+
+
 def test_plain_target_writes_blocks_of_many_whole_chunks_itself(tmp_path, monkeypatch):
     """A block whose edges lie on chunk boundaries (or the array's end) is written chunk file
     by chunk file, edge chunks padded as zarr pads them, in batches of open files; zarr reads
