@@ -9,9 +9,12 @@ The model, with every number taken from the map:
 
 - Noise: Gaussian with the solvent model's mean ``mu`` and width (``sigma`` of the low-passed
   map; in resolution mode the raw map's, from ``sigma`` and the power the low-pass keeps of
-  noise that is flat up to the resolution, or up to Nyquist when none is given), correlated as
-  the low-pass (or that band limit) makes it. A unit field of it is simulated on a small box
-  with the map's voxel sizes.
+  noise that is flat up to the resolution, or up to Nyquist when none is given), band-limited
+  as the low-pass (or that band limit) makes it. Inside the band its power falls (or rises) as
+  ``exp(-B k^2 / 2)``: ``B`` is measured where the scale data is the low-passed map, from the
+  tiles that hold only confident solvent (how rough the noise is there: the squared steps
+  between neighbouring voxels against the squared deviations from the tile's mean), and is 0
+  (flat) elsewhere. A unit field of it is simulated on a small box with the map's voxel sizes.
 - Signal in a kernel around a voxel whose signal maximum is ``v``: ``v (1 + kappa (z - max z))``
   with ``z`` an independent field of the same correlation (the texture of density at this
   resolution). ``kappa``, the texture's size relative to the level, comes from the densest tiles
@@ -33,7 +36,7 @@ import numpy as np
 
 from .errors import ProcessingError
 from .kernels.fourier import exact_lowpass_mask
-from .kernels.local import inverse_response
+from .kernels.local import inverse_response, kernel_maxima
 from .settings import Settings
 from .solvent import SOLVENT_ADVICE, ConfidenceTable, SolventModel
 
@@ -43,6 +46,8 @@ SIMULATION_SEED = 20231113
 RESPONSE_POINTS = 160  # signal levels at which the response h(v) is simulated
 TABLE_POINTS = 4096  # uniform samples of the inverse response used per voxel
 TEXTURE_TILES = 10  # densest tiles whose texture gives kappa
+MIN_SOLVENT_TILES = 20  # fewer tiles of confident solvent: the noise is taken as flat inside the band
+FALLOFF_RANGE = 1000.0  # the fitted falloff changes the noise power at the band's edge at most this much, either way
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,9 @@ class NoiseFloor:
     correlation: str  # how the simulated noise is correlated (for the log)
     kappa: float
     texture_tiles: int
+    falloff: float  # B [Å^2]: noise power inside the band as exp(-B k^2 / 2)
+    solvent_tiles: int  # tiles of confident solvent B was measured in (0: not measured, flat)
+    spectrum: str  # how the noise's spectrum inside the band was obtained (for the log)
     floor: float  # h(0): the median kernel maximum of noise alone
     signal_levels: np.ndarray  # v of the simulated response
     response: np.ndarray  # h(v)
@@ -74,11 +82,13 @@ class NoiseFloor:
 
 
 def map_noise_floor(
-    s: Settings, model: SolventModel, table: ConfidenceTable, lp_counts, moments_of_tiles, s_max: float, value_max: float
+    s: Settings, model: SolventModel, table: ConfidenceTable, lp_counts, moments_of_tiles, tile_origins, s_max: float, value_max: float
 ) -> NoiseFloor:
     """The noise-floor model of this map, from the solvent model, the voxels it calls solvent
-    with confidence (content fraction 0), the densest tiles (``moments_of_tiles``: per block,
-    tile ids and per-tile sums) and the largest value of the scale data ``value_max``."""
+    with confidence (content fraction 0), the tiles (``moments_of_tiles``: per block, tile ids
+    and per-tile :data:`~occupy_dask.kernels.tiles.TILE_MOMENTS`; ``tile_origins`` by id): the
+    densest for the texture, those of confident solvent for the noise's spectrum, and the
+    largest value of the scale data ``value_max``."""
     solvent_voxels = int(np.asarray(lp_counts)[np.asarray(table.fraction) <= 0].sum())
     if solvent_voxels == 0:
         raise ProcessingError(
@@ -86,8 +96,14 @@ def map_noise_floor(
             f"with confidence (no histogram bin has content fraction 0); {SOLVENT_ADVICE}, or run without --debias"
         )
     ids = np.concatenate([m[0] for m in moments_of_tiles])
-    sums = np.concatenate([m[1] for m in moments_of_tiles])
-    means, variances = top_tiles(ids, sums, s.tile_size**3)
+    stats = np.concatenate([m[1] for m in moments_of_tiles])
+    means, variances = top_tiles(ids, stats, s.tile_size**3)
+    roughness, flat = None, "flat, not measured: the tiles hold the raw map, and solvent is told by the low-passed one"
+    if s.scale_mode == "occ" or not s.lowpass_applied:  # the tiles hold the low-passed map, whose values tell solvent
+        solvent_bins = np.flatnonzero(np.asarray(table.fraction) <= 0)
+        limit = float(np.asarray(table.edges)[solvent_bins[-1] + 1])
+        roughness = solvent_roughness(ids, stats, np.asarray(tile_origins), s.shape, s.tile_size, limit)
+        flat = f"flat, not measured: fewer than {MIN_SOLVENT_TILES} tiles of confident solvent inside the inscribed ellipsoid"
     floor = noise_floor_model(
         kernel=s.kernel,
         voxel_size=s.voxel_size,
@@ -101,7 +117,11 @@ def map_noise_floor(
         tile_variances=variances,
         s_max=s_max,
         value_max=value_max,
+        roughness=roughness,
+        tile_size=s.tile_size,
     )
+    if roughness is None:
+        floor = replace(floor, spectrum=flat)
     if not floor.signal_max > 0:
         raise ProcessingError(
             f"--debias: the full-scale reference s_max {s_max:.4g} does not rise above the noise floor {floor.floor:.4g} "
@@ -119,13 +139,89 @@ def _band(shape, voxel_size, cutoff_angstrom: float | None) -> np.ndarray | bool
     return exact_lowpass_mask(shape, voxel_size, cutoff_angstrom, full)
 
 
-def _unit_field(shape: tuple[int, int, int], voxel_size, cutoff_angstrom: float | None, rng: np.random.Generator) -> np.ndarray:
-    """Gaussian noise of unit variance band-limited at ``cutoff`` (white when None)."""
+def _unit_field(shape: tuple[int, int, int], voxel_size, cutoff_angstrom: float | None, rng: np.random.Generator, falloff: float = 0.0) -> np.ndarray:
+    """Gaussian noise of unit variance band-limited at ``cutoff`` (white when None), its power
+    inside the band falling as ``exp(-falloff k^2 / 2)``."""
     white = rng.standard_normal(shape)
-    if cutoff_angstrom is None:
+    if cutoff_angstrom is None and falloff == 0.0:
         return white
-    field = np.fft.irfftn(np.fft.rfftn(white) * _band(shape, voxel_size, cutoff_angstrom), s=shape, axes=(0, 1, 2))
+    spectrum = np.fft.rfftn(white) * _band(shape, voxel_size, cutoff_angstrom)
+    if falloff != 0.0:
+        spectrum *= np.exp(-falloff * _frequencies_squared(shape, voxel_size) / 4.0)
+    field = np.fft.irfftn(spectrum, s=shape, axes=(0, 1, 2))
     return field / field.std()
+
+
+def _frequencies(shape, voxel_size) -> list[np.ndarray]:
+    """Spatial frequencies [1/Å] of the real-FFT grid of ``shape``, one broadcastable array per axis."""
+    axes = [np.fft.fftfreq(n, d) for n, d in zip(shape[:2], voxel_size[:2])] + [np.fft.rfftfreq(shape[2], voxel_size[2])]
+    return [k.reshape([-1 if a == i else 1 for a in range(3)]) for i, k in enumerate(axes)]
+
+
+def _frequencies_squared(shape, voxel_size) -> np.ndarray:
+    kz, ky, kx = _frequencies(shape, voxel_size)
+    return kz * kz + ky * ky + kx * kx
+
+
+def solvent_roughness(ids: np.ndarray, stats: np.ndarray, origins: np.ndarray, shape, tile_size: int, limit: float) -> tuple[float, int] | None:
+    """How rough the noise is in the tiles that hold only confident solvent (largest value at
+    most ``limit``) and lie wholly inside the inscribed ellipsoid (where the solvent model looks;
+    a masked map's flat corners stay out): the squared steps between neighbours inside them over
+    their squared deviations from their means, pooled (summed in tile order, whatever the
+    blocks), and the number of such tiles; None with fewer than MIN_SOLVENT_TILES or no variation.
+    ``origins`` are the tiles' first voxels, by id."""
+    order = np.argsort(ids, kind="stable")
+    ids, stats = ids[order], stats[order]
+    first, last = origins[ids], origins[ids] + (tile_size - 1)
+    reach = 0.0
+    for axis, n in enumerate(shape):  # each axis term is largest at one end of the tile
+        half = n / 2.0
+        reach = reach + np.maximum((first[:, axis] + 0.5 - half) ** 2, (last[:, axis] + 0.5 - half) ** 2) / half**2
+    solvent = stats[(stats[:, 3] <= limit) & (reach <= 1.0)]
+    deviations = float(np.sum(solvent[:, 1] - solvent[:, 0] * solvent[:, 0] / tile_size**3))
+    if len(solvent) < MIN_SOLVENT_TILES or not deviations > 0:
+        return None
+    return float(np.sum(solvent[:, 2])) / deviations, len(solvent)
+
+
+def fit_falloff(roughness: float, shape, voxel_size, cutoff_angstrom: float | None, tile_size: int) -> float:
+    """The ``B`` [Å^2] for which noise band-limited at ``cutoff`` with power ``exp(-B k^2 / 2)``
+    inside the band is as rough, in tiles of ``tile_size``, as measured (:func:`solvent_roughness`).
+
+    For noise of power spectrum ``P`` (cycles per voxel ``f``), a tile's expected squared steps
+    are ``T^2 (T - 1) sum P 4 sin^2(pi f_a)`` (summed over the axes) and its squared deviations
+    from its mean ``T^3 sum P (1 - W^2)``, ``W`` the tile mean's transfer function (a product
+    of Dirichlet kernels); their ratio falls as ``B`` grows. Solved by bisection between the
+    falloffs that change the power at the band's edge by FALLOFF_RANGE either way, clamped there."""
+    band = np.broadcast_to(_band(shape, voxel_size, cutoff_angstrom), (shape[0], shape[1], shape[2] // 2 + 1))
+    k2 = np.broadcast_to(_frequencies_squared(shape, voxel_size), band.shape)[band]
+    cycles = [np.broadcast_to(k * d, band.shape)[band] for k, d in zip(_frequencies(shape, voxel_size), voxel_size)]
+    x_cycles = np.broadcast_to(np.fft.rfftfreq(shape[2]).reshape(1, 1, -1), band.shape)[band]
+    weight = np.where((x_cycles == 0) | (x_cycles == 0.5), 1.0, 2.0)  # the half spectrum stands for both halves
+    steps = (tile_size - 1) / tile_size * sum(4.0 * np.sin(np.pi * f) ** 2 for f in cycles)
+    mean_transfer = np.prod([_dirichlet(f, tile_size) for f in cycles], axis=0)
+    deviations = 1.0 - mean_transfer * mean_transfer
+
+    def ratio(b: float) -> float:
+        power = weight * np.exp(-b * (k2 - k2.max()) / 2.0)  # scaled: no overflow at the band's edge
+        return float(np.sum(power * steps) / np.sum(power * deviations))
+
+    reach = 2.0 * math.log(FALLOFF_RANGE) / float(k2.max())
+    lo, hi = -reach, reach
+    if roughness >= ratio(lo):
+        return lo
+    if roughness <= ratio(hi):
+        return hi
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if ratio(mid) > roughness else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def _dirichlet(f: np.ndarray, t: int) -> np.ndarray:
+    """Transfer function of the mean of ``t`` neighbouring voxels at ``f`` cycles per voxel."""
+    small = np.abs(np.sin(np.pi * f)) < 1e-12
+    return np.where(small, 1.0, np.sin(np.pi * f * t) / (t * np.where(small, 1.0, np.sin(np.pi * f))))
 
 
 def _simulation_box(voxel_size) -> tuple[int, int, int]:
@@ -136,9 +232,9 @@ def _simulation_box(voxel_size) -> tuple[int, int, int]:
 
 def _kernel_samples(field: np.ndarray, kernel: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """(n_centres, n_v) values of ``field`` under the kernel around each centre."""
-    offsets = np.argwhere(kernel) - np.array(kernel.shape) // 2
-    index = centres[:, None, :] + offsets[None, :, :]
-    return field[index[..., 0], index[..., 1], index[..., 2]].astype(np.float32)
+    strides = np.array([field.shape[1] * field.shape[2], field.shape[2], 1])  # in elements: flat indices, one gather
+    offsets = (np.argwhere(kernel) - np.array(kernel.shape) // 2) @ strides
+    return field.reshape(-1)[(centres @ strides)[:, None] + offsets[None, :]].astype(np.float32)
 
 
 def texture_kappa(means: np.ndarray, variances: np.ndarray, mu: float, sigma: float, excess: float) -> float:
@@ -166,10 +262,13 @@ def noise_floor_model(
     tile_variances: np.ndarray,
     s_max: float,
     value_max: float,
+    roughness: tuple[float, int] | None = None,
+    tile_size: int = 0,
 ) -> NoiseFloor:
     """Simulate the response of the maximum filter to this map's noise and signal texture and
     tabulate its inverse (see the module docstring). ``value_max`` is the largest value of the
-    scale data (the table reaches it)."""
+    scale data (the table reaches it); ``roughness`` (:func:`solvent_roughness` in tiles of
+    ``tile_size``), when measured, shapes the noise's spectrum inside the band."""
     rng = np.random.default_rng(SIMULATION_SEED)
     box = _simulation_box(voxel_size)
     if occupancy_mode and lowpass_applied:
@@ -178,7 +277,10 @@ def noise_floor_model(
         cutoff, correlation = resolution_angstrom, f"flat up to the resolution {resolution_angstrom:.3g} Å"
     else:
         cutoff, correlation = None, "white (flat up to Nyquist; give --resolution if the map is band-limited)"
-    noise = _unit_field(box, voxel_size, cutoff, rng)
+    falloff, solvent_tiles = 0.0, 0
+    if roughness is not None:
+        falloff, solvent_tiles = fit_falloff(roughness[0], box, voxel_size, cutoff, tile_size), roughness[1]
+    noise = _unit_field(box, voxel_size, cutoff, rng, falloff)
     texture = _unit_field(box, voxel_size, cutoff, rng)
     sigma = float(sigma_lowpass)
     if cutoff != lowpass_angstrom and lowpass_applied:  # raw-mode noise: wider than the low-passed noise the model saw
@@ -197,7 +299,7 @@ def noise_floor_model(
     levels = np.linspace(0.0, 1.25 * max(reach, 8.0 * sigma), RESPONSE_POINTS)
     shape = (1.0 + kappa * texture_k).astype(np.float32)
     noise_k *= np.float32(sigma)
-    response = np.array([np.median(np.max(np.float32(v) * shape + noise_k, axis=1)) for v in levels], dtype=np.float64) + mu
+    response = np.median(kernel_maxima(levels, shape, noise_k), axis=1).astype(np.float64) + mu
     response = np.maximum.accumulate(response)
     floor = float(response[0])
     table_m = np.linspace(response[0], response[-1], TABLE_POINTS)
@@ -209,6 +311,9 @@ def noise_floor_model(
         correlation=correlation,
         kappa=kappa,
         texture_tiles=int(len(tile_means)),
+        falloff=falloff,
+        solvent_tiles=solvent_tiles,
+        spectrum=f"measured in {solvent_tiles} tiles of confident solvent" if solvent_tiles else "flat, not measured",
         floor=floor,
         signal_levels=levels,
         response=response,

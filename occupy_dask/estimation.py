@@ -173,7 +173,7 @@ def _estimate_from(red: Reductions, sources: dict, info: MapInfo, s: Settings, e
     noise_floor = None
     if s.debias:
         value_max = (red.raw if s.scale_mode == "res" else red.lp).hi
-        noise_floor = map_noise_floor(s, model, table, red.lp_counts, red.tile_moments, red.s_max, value_max)
+        noise_floor = map_noise_floor(s, model, table, red.lp_counts, red.tile_moments, red.tile_origins, red.s_max, value_max)
         if table.suspicious:
             warnings.append("the noise floor of --debias comes from that solvent model and is unreliable too")
     if np.count_nonzero(table.fraction > 0) == 0:

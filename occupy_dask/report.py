@@ -170,6 +170,7 @@ def noise_floor_rows(est: Estimate) -> list[tuple[str, str, str]]:
         ("Noise floor", "map units", f"{nf.floor:.6g} (local max that solvent noise alone reaches, median)"),
         ("Noise floor as scale", "scale", f"{nf.floor / est.s_max:.4f} (what the method reads on pure solvent)"),
         ("Noise of the scale data", "map units", f"mu {nf.mu:.6g}, sigma {nf.sigma:.6g}, {nf.correlation}"),
+        ("Noise spectrum in the band", "Å^2", f"B {nf.falloff:.4g}: power exp(-B k^2/2) up to the band's edge ({nf.spectrum})"),
         ("Signal texture kappa", "", f"{nf.kappa:.4f} (sd / level of density in the {nf.texture_tiles} densest tiles, above the noise)"),
         ("Full scale above noise", "map units", f"{nf.signal_max:.6g} (s_max as signal above the solvent mean, the noise's lift removed)"),
     ]
@@ -426,7 +427,7 @@ def noise_floor_figure(est: Estimate):
     right.axvline(nf.signal_max, color="tab:blue", ls="--", label=f"s_max as signal without noise {nf.signal_max:.3g}")
     right.set_xlabel("signal maximum in the kernel, above the solvent mean (map units)")
     right.set_ylabel("measured local maximum (map units)")
-    right.set_title(f"response of the max filter (noise sigma {nf.sigma:.3g}, texture kappa {nf.kappa:.3f})")
+    right.set_title(f"response of the max filter (noise sigma {nf.sigma:.3g}, B {nf.falloff:.3g} Å², texture kappa {nf.kappa:.3f})", fontsize=10)
     right.legend(fontsize=8, loc="upper left")
     fig.suptitle(f"{est.info.name}: noise floor of the local scale (--debias)")
     return fig

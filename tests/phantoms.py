@@ -23,7 +23,9 @@ DOMAIN_DENSITY_LEVEL = 0.3  # voxels where a domain's full-occupancy density exc
 @dataclass(frozen=True)
 class PhantomSpec:
     """What a phantom holds: box edge [voxels], voxel size [Å], resolution [Å], noise level
-    (standard deviation over the peak density of the fully occupied map), domain occupancies."""
+    (standard deviation over the peak density of the fully occupied map), domain occupancies,
+    and the noise's colour: its amplitude falls as ``exp(-noise_bfactor k^2 / 4)`` up to the
+    resolution (0: flat; negative: rising, as in a sharpened map)."""
 
     name: str
     box: int
@@ -33,6 +35,7 @@ class PhantomSpec:
     occupancies: tuple[float, ...]
     seed: int
     domain_radius: float = 16.0  # Å
+    noise_bfactor: float = 0.0  # Å^2
 
 
 @dataclass
@@ -127,7 +130,7 @@ def make_phantom(spec: PhantomSpec, noise_seed: int | None = None) -> Phantom:
     peak = float(full.max())
     signal = sum(o * u for o, u in zip(spec.occupancies, unit)) / peak
     noise_rng = rng if noise_seed is None else np.random.default_rng([spec.seed, noise_seed])
-    noise = _band_limit(noise_rng.standard_normal((box,) * 3), apix, spec.resolution, 0.0)
+    noise = _band_limit(noise_rng.standard_normal((box,) * 3), apix, spec.resolution, spec.noise_bfactor)
     noise *= spec.noise / noise.std()
     stacked = np.stack(unit)
     owner = np.argmax(stacked, axis=0).astype(np.int8)
@@ -145,11 +148,13 @@ def relative_occupancies(scale: np.ndarray, domains: np.ndarray, occupancies) ->
 
 
 # Phantoms that the estimator's design was chosen on, and phantoms it never saw (the test's
-# held-out set; the benchmark prints both).
+# held-out set; the benchmark prints both). The last of each set have coloured noise (the noise
+# spectrum's fit was made on design_d).
 DESIGN_SPECS = (
     PhantomSpec("design_a", 128, 1.0, 5.0, 0.2, (1.0, 0.6, 0.3), seed=11),
     PhantomSpec("design_b", 160, 1.2, 4.0, 0.1, (1.0, 0.8, 0.4, 0.2), seed=12),
     PhantomSpec("design_c", 144, 0.9, 6.0, 0.3, (0.9, 0.5, 0.25), seed=13),
+    PhantomSpec("design_d", 144, 1.0, 5.0, 0.12, (1.0, 0.5, 0.3), seed=14, noise_bfactor=300.0),
 )
 HELD_OUT_SPECS = (
     PhantomSpec("heldout_a", 128, 0.8, 4.0, 0.15, (1.0, 0.4, 0.25), seed=101),
@@ -158,4 +163,7 @@ HELD_OUT_SPECS = (
     PhantomSpec("heldout_d", 144, 1.0, 4.5, 0.3, (1.0, 0.5, 0.3, 0.2), seed=104),
     PhantomSpec("heldout_e", 128, 1.2, 5.5, 0.2, (0.7, 0.45, 0.3), seed=105),
     PhantomSpec("heldout_f", 256, 0.9, 5.0, 0.2, (1.0, 0.6, 0.3), seed=106),
+    PhantomSpec("heldout_g", 160, 1.1, 4.5, 0.1, (1.0, 0.6, 0.3), seed=107, noise_bfactor=200.0),
+    PhantomSpec("heldout_h", 128, 0.9, 5.0, 0.15, (1.0, 0.45, 0.25), seed=108, noise_bfactor=-150.0),
+    PhantomSpec("heldout_i", 192, 1.2, 6.0, 0.1, (0.9, 0.6, 0.3), seed=109, noise_bfactor=500.0),
 )

@@ -196,6 +196,31 @@ def block_ranges(values: np.ndarray, axis_terms) -> np.ndarray:
     return out
 
 
+@numba.njit(cache=True, nogil=True)
+def _kernel_maxima(levels, shape, noise, out):  # pragma: no cover
+    # shape and noise are (n_v, n_kernels): the running maxima of all kernels advance together,
+    # one voxel of the kernel at a time (element-wise, so the compiler vectorises it)
+    for j in range(levels.shape[0]):
+        v = levels[j]
+        top = out[j]
+        for i in range(shape.shape[1]):
+            top[i] = v * shape[0, i] + noise[0, i]
+        for k in range(1, shape.shape[0]):
+            for i in range(shape.shape[1]):
+                top[i] = max(top[i], v * shape[k, i] + noise[k, i])
+    return out
+
+
+def kernel_maxima(levels: np.ndarray, shape: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """``(n_levels, n_kernels)`` float32: for each signal level ``v`` and each kernel ``i``,
+    ``max_k(v * shape[i, k] + noise[i, k])`` in float32 (as numpy computes it, without
+    the ``(n_kernels, n_v)`` array per level)."""
+    shape = np.ascontiguousarray(np.asarray(shape, dtype=np.float32).T)
+    noise = np.ascontiguousarray(np.asarray(noise, dtype=np.float32).T)
+    out = np.empty((len(levels), shape.shape[1]), dtype=np.float32)
+    return _kernel_maxima(np.asarray(levels, dtype=np.float32), shape, noise, out)
+
+
 @numba.njit(cache=True, nogil=True, inline="always")
 def _inverse_response(m, table, start, step, offset):  # pragma: no cover
     """``h^-1(m)`` (float64): linear in ``table`` (``h^-1`` at ``start + i * step``), 0 below it,

@@ -198,24 +198,50 @@ def largest_tile_quantile(block: np.ndarray, block_origin, origins: np.ndarray, 
 @numba.njit(cache=True, nogil=True)
 def _tile_moments(block, rel, t, out):  # pragma: no cover
     for i in range(rel.shape[0]):
+        z0, y0, x0 = rel[i, 0], rel[i, 1], rel[i, 2]
         total = 0.0
         squares = 0.0
-        for z in range(rel[i, 0], rel[i, 0] + t):
-            for y in range(rel[i, 1], rel[i, 1] + t):
-                for x in range(rel[i, 2], rel[i, 2] + t):
+        top = -np.inf
+        along_x = 0.0  # a running total per axis: three short chains of additions instead of one long one
+        along_y = 0.0
+        along_z = 0.0
+        for z in range(z0, z0 + t):
+            for y in range(y0, y0 + t):
+                previous = np.float64(block[z, y, x0])
+                for x in range(x0, x0 + t):
                     v = np.float64(block[z, y, x])
                     total += v
                     squares += v * v
+                    if v > top:
+                        top = v
+                    d = v - previous  # 0 at the row's first voxel
+                    along_x += d * d
+                    previous = v
+                if y > y0:
+                    for x in range(x0, x0 + t):
+                        d = np.float64(block[z, y, x]) - np.float64(block[z, y - 1, x])
+                        along_y += d * d
+                if z > z0:
+                    for x in range(x0, x0 + t):
+                        d = np.float64(block[z, y, x]) - np.float64(block[z - 1, y, x])
+                        along_z += d * d
         out[i, 0] = total
         out[i, 1] = squares
+        out[i, 2] = along_x + along_y + along_z
+        out[i, 3] = top
     return out
 
 
+TILE_MOMENTS = ("sum", "sum of squares", "sum of squared steps", "max")
+
+
 def tile_moments(block: np.ndarray, block_origin, origins: np.ndarray, tile_size: int) -> np.ndarray:
-    """(n_tiles, 2) float64 sum and sum of squares of each tile's values, summed in C order
-    (``block`` holds the data from ``block_origin`` on and contains every tile)."""
+    """(n_tiles, 4) float64 per tile (TILE_MOMENTS): the sum and the sum of squares of its
+    values, the sum of the squared differences between neighbours inside the tile along each
+    axis (how rough the map is there), and its largest value; summed in C order (``block``
+    holds the data from ``block_origin`` on and contains every tile)."""
     rel = np.ascontiguousarray(np.asarray(origins, dtype=np.int64) - np.asarray(block_origin, dtype=np.int64)).reshape(-1, 3)
-    out = np.zeros((len(rel), 2), dtype=np.float64)
+    out = np.zeros((len(rel), len(TILE_MOMENTS)), dtype=np.float64)
     if len(rel):
         _tile_moments(np.asarray(block, dtype=np.float32), rel, int(tile_size), out)
     return out
