@@ -184,7 +184,7 @@ def solvent_roughness(ids: np.ndarray, stats: np.ndarray, origins: np.ndarray, s
     return float(np.sum(solvent[:, 2])) / deviations, len(solvent)
 
 
-def fit_falloff(roughness: float, shape, voxel_size, cutoff_angstrom: float | None, tile_size: int) -> float:
+def fit_falloff(roughness: float, shape, voxel_size, cutoff_angstrom: float | None, tile_size: int) -> float | None:
     """The ``B`` [Å^2] for which noise band-limited at ``cutoff`` with power ``exp(-B k^2 / 2)``
     inside the band is as rough, in tiles of ``tile_size``, as measured (:func:`solvent_roughness`).
 
@@ -192,7 +192,9 @@ def fit_falloff(roughness: float, shape, voxel_size, cutoff_angstrom: float | No
     are ``T^2 (T - 1) sum P 4 sin^2(pi f_a)`` (summed over the axes) and its squared deviations
     from its mean ``T^3 sum P (1 - W^2)``, ``W`` the tile mean's transfer function (a product
     of Dirichlet kernels); their ratio falls as ``B`` grows. Solved by bisection between the
-    falloffs that change the power at the band's edge by FALLOFF_RANGE either way, clamped there."""
+    falloffs that change the power at the band's edge by FALLOFF_RANGE either way; None when the
+    roughness lies outside what they give (solvent that is not noise of this band: masked,
+    flattened or filtered)."""
     band = np.broadcast_to(_band(shape, voxel_size, cutoff_angstrom), (shape[0], shape[1], shape[2] // 2 + 1))
     k2 = np.broadcast_to(_frequencies_squared(shape, voxel_size), band.shape)[band]
     cycles = [np.broadcast_to(k * d, band.shape)[band] for k, d in zip(_frequencies(shape, voxel_size), voxel_size)]
@@ -208,10 +210,8 @@ def fit_falloff(roughness: float, shape, voxel_size, cutoff_angstrom: float | No
 
     reach = 2.0 * math.log(FALLOFF_RANGE) / float(k2.max())
     lo, hi = -reach, reach
-    if roughness >= ratio(lo):
-        return lo
-    if roughness <= ratio(hi):
-        return hi
+    if not ratio(hi) < roughness < ratio(lo):
+        return None
     for _ in range(60):
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if ratio(mid) > roughness else (lo, mid)
@@ -277,9 +277,16 @@ def noise_floor_model(
         cutoff, correlation = resolution_angstrom, f"flat up to the resolution {resolution_angstrom:.3g} Å"
     else:
         cutoff, correlation = None, "white (flat up to Nyquist; give --resolution if the map is band-limited)"
-    falloff, solvent_tiles = 0.0, 0
+    falloff, solvent_tiles, spectrum = 0.0, 0, "flat, not measured"
     if roughness is not None:
-        falloff, solvent_tiles = fit_falloff(roughness[0], box, voxel_size, cutoff, tile_size), roughness[1]
+        fitted = fit_falloff(roughness[0], box, voxel_size, cutoff, tile_size)
+        if fitted is None:
+            spectrum = (
+                f"flat: the roughness of the {roughness[1]} tiles of confident solvent ({roughness[0]:.4g}) lies outside what noise "
+                f"of this band can have with up to {FALLOFF_RANGE:g}x less or more power at its edge; masked, flattened or filtered solvent?"
+            )
+        else:
+            falloff, solvent_tiles, spectrum = fitted, roughness[1], f"measured in {roughness[1]} tiles of confident solvent"
     noise = _unit_field(box, voxel_size, cutoff, rng, falloff)
     texture = _unit_field(box, voxel_size, cutoff, rng)
     sigma = float(sigma_lowpass)
@@ -313,7 +320,7 @@ def noise_floor_model(
         texture_tiles=int(len(tile_means)),
         falloff=falloff,
         solvent_tiles=solvent_tiles,
-        spectrum=f"measured in {solvent_tiles} tiles of confident solvent" if solvent_tiles else "flat, not measured",
+        spectrum=spectrum,
         floor=floor,
         signal_levels=levels,
         response=response,

@@ -95,6 +95,32 @@ def test_the_noise_spectrum_is_fitted_from_the_roughness_of_tiles(bfactor, voxel
     assert abs(fitted - bfactor) <= 0.1 * abs(bfactor) + 15.0, fitted
 
 
+@pytest.mark.parametrize("roughness", [0.001, 50.0])
+def test_solvent_no_noise_of_the_band_can_be_leaves_the_noise_flat_and_says_so(roughness):
+    """Tiles far smoother or rougher than any noise of the band (flattened or filtered solvent):
+    no falloff is fitted at the edge of its range; the noise stays flat and the log says why."""
+    s = derive_settings((128, 128, 128), 1.0, occupancy=True, debias=True)
+    assert debias.fit_falloff(roughness, (64, 64, 64), s.voxel_size, s.lowpass_angstrom, s.tile_size) is None
+    options = dict(
+        kernel=s.kernel,
+        voxel_size=s.voxel_size,
+        lowpass_angstrom=s.lowpass_angstrom,
+        lowpass_applied=True,
+        occupancy_mode=True,
+        resolution_angstrom=None,
+        mu=0.0,
+        sigma_lowpass=0.1,
+        tile_means=np.ones(10),
+        tile_variances=np.full(10, 0.05),
+        s_max=1.0,
+        value_max=1.5,
+        tile_size=s.tile_size,
+    )
+    floor, flat = noise_floor_model(**options, roughness=(roughness, 321)), noise_floor_model(**options)
+    assert (floor.falloff, floor.solvent_tiles, floor.floor) == (0.0, 0, flat.floor)
+    assert floor.spectrum.startswith("flat: the roughness of the 321 tiles") and "masked, flattened or filtered" in floor.spectrum
+
+
 def test_too_few_solvent_tiles_leave_the_noise_flat_and_say_so(data_dir):
     """EMD-1832 (64^3): fewer than MIN_SOLVENT_TILES tiles of confident solvent lie wholly
     inside its particle sphere (zeros outside it), so its noise is taken as flat in the band."""
