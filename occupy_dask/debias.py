@@ -103,7 +103,7 @@ def map_noise_floor(
         solvent_bins = np.flatnonzero(np.asarray(table.fraction) <= 0)
         limit = float(np.asarray(table.edges)[solvent_bins[-1] + 1])
         roughness = solvent_roughness(ids, stats, np.asarray(tile_origins), s.shape, s.tile_size, limit)
-        flat = f"flat, not measured: fewer than {MIN_SOLVENT_TILES} tiles of confident solvent inside the inscribed ellipsoid"
+        flat = f"flat, not measured: fewer than {MIN_SOLVENT_TILES} tiles of confident solvent inside the inscribed ellipsoid (or none varies)"
     floor = noise_floor_model(
         kernel=s.kernel,
         voxel_size=s.voxel_size,
