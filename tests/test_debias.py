@@ -95,12 +95,9 @@ def test_the_noise_spectrum_is_fitted_from_the_roughness_of_tiles(bfactor, voxel
     assert abs(fitted - bfactor) <= 0.1 * abs(bfactor) + 15.0, fitted
 
 
-@pytest.mark.parametrize("roughness", [0.001, 50.0])
-def test_solvent_no_noise_of_the_band_can_be_leaves_the_noise_flat_and_says_so(roughness):
-    """Tiles far smoother or rougher than any noise of the band (flattened or filtered solvent):
-    no falloff is fitted at the edge of its range; the noise stays flat and the log says why."""
-    s = derive_settings((128, 128, 128), 1.0, occupancy=True, debias=True)
-    assert debias.fit_falloff(roughness, (64, 64, 64), s.voxel_size, s.lowpass_angstrom, s.tile_size) is None
+def _model_options(s, **changes) -> dict:
+    """Keywords of :func:`noise_floor_model` for settings ``s`` in occupancy mode: noise 0.1
+    around 0, ten tiles of texture, a full scale of 1 (``changes`` replace any of them)."""
     options = dict(
         kernel=s.kernel,
         voxel_size=s.voxel_size,
@@ -114,8 +111,17 @@ def test_solvent_no_noise_of_the_band_can_be_leaves_the_noise_flat_and_says_so(r
         tile_variances=np.full(10, 0.05),
         s_max=1.0,
         value_max=1.5,
-        tile_size=s.tile_size,
     )
+    return {**options, **changes}
+
+
+@pytest.mark.parametrize("roughness", [0.001, 50.0])
+def test_solvent_no_noise_of_the_band_can_be_leaves_the_noise_flat_and_says_so(roughness):
+    """Tiles far smoother or rougher than any noise of the band (flattened or filtered solvent):
+    no falloff is fitted at the edge of its range; the noise stays flat and the log says why."""
+    s = derive_settings((128, 128, 128), 1.0, occupancy=True, debias=True)
+    assert debias.fit_falloff(roughness, (64, 64, 64), s.voxel_size, s.lowpass_angstrom, s.tile_size) is None
+    options = _model_options(s, tile_size=s.tile_size)
     floor, flat = noise_floor_model(**options, roughness=(roughness, 321)), noise_floor_model(**options)
     assert (floor.falloff, floor.solvent_tiles, floor.floor) == (0.0, 0, flat.floor)
     assert floor.spectrum.startswith("flat: the roughness of the 321 tiles") and "masked, flattened or filtered" in floor.spectrum
@@ -257,20 +263,8 @@ def test_no_confident_solvent_is_refused():
 def test_the_per_voxel_kernel_matches_the_numpy_inverse():
     rng = np.random.default_rng(3)
     s = derive_settings((64, 64, 64), 1.0, occupancy=True)
-    floor = noise_floor_model(
-        kernel=s.kernel,
-        voxel_size=s.voxel_size,
-        lowpass_angstrom=s.lowpass_angstrom,
-        lowpass_applied=True,
-        occupancy_mode=True,
-        resolution_angstrom=None,
-        mu=0.01,
-        sigma_lowpass=0.1,
-        tile_means=np.array([0.4, 0.35]),
-        tile_variances=np.array([0.03, 0.02]),
-        s_max=0.8,
-        value_max=1.2,
-    )
+    texture = {"tile_means": np.array([0.4, 0.35]), "tile_variances": np.array([0.03, 0.02])}
+    floor = noise_floor_model(**_model_options(s, mu=0.01, s_max=0.8, value_max=1.2, **texture))
     maxima = rng.uniform(-0.2, 2.0, (20, 30, 40)).astype(np.float32)
     grid = floor.table_start + floor.table_step * np.arange(len(floor.table))
     m = maxima.astype(np.float64)
