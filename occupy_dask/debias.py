@@ -35,8 +35,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .errors import ProcessingError
-from .kernels.fourier import exact_lowpass_mask
-from .kernels.local import inverse_response, kernel_maxima
+from .kernels.fourier import exact_lowpass_mask, frequencies
+from .kernels.local import ellipsoid_terms, inverse_response, kernel_maxima
 from .settings import Settings
 from .solvent import SOLVENT_ADVICE, ConfidenceTable, SolventModel
 
@@ -89,7 +89,8 @@ def map_noise_floor(
     and per-tile :data:`~occupy_dask.kernels.tiles.TILE_MOMENTS`; ``tile_origins`` by id): the
     densest for the texture, those of confident solvent for the noise's spectrum, and the
     largest value of the scale data ``value_max``."""
-    solvent_voxels = int(np.asarray(lp_counts)[np.asarray(table.fraction) <= 0].sum())
+    solvent_bins = np.asarray(table.fraction) <= 0
+    solvent_voxels = int(np.asarray(lp_counts)[solvent_bins].sum())
     if solvent_voxels == 0:
         raise ProcessingError(
             "--debias needs confident solvent to measure the noise floor, and the solvent model calls no voxel solvent "
@@ -100,8 +101,7 @@ def map_noise_floor(
     means, variances = top_tiles(ids, stats, s.tile_size**3)
     roughness, flat = None, "flat, not measured: the tiles hold the raw map, and solvent is told by the low-passed one"
     if s.scale_mode == "occ" or not s.lowpass_applied:  # the tiles hold the low-passed map, whose values tell solvent
-        solvent_bins = np.flatnonzero(np.asarray(table.fraction) <= 0)
-        limit = float(np.asarray(table.edges)[solvent_bins[-1] + 1])
+        limit = float(np.asarray(table.edges)[np.flatnonzero(solvent_bins)[-1] + 1])
         roughness = solvent_roughness(ids, stats, np.asarray(tile_origins), s.shape, s.tile_size, limit)
         flat = f"flat, not measured: fewer than {MIN_SOLVENT_TILES} tiles of confident solvent inside the inscribed ellipsoid (or none varies)"
     floor = noise_floor_model(
@@ -153,9 +153,8 @@ def _unit_field(shape: tuple[int, int, int], voxel_size, cutoff_angstrom: float 
 
 
 def _frequencies(shape, voxel_size) -> list[np.ndarray]:
-    """Spatial frequencies [1/Å] of the real-FFT grid of ``shape``, one broadcastable array per axis."""
-    axes = [np.fft.fftfreq(n, d) for n, d in zip(shape[:2], voxel_size[:2])] + [np.fft.rfftfreq(shape[2], voxel_size[2])]
-    return [k.reshape([-1 if a == i else 1 for a in range(3)]) for i, k in enumerate(axes)]
+    """:func:`~occupy_dask.kernels.fourier.frequencies`, one broadcastable array per axis."""
+    return [k.reshape([-1 if a == i else 1 for a in range(3)]) for i, k in enumerate(frequencies(shape, voxel_size))]
 
 
 def _frequencies_squared(shape, voxel_size) -> np.ndarray:
@@ -173,11 +172,9 @@ def solvent_roughness(ids: np.ndarray, stats: np.ndarray, origins: np.ndarray, s
     order = np.argsort(ids, kind="stable")
     ids, stats = ids[order], stats[order]
     first, last = origins[ids], origins[ids] + (tile_size - 1)
-    reach = 0.0
-    for axis, n in enumerate(shape):  # each axis term is largest at one end of the tile
-        half = n / 2.0
-        reach = reach + np.maximum((first[:, axis] + 0.5 - half) ** 2, (last[:, axis] + 0.5 - half) ** 2) / half**2
-    solvent = stats[(stats[:, 3] <= limit) & (reach <= 1.0)]
+    tz, ty, tx = (np.maximum(t[first[:, a]], t[last[:, a]]) for a, t in enumerate(ellipsoid_terms(shape, (0, 0, 0), shape)))
+    inside = (tz + ty) + tx <= 1.0  # each axis term is largest at one end of the tile
+    solvent = stats[(stats[:, 3] <= limit) & inside]
     deviations = float(np.sum(solvent[:, 1] - solvent[:, 0] * solvent[:, 0] / tile_size**3))
     if len(solvent) < MIN_SOLVENT_TILES or not deviations > 0:
         return None

@@ -5,6 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 
+def frequencies(shape: tuple[int, int, int], voxel_size: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Spatial frequencies [1/Å] along each axis of the real-FFT grid of ``shape``:
+    ``fftfreq(n_i, d=voxel_size_i)``, the last axis ``rfftfreq``."""
+    return (
+        np.fft.fftfreq(shape[0], d=voxel_size[0]),
+        np.fft.fftfreq(shape[1], d=voxel_size[1]),
+        np.fft.rfftfreq(shape[2], d=voxel_size[2]),
+    )
+
+
 def exact_lowpass_mask(
     shape: tuple[int, int, int],
     voxel_size: tuple[float, float, float],
@@ -15,9 +25,7 @@ def exact_lowpass_mask(
 
     ``region`` selects the block of the half-spectrum ``(n0, n1, n2//2+1)`` to return.
     """
-    kz = np.fft.fftfreq(shape[0], d=voxel_size[0])[region[0]]
-    ky = np.fft.fftfreq(shape[1], d=voxel_size[1])[region[1]]
-    kx = np.fft.rfftfreq(shape[2], d=voxel_size[2])[region[2]]
+    kz, ky, kx = (k[r] for k, r in zip(frequencies(shape, voxel_size), region))
     k2 = kz[:, None, None] ** 2 + ky[None, :, None] ** 2 + kx[None, None, :] ** 2
     return k2 <= (1.0 / lowpass_angstrom) ** 2
 
@@ -63,7 +71,8 @@ def lowpass_support(
         along = np.flatnonzero((k >= -ks) & (k <= ks - 1))
         return along, along.copy(), min(ks + 1, nx // 2 + 1)
     limit = (1.0 / lowpass_angstrom) ** 2
-    kz = np.flatnonzero(np.fft.fftfreq(nz, d=voxel_size[0]) ** 2 <= limit)
-    ky = np.flatnonzero(np.fft.fftfreq(ny, d=voxel_size[1]) ** 2 <= limit)
-    nkx = int(np.count_nonzero(np.fft.rfftfreq(nx, d=voxel_size[2]) ** 2 <= limit))
+    fz, fy, fx = frequencies(shape, voxel_size)
+    kz = np.flatnonzero(fz**2 <= limit)
+    ky = np.flatnonzero(fy**2 <= limit)
+    nkx = int(np.count_nonzero(fx**2 <= limit))
     return kz, ky, nkx
