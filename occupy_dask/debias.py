@@ -103,7 +103,7 @@ def map_noise_floor(
     if s.scale_mode == "occ" or not s.lowpass_applied:  # the tiles hold the low-passed map, whose values tell solvent
         limit = float(np.asarray(table.edges)[np.flatnonzero(solvent_bins)[-1] + 1])
         roughness = solvent_roughness(ids, stats, np.asarray(tile_origins), s.shape, s.tile_size, limit)
-        flat = f"flat, not measured: fewer than {MIN_SOLVENT_TILES} tiles of confident solvent inside the inscribed ellipsoid (or none varies)"
+        flat = f"flat, not measured: fewer than {MIN_SOLVENT_TILES} tiles of confident solvent that vary, inside the inscribed ellipsoid"
     floor = noise_floor_model(
         kernel=s.kernel,
         voxel_size=s.voxel_size,
