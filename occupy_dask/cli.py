@@ -5,6 +5,7 @@ Exit codes: 0 success, 2 usage error, 1 processing error (one line; traceback wi
 
 from __future__ import annotations
 
+import gc
 import traceback
 from pathlib import Path
 
@@ -240,10 +241,17 @@ def main_command(
     quiet = verbose is False
     verbose = bool(verbose)
     source = input_map or relion_classes or (f"EMD-{emdb}" if emdb else None)
-    # the method's modules (dask, numba, scipy) are imported here, not for --help or --version
+    # The method's modules (dask, numba, scipy) are imported here, not for --help or --version.
+    # They leave about 100,000 objects that live as long as the process: collected during the
+    # imports and left to the garbage collector afterwards, each of its full passes would walk
+    # them all (0.2-0.5 s per run, and again at exit). Frozen, it walks only what the run creates.
+    gc.disable()
     from .api import run_map
     from .cluster import ClusterSpec, connect, job_script
     from .settings import RunOptions
+
+    gc.freeze()
+    gc.enable()
 
     try:
         spec = ClusterSpec.from_options(
