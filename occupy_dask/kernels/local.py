@@ -221,7 +221,7 @@ def kernel_maxima(levels: np.ndarray, shape: np.ndarray, noise: np.ndarray) -> n
     return _kernel_maxima(np.asarray(levels, dtype=np.float32), shape, noise, out)
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@numba.njit(cache=True, nogil=True, inline="always", error_model="numpy")
 def _inverse_response(m, table, start, step, offset):  # pragma: no cover
     """``h^-1(m)`` (float64): linear in ``table`` (``h^-1`` at ``start + i * step``), 0 below it,
     ``m - offset`` above it."""
@@ -239,7 +239,7 @@ def _inverse_response_scalar(m, table, start, step, offset):  # pragma: no cover
     return _inverse_response(m, table, start, step, offset)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")  # no zero-divisor checks per voxel: step, signal_max > 0
 def _debiased_scale(maxima, table, start, step, offset, signal_max, out):  # pragma: no cover
     flat_in = maxima.ravel()
     flat_out = out.ravel()

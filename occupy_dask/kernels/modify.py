@@ -13,7 +13,9 @@ NOISE_TILE = 64  # edge of the global tiles that own one random stream each
 SIGMOID_TABLE_SIZE = 100  # entries of the reference's sigmoid table
 
 
-@numba.njit(cache=True, nogil=True)
+# error_model="numpy": no check for a zero divisor at every voxel (every s divided by lies
+# above the limit, which is >= 0), so the loops vectorise: 10x faster for the amount 1
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _power_factor(scale, exponent, limit, out):  # pragma: no cover
     # numpy's ``array ** scalar`` (which the reference uses) takes these exponents exactly as
     # 1/s, sqrt(s), s*s, s and 1; every other exponent goes through powf
