@@ -21,6 +21,21 @@ def test_power_factor_leaves_low_scale_alone():
     assert got.dtype == np.float32
 
 
+@pytest.mark.parametrize("exponent", [-1.0, 0.5, 2.0, 1.0, 0.0, -0.7, -2.5])
+@pytest.mark.parametrize("limit", [0.0, 0.05])
+def test_power_factor_is_numpys_power_above_the_limit(exponent, limit):
+    """Zeros, negative scale and NaN at or below a limit of 0 give 1 (no division by zero)."""
+    rng = np.random.default_rng(3)
+    scale = np.concatenate([rng.random(4099, dtype=np.float32), np.array([0.0, -0.0, -0.2, np.nan, 1e-30, 1.0, limit], np.float32)])
+    with np.errstate(all="ignore"):
+        expected = np.where(scale > np.float32(limit), scale ** np.float32(exponent), np.float32(1.0)).astype(np.float32)
+    got = power_factor(scale, exponent, limit)
+    if exponent in (-1.0, 0.5, 2.0, 1.0, 0.0):  # the exponents numpy computes exactly (1/s, sqrt(s), s*s, s, 1)
+        assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))
+    else:  # powf: numba's and numpy's may round differently
+        np.testing.assert_array_max_ulp(got, expected, maxulp=1)
+
+
 @pytest.mark.parametrize("power,pivot", [(1.0, 0.5), (2.0, 0.3), (5.0, 0.7), (12.0, 0.1)])
 def test_sigmoid_fixes_the_pivot_and_is_monotone(power, pivot):
     assert sigmoid(np.array([pivot]), power, pivot)[0] == pytest.approx(pivot, rel=1e-12)
