@@ -6,10 +6,14 @@ blocks: forward ``rfft(x)``, ``fft(z)``, ``fft(y)``; mask; inverse ``ifft(z)``, 
 ``irfft(x)`` unnormalised and one final multiplication by the float32 ``1/N`` (where pocketfft
 applies its normalisation). Three stages, complex64 throughout:
 
-1. y-slabs ``(nz, sy, nx)``: rfft along x, fft along z;
-2. x-pencils ``(nz, ny, sx)`` of the half spectrum: fft along y, mask from global frequency
-   coordinates, ifft along z and y;
+1. z-slabs ``(sz, ny, nx)``, the map's own planes: rfft along x;
+2. x-pencils ``(nz, ny, sx)`` of the half spectrum: fft along z and y, mask from global
+   frequency coordinates, ifft along z and y;
 3. z-slabs ``(sz, ny, nxh)``: irfft along x.
+
+The first stage reads the map front to back, whole planes at a time, as every later pass does: a
+block of rows from every plane (the transform along z in the first stage) is thousands of small
+spans apart in the file, which a cold network or cloud disk serves one request at a time.
 
 Only lines that can hold a frequency inside the cutoff are transformed after the first rfft:
 columns ``kx`` beyond it are dropped after stage 1's rfft, rows ``kz`` beyond it before stage
@@ -39,10 +43,10 @@ def _edge(n: int, line_bytes: int, block_bytes: int = TARGET_BLOCK_BYTES) -> int
 
 
 def input_chunks(shape: tuple[int, int, int], block_bytes: int = TARGET_BLOCK_BYTES) -> tuple[int, int, int]:
-    """Chunks ``(nz, sy, nx)`` of the first stage: give the input in these and it is read once,
-    with no all-to-all rechunk (which would hold the whole map in memory)."""
+    """Chunks ``(sz, ny, nx)`` of the first stage, whole planes: give the input in these and it
+    is read once, front to back, with no rechunk."""
     nz, ny, nx = shape
-    return (nz, _edge(ny, nz * (nx // 2 + 1) * 8, block_bytes), nx)
+    return (_edge(nz, ny * (nx // 2 + 1) * 8, block_bytes), ny, nx)
 
 
 def _mask(shape, voxel_size, lowpass_angstrom, reference, region):
@@ -51,18 +55,21 @@ def _mask(shape, voxel_size, lowpass_angstrom, reference, region):
     return exact_lowpass_mask(shape, voxel_size, lowpass_angstrom, region)
 
 
-def _forward_xz(block: np.ndarray, nkx: int, kz) -> np.ndarray:
-    spec = scipy.fft.rfft(np.asarray(block, dtype=np.float32), axis=2, workers=1)[:, :, :nkx]
-    spec = scipy.fft.fft(spec, axis=0, overwrite_x=True, workers=1)
-    return spec[kz]
+def _forward_x(block: np.ndarray, nkx: int) -> np.ndarray:
+    """rfft along x of a slab's planes, one at a time, keeping the first ``nkx`` columns."""
+    out = np.empty((*block.shape[:2], nkx), dtype=np.complex64)
+    for z in range(block.shape[0]):
+        out[z] = scipy.fft.rfft(np.asarray(block[z], dtype=np.float32), axis=1, workers=1)[:, :nkx]
+    return out
 
 
-def _filter_yz(block: np.ndarray, shape, voxel_size, lowpass_angstrom, reference, kz, ky, block_info=None):
-    """fft y of the kept (kz, kx) lines, mask, then ifft z and ifft y of the full lines
-    (zeros where the mask removed everything)."""
+def _filter_zy(block: np.ndarray, shape, voxel_size, lowpass_angstrom, reference, kz, ky, block_info=None):
+    """fft z of the pencil's lines, then fft y of the kept (kz, kx) lines, mask, then ifft z
+    and ifft y of the full lines (zeros where the mask removed everything)."""
     nz, ny, _ = shape
     x = slice(*block_info[0]["array-location"][2])
-    spec = scipy.fft.fft(block, axis=1, workers=1)
+    spec = scipy.fft.fft(block, axis=0, workers=1)[kz]
+    spec = scipy.fft.fft(spec, axis=1, overwrite_x=True, workers=1)
     with np.errstate(invalid="ignore"):  # NaN/Inf input: reported once, after the first pass, with counts
         spec *= _mask(shape, voxel_size, lowpass_angstrom, reference, (kz, slice(None), x))
     lines = np.zeros((nz, ky.size, block.shape[2]), dtype=np.complex64)
@@ -121,23 +128,20 @@ def lowpass(
     shape = tuple(int(n) for n in data.shape)
     nz, ny, nx = shape
     kz, ky, nkx = lowpass_support(shape, voxel_size, lowpass_angstrom, reference)
-    nkz = kz.size
-    sy = input_chunks(shape, block_bytes)[1]
     sx = _edge(nkx, nz * ny * 8, block_bytes)
     sz = _edge(nz, ny * (nx // 2 + 1) * 8, block_bytes) if slab_planes is None else int(min(max(slab_planes, 1), nz))
-    slabs = data.rechunk((nz, sy, nx), method="tasks")  # (dask would import distributed to choose)
+    slabs = data.rechunk(input_chunks(shape, block_bytes), method="tasks")  # (dask would import distributed to choose)
     spec = slabs.map_blocks(
-        _forward_xz,
+        _forward_x,
         nkx=nkx,
-        kz=kz,
         dtype=np.complex64,
-        chunks=((nkz,), slabs.chunks[1], (nkx,)),
+        chunks=(slabs.chunks[0], (ny,), (nkx,)),
         meta=np.empty((0, 0, 0), np.complex64),
     )
     if spill is not None:
-        spec = spill(spec, (nkz, slabs.chunks[1][0], sx), "spectrum", (nkz, ny, sx))
-    filtered = spec.rechunk((nkz, ny, sx), method="tasks").map_blocks(
-        _filter_yz,
+        spec = spill(spec, (slabs.chunks[0][0], ny, sx), "spectrum", (nz, ny, sx))
+    filtered = spec.rechunk((nz, ny, sx), method="tasks").map_blocks(
+        _filter_zy,
         shape=shape,
         voxel_size=tuple(voxel_size),
         lowpass_angstrom=float(lowpass_angstrom),

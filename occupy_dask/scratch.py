@@ -22,7 +22,7 @@ import numpy as np
 from .blocks import region
 from .buffers import background_writer, map_empty, writer
 from .io.read import ArraySource, ZarrSource
-from .io.zarr_chunks import copy_rows, create_plain_array, plain_layout, read_plain_block
+from .io.zarr_chunks import copy_rows, create_plain_array, following_block, plain_layout, read_plain_block, will_need_block
 from .lowpass import inverse_x
 
 IN_MEMORY_BYTES = 512 << 20  # larger low-passed maps and spectra go to disk (a run's memory then follows its chunks, not its map)
@@ -156,7 +156,7 @@ class Spiller:
 @dataclass(frozen=True)
 class PlainStore:
     """A plain zarr store of ours (a spilled spectrum) read straight from its chunk files, which
-    are dropped from the page cache once read (it is read once)."""
+    are dropped from the page cache once read (it is read once), the next block's read ahead."""
 
     path: str
     shape: tuple[int, int, int]
@@ -171,7 +171,7 @@ class PlainStore:
     def __getitem__(self, key) -> np.ndarray:
         key = tuple(slice(*k.indices(n)[:2]) for k, n in zip(key, self.shape))
         out = np.empty([k.stop - k.start for k in key], dtype=self.dtype)
-        return read_plain_block(self.path, plain_layout(self.path), self.shape, key, out, drop=True)
+        return read_plain_block(self.path, plain_layout(self.path), self.shape, key, out, drop=True, ahead=True)
 
 
 def array_source(data, temp_dir: str | None, run, distributed: bool = False):
@@ -232,6 +232,10 @@ class LowpassOnRead:
         spectrum_shape = (*self.shape[:2], self.columns)
         group = max(1, min(z1 - z0, min(GROUP_BYTES, out.nbytes // 8) // (rows * self.columns * 8)))
         step = max(1, min(group, min(LINES_BYTES, out.nbytes // 8) // (rows * half * 8)))
+        whole = (slice(z0, z1), slice(y0, y1), slice(None))  # read a group of planes at a time, the disk already on the rest and the next block
+        for block in (whole, following_block(whole, spectrum_shape)):
+            if block is not None:
+                will_need_block(self.path, layout, spectrum_shape, block)
         read = np.empty((group, rows, self.columns), dtype=np.complex64)
         lines = np.zeros((step, rows, half), dtype=np.complex64)  # the columns past the kept ones stay 0
         for z in range(z0, z1, group):

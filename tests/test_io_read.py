@@ -144,7 +144,8 @@ def test_mrc_block_reads_into_buffers(data_dir):
 def test_reads_of_spans_apart_announce_every_span_first(tmp_path, monkeypatch):
     """A block of rows from several planes is many spans apart in the file: all of them are
     announced to the kernel (POSIX_FADV_WILLNEED) before the first is read, so a cold disk
-    queues them together; a block of whole planes is one span and is read as it is."""
+    queues them together; a block of whole planes is one span, announced with the next block's
+    planes (a pass reads that next), up to the end of the map."""
     import os
 
     data = np.random.default_rng(6).normal(size=(9, 20, 16)).astype(np.float32)
@@ -156,5 +157,9 @@ def test_reads_of_spans_apart_announce_every_span_first(tmp_path, monkeypatch):
         assert np.array_equal(m.source[2:7, 5:11, 0:16], data[2:7, 5:11])
         assert calls == [(offset + ((z * 20) + 5) * 16 * 4, 6 * 16 * 4, os.POSIX_FADV_WILLNEED) for z in range(2, 7)]
         calls.clear()
+        row = 16 * 4
+        assert np.array_equal(m.source[0:3, 0:20, 0:16], data[0:3])
+        assert calls == [(offset, 6 * 20 * row, os.POSIX_FADV_WILLNEED)]  # planes 0-2 and the next block's 3-5
+        calls.clear()
         assert np.array_equal(m.source[2:7, 0:20, 0:16], data[2:7])
-        assert calls == []
+        assert calls == [(offset + 2 * 20 * row, 7 * 20 * row, os.POSIX_FADV_WILLNEED)]  # the next block's planes end with the map's

@@ -140,6 +140,57 @@ def test_a_slab_read_keeps_in_the_page_cache_only_the_planes_the_next_slab_reads
     assert [(s, n) for _, s, n in dropped] == [(0, 0)] * 3
 
 
+def test_following_block_is_the_next_in_block_order():
+    """The block a pass reads next: one step on along the last axis the block does not span
+    (pencils along x, bars along y, slabs along z), cut at the array's end; none after the last."""
+    from occupy_dask.io.zarr_chunks import following_block
+
+    shape = (20, 12, 9)
+    assert following_block((slice(0, 20), slice(0, 12), slice(0, 4)), shape) == (slice(0, 20), slice(0, 12), slice(4, 8))
+    assert following_block((slice(0, 20), slice(0, 12), slice(4, 8)), shape) == (slice(0, 20), slice(0, 12), slice(8, 9))
+    assert following_block((slice(0, 20), slice(0, 12), slice(8, 9)), shape) is None
+    assert following_block((slice(5, 10), slice(3, 6), slice(None)), shape) == (slice(5, 10), slice(6, 9), slice(0, 9))
+    assert following_block((slice(5, 10), slice(None), slice(None)), shape) == (slice(10, 15), slice(0, 12), slice(0, 9))
+    assert following_block((slice(14, 20), slice(None), slice(None)), shape) is None
+    assert following_block((slice(None),) * 3, shape) is None
+
+
+def test_spilled_reads_start_the_disk_on_the_next_block(tmp_path, monkeypatch):
+    """A spilled store read by a pass announces its block's chunk files and then the next
+    block's (POSIX_FADV_WILLNEED) before reading: the disk reads ahead while the block is used.
+    The low-passed map read from its spectrum announces its whole slab and the next one before
+    reading the slab a few planes at a time; the data read are unchanged."""
+    from occupy_dask import scratch
+    from occupy_dask.io import zarr_chunks
+    from occupy_dask.io.zarr_chunks import create_plain_array
+
+    data = (np.random.default_rng(5).normal(size=(12, 4, 6)) + 1j).astype(np.complex64)
+    target = create_plain_array(str(tmp_path / "s.zarr"), data.shape, (3, 4, 2), np.complex64)
+    target[0:12, 0:4, 0:6] = data
+    announced = []
+
+    def will_need(fd, start, length):
+        index = tuple(int(part) for part in os.readlink(f"/proc/self/fd/{fd}").split(os.sep)[-3:])
+        announced.append((index, start, length))
+
+    monkeypatch.setattr(zarr_chunks, "will_need", will_need)
+    store = scratch.PlainStore(str(tmp_path / "s.zarr"), data.shape, data.dtype.str)
+    assert np.array_equal(store[:, :, 2:4], data[:, :, 2:4])  # a pencil: its chunk files, then the next pencil's
+    plane = 4 * 2 * 8
+    assert announced == [((i, 0, k), 0, 3 * plane) for k in (1, 2) for i in range(4)]
+    announced.clear()
+    assert np.array_equal(store[:, :, 4:6], data[:, :, 4:6])  # the last pencil: nothing after it
+    assert announced == [((i, 0, 2), 0, 3 * plane) for i in range(4)]
+
+    announced.clear()
+    monkeypatch.setattr(scratch, "GROUP_BYTES", 1)  # a plane read at a time
+    source = scratch.LowpassOnRead(str(tmp_path / "s.zarr"), (12, 4, 10), 6)
+    block = source[4:6, :, :]
+    assert len(block) == 2
+    slab = [((1, 0, k), 1 * plane, 2 * plane) for k in range(3)] + [((2, 0, k), 0, 2 * plane) for k in range(3)]
+    assert announced[:6] == slab  # planes 4-5, then the next slab's 6-7, before the first plane is read
+
+
 def test_copy_rows_copies_what_numpy_assignment_copies():
     """Rows copied as whole items: slices of both sides, other dtypes and layouts (numpy's own
     assignment then) give exactly ``dst[...] = src``, and nothing beside ``dst`` is touched."""

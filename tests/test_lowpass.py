@@ -83,3 +83,27 @@ def test_the_lowpassed_map_read_from_its_filtered_spectrum_is_the_lowpassed_map(
         assert np.array_equal(source[key], expected[key])
         out = np.full([k.indices(n)[1] - k.indices(n)[0] for k, n in zip(key, shape)], np.nan, np.float32)
         assert source.read_into(key, out, keep_from=key[0].stop - 2) is out and np.array_equal(out, expected[key])
+
+
+def test_the_first_stage_reads_the_map_in_whole_planes():
+    """The low-pass reads its input as every later pass does, front to back in blocks of whole
+    planes (a block of rows from every plane would be thousands of small reads of a cold file),
+    each voxel once, and still gives the whole-array transform's bits."""
+    data = np.random.default_rng(8).normal(size=(30, 22, 26)).astype(np.float32)
+
+    class Recorded:
+        shape, dtype, ndim = data.shape, data.dtype, 3
+        keys = []
+
+        def __getitem__(self, key):
+            self.keys.append(tuple(k.indices(n)[:2] for k, n in zip(key, self.shape)))
+            return data[key]
+
+    source = Recorded()
+    chunks = lowpass_stage.input_chunks(data.shape, 30_000)
+    assert chunks[1:] == data.shape[1:] and chunks[0] < data.shape[0]
+    lazy = da.from_array(source, chunks=chunks, lock=False, asarray=False, meta=np.empty((0, 0, 0), np.float32))
+    got = lowpass(lazy, (1.0,) * 3, 4.0, block_bytes=30_000).compute()
+    assert np.array_equal(got, lowpass_numpy(data, (1.0,) * 3, 4.0))
+    assert all(y == (0, 22) and x == (0, 26) for _, y, x in source.keys) and len(source.keys) > 1
+    assert sorted(z for z, _, _ in source.keys) == [(z, min(z + chunks[0], 30)) for z in range(0, 30, chunks[0])]

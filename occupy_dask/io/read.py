@@ -52,7 +52,8 @@ class MrcSource:
     def read_into(self, key: tuple[slice, slice, slice], out: np.ndarray, keep_from: int | None = None) -> np.ndarray:
         """Read the block ``key`` (unit-step slices) into the float32 array ``out`` with
         positioned reads of whole-width row spans (one per plane), cheaper than faulting in a
-        memmap. (``keep_from``: see :func:`read_block`; the input is never dropped from the page cache.)"""
+        memmap; a block of whole planes also starts the disk on the next block's planes.
+        (``keep_from``: see :func:`read_block`; the input is never dropped from the page cache.)"""
         (z0, z1), (y0, y1), (x0, x1) = (k.indices(n)[:2] for k, n in zip(key, self.shape))
         nz, ny, nx = self.shape
         dtype = np.dtype(self.file_dtype)
@@ -65,6 +66,8 @@ class MrcSource:
             if z1 - z0 > 1 and (y1 - y0) < ny:  # spans apart in the file: ask for all of them at once
                 for z in range(z0, z1):
                     will_need(f.fileno(), self.offset + (z * ny + y0) * row_bytes, (y1 - y0) * row_bytes)
+            elif y1 - y0 == ny:  # whole planes, one span: it and the next slab's (the pass reads it next) asked for at once
+                will_need(f.fileno(), self.offset + z0 * ny * row_bytes, (min(nz, 2 * z1 - z0) - z0) * ny * row_bytes)
             for z in range(z1 - z0):
                 target = out[z] if whole_rows else span
                 view = memoryview(target.reshape(-1)).cast("B")
@@ -117,7 +120,7 @@ class ZarrSource:
         if layout is None or layout.dtype != np.dtype("<f4"):
             out[...] = self[key]
             return out
-        return read_plain_block(self.path, layout, self.shape, key, out, drop=self.scratch, keep_from=keep_from)
+        return read_plain_block(self.path, layout, self.shape, key, out, drop=self.scratch, keep_from=keep_from, ahead=self.scratch)
 
 
 @dataclass(frozen=True)

@@ -117,21 +117,53 @@ def copy_rows(dst: np.ndarray, src: np.ndarray) -> None:
     dst.view(row)[...] = src.view(row)
 
 
-def read_plain_block(path: str, layout: PlainLayout, shape, key, out: np.ndarray, drop: bool = False, keep_from: int | None = None) -> np.ndarray:
+def following_block(key, shape) -> tuple[slice, slice, slice] | None:
+    """The block after ``key`` in block order (a pass's tasks run so): as large, one step on along
+    the last axis that ``key`` does not span; None at that axis's end or for a whole array."""
+    bounds = [k.indices(n)[:2] for k, n in zip(key, shape)]
+    for axis in (2, 1, 0):
+        (a, b), n = bounds[axis], shape[axis]
+        if b - a < n:
+            if b >= n:
+                return None
+            return tuple(slice(b, min(n, 2 * b - a)) if i == axis else slice(*bounds[i]) for i in range(3))
+    return None
+
+
+def will_need_block(path: str, layout: PlainLayout, shape, key) -> None:
+    """Ask the kernel to start reading the planes of every chunk file the block ``key`` of the
+    plain array at ``path`` covers (see :func:`will_need`)."""
+    chunk, itemsize = layout.chunks, layout.dtype.itemsize
+    bounds = [k.indices(n)[:2] for k, n in zip(key, shape)]
+    ranges = [range(a // c, (b - 1) // c + 1) for (a, b), c in zip(bounds, chunk)]
+    plane = chunk[1] * chunk[2]
+    for i in ranges[0]:
+        z_lo, z_hi = max(bounds[0][0], i * chunk[0]), min(bounds[0][1], (i + 1) * chunk[0])
+        for j in ranges[1]:
+            for k in ranges[2]:
+                _will_need_file(layout.chunk_path(path, (i, j, k)), itemsize * (z_lo - i * chunk[0]) * plane, itemsize * (z_hi - z_lo) * plane)
+
+
+def read_plain_block(
+    path: str, layout: PlainLayout, shape, key, out: np.ndarray, drop: bool = False, keep_from: int | None = None, ahead: bool = False
+) -> np.ndarray:
     """Read the block ``key`` of the plain array at ``path`` into ``out``, chunk file by chunk
     file (whole planes of a chunk in one positioned read); with ``drop`` each chunk file read is
     dropped from the page cache, all of it, or with ``keep_from`` only the planes read below
-    that plane (a pass over slabs: the planes from there on are read again by the next slab)."""
+    that plane (a pass over slabs: the planes from there on are read again by the next slab).
+    With ``ahead`` the disk also starts on the block after it (:func:`following_block`) while
+    this one is used: a pass's next read then finds its data in memory."""
     chunk = layout.chunks
     itemsize = layout.dtype.itemsize
     bounds = [k.indices(n)[:2] for k, n in zip(key, shape)]
     ranges = [range(a // c, (b - 1) // c + 1) for (a, b), c in zip(bounds, chunk)]
     plane = chunk[1] * chunk[2]
     indices = [(i, j, k) for i in ranges[0] for j in ranges[1] for k in ranges[2]]
-    if drop and len(indices) > 1:  # read from disk: every chunk file's planes asked for at once, queued together
-        for i, j, k in indices:
-            z_lo, z_hi = max(bounds[0][0], i * chunk[0]), min(bounds[0][1], (i + 1) * chunk[0])
-            _will_need_file(layout.chunk_path(path, (i, j, k)), itemsize * (z_lo - i * chunk[0]) * plane, itemsize * (z_hi - z_lo) * plane)
+    if drop and (len(indices) > 1 or ahead):  # read from disk: every chunk file's planes asked for at once, queued together
+        will_need_block(path, layout, shape, key)
+        after = following_block(key, shape) if ahead else None
+        if after is not None:
+            will_need_block(path, layout, shape, after)
     for index in indices:
         lo = [max(a, i * c) for (a, _), i, c in zip(bounds, index, chunk)]
         hi = [min(b, (i + 1) * c) for (_, b), i, c in zip(bounds, index, chunk)]
