@@ -104,6 +104,53 @@ class BufferPool:
 POOL = BufferPool()
 
 
+class PlaneStash:
+    """Planes of a low-passed map that one slab's read transformed and the next slab's read
+    needs again (its halo, its tiles' reach: the planes from ``keep_from`` on), handed over
+    instead of transformed twice (see :class:`occupy_dask.scratch.LowpassOnRead`). Keyed by the
+    spectrum's path and the rows and columns read. A pass reads its slabs in order, so a read
+    from plane ``z0`` on is the last to ask for planes held from below ``z0``: those are freed
+    then, as are an earlier spectrum's, and all of them between passes
+    (:func:`release_buffers`). A few slabs' tails at most, each freed once handed over."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: list[tuple[tuple, int, np.ndarray]] = []  # (window, first plane, planes)
+
+    def take_into(self, window: tuple, z0: int, out: np.ndarray) -> int:
+        """Copy into ``out`` the planes held for ``window`` from plane ``z0`` on; how many."""
+        found, kept = None, []
+        with self._lock:
+            for entry in self._held:
+                held_window, first, _ = entry
+                if held_window == window and first == z0 and found is None:
+                    found = entry
+                elif held_window[0] == window[0] and not (held_window == window and first < z0):
+                    kept.append(entry)
+            self._held = kept
+        if found is None:
+            return 0
+        n = min(len(found[2]), len(out))
+        out[:n] = found[2][:n]
+        return n
+
+    def put(self, window: tuple, z0: int, planes: np.ndarray) -> None:
+        """Hold a copy of ``planes`` (planes ``z0`` on) for the next read of ``window``."""
+        held = planes.copy()
+        with self._lock:
+            self._held.append((window, z0, held))
+
+    def clear(self) -> int:
+        """Free every plane held; returns how many bytes they held."""
+        with self._lock:
+            held = sum(planes.nbytes for _, _, planes in self._held)
+            self._held.clear()
+        return held
+
+
+STASH = PlaneStash()
+
+
 # glibc mallopt() parameters
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 
@@ -151,10 +198,10 @@ def release_run_buffers(run) -> None:
 
 
 def release_buffers() -> int:
-    """Free this process's pooled buffers; returns how many bytes they held."""
+    """Free this process's pooled buffers and stashed planes; returns how many bytes they held."""
     held = POOL.nbytes
     POOL.clear()
-    return held
+    return held + STASH.clear()
 
 
 class WriteBehind:

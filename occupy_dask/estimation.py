@@ -22,7 +22,7 @@ import numpy as np
 
 from . import lowpass as lowpass_stage
 from .blocks import Moments, block_grid, block_of, block_tasks, region
-from .buffers import POOL, release_run_buffers
+from .buffers import POOL, release_buffers, release_run_buffers
 from .debias import NoiseFloor, map_noise_floor
 from .fused import (
     LocalPlan,
@@ -455,7 +455,7 @@ class Estimate:
         them cannot be computed afterwards."""
         while self.cleanup:
             self.cleanup.pop()()
-        POOL.clear()  # the chunk buffers this process lent the passes (free ones only)
+        release_buffers()  # the chunk buffers this process lent the passes (free ones only), the planes stashed
 
     def __enter__(self) -> Estimate:
         return self

@@ -20,7 +20,7 @@ import dask.array as da
 import numpy as np
 
 from .blocks import region
-from .buffers import background_writer, map_empty, writer
+from .buffers import STASH, background_writer, map_empty, writer
 from .io.read import ArraySource, ZarrSource
 from .io.zarr_chunks import copy_rows, create_plain_array, following_block, plain_layout, read_plain_block, will_need_block
 from .lowpass import inverse_x
@@ -225,8 +225,19 @@ class LowpassOnRead:
 
     def read_into(self, key: tuple[slice, slice, slice], out: np.ndarray, keep_from: int | None = None) -> np.ndarray:
         """Read the block ``key`` into ``out`` (``keep_from``: see :func:`occupy_dask.io.read.read_block`;
-        the rest of what is read is dropped from the page cache)."""
+        the rest of what is read is dropped from the page cache, and the planes from ``keep_from``
+        on are also handed to the next slab's read, transformed: see :class:`PlaneStash`)."""
         (z0, z1), (y0, y1), columns = (k.indices(n)[:2] for k, n in zip(key, self.shape))
+        window = (self.path, y0, y1, *columns)
+        done = STASH.take_into(window, z0, out)  # planes the slab before transformed for this one
+        if z0 + done < z1:
+            self._transform(z0 + done, z1, y0, y1, columns, out[done:], keep_from)
+        if keep_from is not None and keep_from < z1:
+            STASH.put(window, max(keep_from, z0), out[max(keep_from, z0) - z0 :])
+        return out
+
+    def _transform(self, z0, z1, y0, y1, columns, out, keep_from) -> None:
+        """Read the spectrum lines of planes ``z0:z1``, rows ``y0:y1`` and transform them into ``out``."""
         rows, half = y1 - y0, self.shape[2] // 2 + 1
         layout = plain_layout(self.path)
         spectrum_shape = (*self.shape[:2], self.columns)
@@ -246,4 +257,3 @@ class LowpassOnRead:
                 m = min(step, n - first)
                 copy_rows(lines[:m, :, : self.columns], read[first : first + m])
                 inverse_x(lines[:m], self.shape, out=out[z - z0 + first : z - z0 + first + m], columns=columns)
-        return out

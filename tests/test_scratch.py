@@ -125,3 +125,35 @@ def test_blocks_stored_on_disk_are_written_behind_and_a_failed_write_stops_the_s
     memory = np.zeros_like(data)
     store_blocks(lazy, memory, _run, "test")  # an array in memory: filled by the tasks themselves
     assert np.array_equal(memory, data)
+
+
+@pytest.mark.parametrize("halo", [1, 3])
+def test_slab_reads_of_the_lowpassed_map_hand_their_shared_planes_to_the_next_slab(tmp_path, monkeypatch, halo):
+    """A pass over slabs reads each slab with the planes the next one reads too (a halo, the
+    tiles' reach); the next read takes those planes as transformed instead of transforming them
+    again: every plane is transformed once (twice only where the next slab's read came first),
+    and every block holds the whole-array low-pass's bits. A read that starts elsewhere, or of
+    other rows, transforms its own planes."""
+    from occupy_dask import lowpass as lowpass_stage
+    from occupy_dask import scratch
+    from occupy_dask.io.read import read_with_halo
+    from occupy_dask.lowpass import lowpass, lowpass_numpy
+
+    shape, voxel = (36, 20, 24), (1.0, 1.0, 1.0)
+    data = np.random.default_rng(9).normal(size=shape).astype(np.float32)
+    spiller = scratch.Spiller(tmp_path, lambda *objs, label="": dask.compute(*objs))
+    lowpass(da.from_array(data, chunks=lowpass_stage.input_chunks(shape, 20_000)), voxel, 3.0, slab_planes=6, spill=spiller, block_bytes=20_000)
+    filtered = spiller.stores["filtered"]
+    source = scratch.LowpassOnRead(filtered.path, shape, filtered.shape[2])
+    expected = np.pad(lowpass_numpy(data, voxel, 3.0), [(halo, halo), (0, 0), (0, 0)], mode="symmetric")
+    transformed = []
+    inverse_x = scratch.inverse_x
+    monkeypatch.setattr(scratch, "inverse_x", lambda lines, *a, **k: transformed.append(len(lines)) or inverse_x(lines, *a, **k))
+    for z in range(0, 36, 6):
+        block = read_with_halo(source, (z, 0, 0), (z + 6, 20, 24), (halo, 0, 0), out=np.full((6 + 2 * halo, 20, 24), np.nan, np.float32))
+        assert np.array_equal(block, expected[z : z + 6 + 2 * halo])
+    assert sum(transformed) == 36
+    transformed.clear()
+    assert np.array_equal(source[4:9, 2:7, :], expected[4 + halo : 9 + halo, 2:7])
+    assert sum(transformed) == 5
+    scratch.STASH.clear()
