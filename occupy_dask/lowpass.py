@@ -129,8 +129,9 @@ def lowpass(
     nz, ny, nx = shape
     kz, ky, nkx = lowpass_support(shape, voxel_size, lowpass_angstrom, reference)
     sx = _edge(nkx, nz * ny * 8, block_bytes)
-    sz = _edge(nz, ny * (nx // 2 + 1) * 8, block_bytes) if slab_planes is None else int(min(max(slab_planes, 1), nz))
-    slabs = data.rechunk(input_chunks(shape, block_bytes), method="tasks")  # (dask would import distributed to choose)
+    first = input_chunks(shape, block_bytes)
+    sz = first[0] if slab_planes is None else int(min(max(slab_planes, 1), nz))
+    slabs = data.rechunk(first, method="tasks")  # (dask would import distributed to choose)
     spec = slabs.map_blocks(
         _forward_x,
         nkx=nkx,

@@ -252,7 +252,7 @@ class LowpassOnRead:
         for z in range(z0, z1, group):
             n = min(group, z1 - z)
             planes = (slice(z, z + n), slice(y0, y1), slice(None))
-            read_plain_block(self.path, layout, spectrum_shape, planes, read[:n], drop=True, keep_from=keep_from)
+            read_plain_block(self.path, layout, spectrum_shape, planes, read[:n], drop=True, keep_from=keep_from, announced=True)
             for first in range(0, n, step):
                 m = min(step, n - first)
                 copy_rows(lines[:m, :, : self.columns], read[first : first + m])

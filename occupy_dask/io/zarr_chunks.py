@@ -145,21 +145,30 @@ def will_need_block(path: str, layout: PlainLayout, shape, key) -> None:
 
 
 def read_plain_block(
-    path: str, layout: PlainLayout, shape, key, out: np.ndarray, drop: bool = False, keep_from: int | None = None, ahead: bool = False
+    path: str,
+    layout: PlainLayout,
+    shape,
+    key,
+    out: np.ndarray,
+    drop: bool = False,
+    keep_from: int | None = None,
+    ahead: bool = False,
+    announced: bool = False,
 ) -> np.ndarray:
     """Read the block ``key`` of the plain array at ``path`` into ``out``, chunk file by chunk
     file (whole planes of a chunk in one positioned read); with ``drop`` each chunk file read is
     dropped from the page cache, all of it, or with ``keep_from`` only the planes read below
     that plane (a pass over slabs: the planes from there on are read again by the next slab).
     With ``ahead`` the disk also starts on the block after it (:func:`following_block`) while
-    this one is used: a pass's next read then finds its data in memory."""
+    this one is used: a pass's next read then finds its data in memory. ``announced``: the caller
+    has already asked for the block (:func:`will_need_block`), as a read in parts does once."""
     chunk = layout.chunks
     itemsize = layout.dtype.itemsize
     bounds = [k.indices(n)[:2] for k, n in zip(key, shape)]
     ranges = [range(a // c, (b - 1) // c + 1) for (a, b), c in zip(bounds, chunk)]
     plane = chunk[1] * chunk[2]
     indices = [(i, j, k) for i in ranges[0] for j in ranges[1] for k in ranges[2]]
-    if drop and (len(indices) > 1 or ahead):  # read from disk: every chunk file's planes asked for at once, queued together
+    if drop and not announced and (len(indices) > 1 or ahead):  # read from disk: every chunk file's planes asked for at once, queued together
         will_need_block(path, layout, shape, key)
         after = following_block(key, shape) if ahead else None
         if after is not None:
