@@ -2,7 +2,8 @@
 
 Prints wall time, peak RSS summed over the whole process tree (sampled with psutil) and the
 cost per voxel, whole and after the fixed start-up (the wall time of a 32^3 run). Every size runs
-``--repeat`` times: wall times are medians (with the range), peaks the largest seen.
+``--repeat`` times, each into an empty output folder (the last run's outputs are removed before
+it starts, outside its time): wall times are medians (with the range), peaks the largest seen.
 
 Then the roofline: per size, the bytes the run must read (the input) and write (its outputs and
 the temporary stores it spills), the I/O floor at this machine's disk bandwidth (measured here with
@@ -221,6 +222,10 @@ def main() -> None:
             cmd += [*(["--chunks", str(args.chunks)] if args.chunks else []), *args.extra.split()]
             walls, peaks = [], []
             for _ in range(max(args.repeat, 1)):
+                # every run writes into an empty folder, as the first does: replacing the last run's
+                # outputs would add the filesystem's cost of freeing them (0.2-0.3 s per GB here) to
+                # the later runs only
+                shutil.rmtree(out, ignore_errors=True)
                 wall, peak = run_measured(cmd)
                 walls.append(wall)
                 peaks.append(peak)

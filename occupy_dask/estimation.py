@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -42,7 +41,17 @@ from .kernels.histogram import N_BINS, density_from_counts, histogram_edges
 from .kernels.local import block_ranges, ellipsoid_terms, load_in_background
 from .reductions import Reductions, finite_median, global_reductions
 from .resample import fourier_pad, fourier_pad_reference
-from .scratch import LowpassOnRead, Spiller, lowpass_on_disk, materialise, reads_lowpass_from_spectrum, scratch_folder, too_large_for_memory
+from .scratch import (
+    LowpassOnRead,
+    Spiller,
+    lowpass_on_disk,
+    materialise,
+    reads_lowpass_from_spectrum,
+    remove_folder,
+    remove_in_background,
+    scratch_folder,
+    too_large_for_memory,
+)
 from .settings import RunOptions, Settings
 from .solvent import SOLVENT_ADVICE, ConfidenceTable, SolventModel, confidence_table, content_one_percent, fit_solvent_model, solvent_edge
 
@@ -82,10 +91,10 @@ def estimate_map(
         _finish_modified(est, full, run)
     except BaseException:
         for path in temp_dirs:
-            shutil.rmtree(path, ignore_errors=True)
+            remove_folder(path)
         raise
     est.warnings[:0] = notes
-    est.cleanup.extend(lambda path=path: shutil.rmtree(path, ignore_errors=True) for path in temp_dirs)
+    est.cleanup.extend(lambda path=path: remove_folder(path) for path in temp_dirs)
     return est
 
 
@@ -122,15 +131,19 @@ def _lowpassed(raw_source, s: Settings, run, options: RunOptions, temp_dirs: lis
         )
         to_disk = lowpass_on_disk(lp_lazy.nbytes, options, run)  # large, over the memory limit, or read by other processes
         if reads_lowpass_from_spectrum(s, to_disk, spiller is not None):
-            shutil.rmtree(spiller.stores["spectrum"].path, ignore_errors=True)  # read by the filtered stage; the filtered spectrum stays
-            temp_dirs.append(fft_folder)
+            temp_dirs.append(fft_folder)  # the filtered spectrum stays; the first, read by the filtered stage, goes while the ranges pass runs
+            remove_in_background(spiller.stores["spectrum"].path)
             filtered = spiller.stores["filtered"]
             source = LowpassOnRead(filtered.path, s.shape, filtered.shape[2])
             return source, _ranges(_block_ranges_of(source, s, run))
         source, folder, parts = materialise(lp_lazy, to_disk, options.temp_dir, run, "low-pass", read_chunks=s.chunks, measure=lowpass_block_ranges)
-    finally:
-        if fft_folder is not None and fft_folder not in temp_dirs:  # the spectra are not needed once the low-passed map exists
-            shutil.rmtree(fft_folder, ignore_errors=True)
+    except BaseException:
+        if fft_folder is not None and fft_folder not in temp_dirs:
+            remove_folder(fft_folder)
+        raise
+    if fft_folder is not None:  # the spectra are not needed once the low-passed map exists: they go while the next pass runs
+        temp_dirs.append(fft_folder)
+        remove_in_background(fft_folder)
     if folder is not None:
         temp_dirs.append(folder)
     return source, _ranges(parts)

@@ -1,5 +1,7 @@
 """estimation.py: the method end to end on the golden phantom; chunk invariance, spilled low-pass, nlrc and hedge, target occupancy."""
 
+from pathlib import Path
+
 import dask
 import numpy as np
 import pytest
@@ -109,6 +111,7 @@ def test_spilled_spectrum_gives_the_same_numbers(phantom96, tmp_path, monkeypatc
         expected = a.scale.compute(), a.confidence_map.compute()
     estimate, labels = _spilled(phantom96, s, tmp_path, monkeypatch)
     with estimate as b:
+        occupy_dask.scratch.finish_removals()  # the spectra, removed in the background
         assert [p.name.startswith("occupy_dask_fft_") for p in tmp_path.iterdir()] == [False]  # spectra removed, lp kept
         assert np.array_equal(b.scale.compute(), expected[0])
         assert np.array_equal(b.confidence_map.compute(), expected[1])
@@ -132,6 +135,7 @@ def test_slabs_of_a_spilled_spectrum_are_low_passed_on_read_with_the_same_number
     with estimate as b:
         source = b.sources["lp"]
         assert isinstance(source, scratch.LowpassOnRead) and b.sources["scale"] is source
+        scratch.finish_removals()  # the first spectrum, removed in the background
         (folder,) = tmp_path.iterdir()
         assert folder.name.startswith("occupy_dask_fft_") and [p.name for p in folder.iterdir()] == ["filtered.zarr"]
         assert (b.s_max, b.lp_range) == expected[:2]
@@ -162,6 +166,37 @@ def test_allow_nonfinite_replaces_with_the_median(phantom96):
         assert np.array_equal(scale, ref.scale.compute())
     with pytest.raises(ProcessingError, match="1 NaN and 2 infinite"):
         occupy_dask.estimate(data, voxel_size=1.1, chunks=40)
+
+
+def test_the_first_spectrum_is_removed_while_the_ranges_pass_runs(phantom96, tmp_path, monkeypatch):
+    """Freeing a spilled store's blocks takes the filesystem time: the first spectrum, which only
+    the filtered stage reads, is removed in a thread of its own while the next pass runs, and
+    closing the estimate waits for that removal (nothing is left)."""
+    import shutil
+    import threading
+
+    from occupy_dask import scratch
+
+    s = derive_settings(phantom96.shape, 1.1, occupancy=True, amplify=True)
+    release, removing = threading.Event(), []
+    real_rmtree = shutil.rmtree
+
+    def slow_rmtree(path, *args, **kwargs):
+        if threading.current_thread() is not threading.main_thread():
+            removing.append(Path(path).name)
+            assert release.wait(30)  # held until the ranges pass has run
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(scratch.shutil, "rmtree", slow_rmtree)
+    estimate, labels = _spilled(phantom96, s, tmp_path, monkeypatch)
+    assert labels[:3] == ["low-pass (spectrum)", "low-pass (filtered)", "low-pass"]  # the ranges pass has run
+    (folder,) = tmp_path.iterdir()
+    assert removing == ["spectrum.zarr"] and sorted(p.name for p in folder.iterdir()) == ["filtered.zarr", "spectrum.zarr"]  # removal held
+    release.set()
+    with estimate as b:
+        assert isinstance(b.sources["lp"], scratch.LowpassOnRead)
+    assert not any(tmp_path.iterdir())
+    assert not scratch._REMOVALS
 
 
 def test_an_interrupt_while_spilling_the_lowpass_leaves_no_store(phantom96, tmp_path):
