@@ -12,7 +12,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import brentq
 
 from .errors import SettingsError
 
@@ -34,8 +33,21 @@ def tau_for_kernel(n_voxels: int) -> float:
         raise SettingsError(f"kernel must contain at least one voxel, got {n_voxels}")
     if n_voxels == 1:
         return 0.5
-    root = brentq(lambda x: x**n_voxels + x - 1.0, 0.0, 1.0, xtol=1e-14, rtol=1e-15)
-    return round(root, 4)
+    return round(increasing_root(lambda x: x**n_voxels + x - 1.0, 0.0, 1.0), 4)
+
+
+def increasing_root(f, lo: float, hi: float) -> float:
+    """The root of an increasing ``f`` with ``f(lo) < 0 < f(hi)``, by bisection down to adjacent
+    floats (about 60 halvings on [0, 1]): as exact as ``f`` itself, without importing
+    scipy.optimize (0.1-0.16 s, on every run's critical path) for one root."""
+    while True:
+        mid = 0.5 * (lo + hi)
+        if mid <= lo or mid >= hi:
+            return lo if abs(f(lo)) <= abs(f(hi)) else hi
+        if f(mid) < 0.0:
+            lo = mid
+        else:
+            hi = mid
 
 
 def odd_kernel_size(length_voxels: float) -> int:

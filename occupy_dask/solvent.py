@@ -9,7 +9,6 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import OptimizeWarning, curve_fit
 
 from .errors import SolventModelError
 from .kernels.histogram import N_BINS
@@ -63,6 +62,8 @@ def fit_solvent_model(x: np.ndarray, density: np.ndarray, edges: np.ndarray) -> 
     density = np.asarray(density, dtype=np.float64)
     if not np.all(np.isfinite(density)) or density.max() <= 0:
         raise SolventModelError(f"the solvent region has no usable histogram; {SOLVENT_ADVICE}")
+    from scipy.optimize import OptimizeWarning, curve_fit  # here: no other step of a run needs scipy.optimize (see load_in_background)
+
     guess = initial_guess(density, edges)
     try:
         with warnings.catch_warnings():

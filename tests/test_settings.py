@@ -49,6 +49,25 @@ def test_tau_table_matches_root_rounded_to_four_decimals():
     assert tau_for_kernel(93) == 0.9647
 
 
+def test_tau_is_scipy_s_root_rounded_without_importing_scipy_optimize():
+    """The root comes from a bisection of our own, the same after rounding as scipy's brentq (as
+    the version before took it) for every kernel and target-mask size tried, and loading the
+    method does not import scipy.optimize (only the solvent fit does, in the background)."""
+    import subprocess
+    import sys
+
+    from scipy.optimize import brentq
+
+    rng = np.random.default_rng(3)
+    for n in [*range(2, 5001), *rng.integers(5001, 10**9, 2000).tolist()]:
+        expected = round(brentq(lambda x, n=n: x**n + x - 1.0, 0.0, 1.0, xtol=1e-14, rtol=1e-15), 4)
+        assert tau_for_kernel(n) == expected, n
+    probe = "import sys, occupy_dask.api, occupy_dask.estimation; print('scipy.optimize' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
 def test_reference_kernels_have_the_reference_voxel_counts():
     # golden A: lowpass 8 Å at 1.1 Å -> size 7, radius 3.64, n_v 203; golden G: size 5, radius 2.2 -> 33
     s = derive_settings((96, 96, 96), 1.1)

@@ -30,11 +30,14 @@ def moments(values):  # pragma: no cover
 def load_in_background() -> threading.Thread:
     """Start numba in a background thread while the low-pass (numpy and FFTs) runs: its first
     call of a compiled kernel sets up its compiler, about 0.2 s, during which every other
-    thread that calls a kernel would wait. Errors are left to the real calls."""
+    thread that calls a kernel would wait. The same thread then imports scipy.optimize (about
+    0.1 s), which the solvent model's fit needs once the reductions are done. Errors are left to
+    the real calls."""
 
     def load() -> None:
         try:
             moments(np.zeros(1, np.float32))
+            import scipy.optimize  # noqa: F401
         except Exception:  # noqa: BLE001 - the same call in the run reports it
             pass
 
