@@ -116,33 +116,27 @@ def _lowpassed(raw_source, s: Settings, run, options: RunOptions, temp_dirs: lis
     spectrum = lowpass_stage.spectrum_bytes(s.shape, s.voxel_size, s.lowpass_angstrom, s.reference_compatible)
     if too_large_for_memory(spectrum, run):
         fft_folder = scratch_folder(options.temp_dir, "occupy_dask_fft_")
+        temp_dirs.append(fft_folder)  # removed by the caller on an error or an interrupt, else when the estimate closes
         spiller = Spiller(fft_folder, run)
-    try:
-        block_bytes = getattr(run, "lowpass_block_bytes", lowpass_stage.TARGET_BLOCK_BYTES)
-        chunks = lowpass_stage.input_chunks(s.shape, block_bytes)
-        lp_lazy = lowpass_stage.lowpass(
-            da.from_array(raw_source, chunks=chunks, lock=False, asarray=False, meta=np.empty((0, 0, 0), np.float32)),
-            s.voxel_size,
-            s.lowpass_angstrom,
-            reference=s.reference_compatible,
-            slab_planes=s.chunks[0] if s.slabs else None,  # slabs as the block reads
-            spill=spiller,
-            block_bytes=block_bytes,
-        )
-        to_disk = lowpass_on_disk(lp_lazy.nbytes, options, run)  # large, over the memory limit, or read by other processes
-        if reads_lowpass_from_spectrum(s, to_disk, spiller is not None):
-            temp_dirs.append(fft_folder)  # the filtered spectrum stays; the first, read by the filtered stage, goes while the ranges pass runs
-            remove_in_background(spiller.stores["spectrum"].path)
-            filtered = spiller.stores["filtered"]
-            source = LowpassOnRead(filtered.path, s.shape, filtered.shape[2])
-            return source, _ranges(_block_ranges_of(source, s, run))
-        source, folder, parts = materialise(lp_lazy, to_disk, options.temp_dir, run, "low-pass", read_chunks=s.chunks, measure=lowpass_block_ranges)
-    except BaseException:
-        if fft_folder is not None and fft_folder not in temp_dirs:
-            remove_folder(fft_folder)
-        raise
+    block_bytes = getattr(run, "lowpass_block_bytes", lowpass_stage.TARGET_BLOCK_BYTES)
+    chunks = lowpass_stage.input_chunks(s.shape, block_bytes)
+    lp_lazy = lowpass_stage.lowpass(
+        da.from_array(raw_source, chunks=chunks, lock=False, asarray=False, meta=np.empty((0, 0, 0), np.float32)),
+        s.voxel_size,
+        s.lowpass_angstrom,
+        reference=s.reference_compatible,
+        slab_planes=s.chunks[0] if s.slabs else None,  # slabs as the block reads
+        spill=spiller,
+        block_bytes=block_bytes,
+    )
+    to_disk = lowpass_on_disk(lp_lazy.nbytes, options, run)  # large, over the memory limit, or read by other processes
+    if reads_lowpass_from_spectrum(s, to_disk, spiller is not None):
+        remove_in_background(spiller.stores["spectrum"].path)  # read by the filtered stage; goes while the ranges pass runs
+        filtered = spiller.stores["filtered"]
+        source = LowpassOnRead(filtered.path, s.shape, filtered.shape[2])
+        return source, _ranges(_block_ranges_of(source, s, run))
+    source, folder, parts = materialise(lp_lazy, to_disk, options.temp_dir, run, "low-pass", read_chunks=s.chunks, measure=lowpass_block_ranges)
     if fft_folder is not None:  # the spectra are not needed once the low-passed map exists: they go while the next pass runs
-        temp_dirs.append(fft_folder)
         remove_in_background(fft_folder)
     if folder is not None:
         temp_dirs.append(folder)

@@ -23,7 +23,7 @@ import numpy as np
 from .blocks import region
 from .buffers import STASH, background_writer, map_empty, writer
 from .io.read import ArraySource, ZarrSource
-from .io.zarr_chunks import copy_rows, create_plain_array, following_block, plain_layout, read_plain_block, will_need_block
+from .io.zarr_chunks import copy_rows, create_plain_array, plain_layout, read_plain_block, will_need_block
 from .lowpass import inverse_x
 
 IN_MEMORY_BYTES = 512 << 20  # larger low-passed maps and spectra go to disk (a run's memory then follows its chunks, not its map)
@@ -282,9 +282,7 @@ class LowpassOnRead:
         group = max(1, min(z1 - z0, min(GROUP_BYTES, out.nbytes // 8) // (rows * self.columns * 8)))
         step = max(1, min(group, min(LINES_BYTES, out.nbytes // 8) // (rows * half * 8)))
         whole = (slice(z0, z1), slice(y0, y1), slice(None))  # read a group of planes at a time, the disk already on the rest and the next block
-        for block in (whole, following_block(whole, spectrum_shape)):
-            if block is not None:
-                will_need_block(self.path, layout, spectrum_shape, block)
+        will_need_block(self.path, layout, spectrum_shape, whole, ahead=True)
         read = np.empty((group, rows, self.columns), dtype=np.complex64)
         lines = np.zeros((step, rows, half), dtype=np.complex64)  # the columns past the kept ones stay 0
         for z in range(z0, z1, group):

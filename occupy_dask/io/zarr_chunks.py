@@ -130,18 +130,21 @@ def following_block(key, shape) -> tuple[slice, slice, slice] | None:
     return None
 
 
-def will_need_block(path: str, layout: PlainLayout, shape, key) -> None:
+def will_need_block(path: str, layout: PlainLayout, shape, key, ahead: bool = False) -> None:
     """Ask the kernel to start reading the planes of every chunk file the block ``key`` of the
-    plain array at ``path`` covers (see :func:`will_need`)."""
+    plain array at ``path`` covers (see :func:`will_need`); with ``ahead`` those of the block
+    after it too (:func:`following_block`)."""
     chunk, itemsize = layout.chunks, layout.dtype.itemsize
-    bounds = [k.indices(n)[:2] for k, n in zip(key, shape)]
-    ranges = [range(a // c, (b - 1) // c + 1) for (a, b), c in zip(bounds, chunk)]
     plane = chunk[1] * chunk[2]
-    for i in ranges[0]:
-        z_lo, z_hi = max(bounds[0][0], i * chunk[0]), min(bounds[0][1], (i + 1) * chunk[0])
-        for j in ranges[1]:
-            for k in ranges[2]:
-                _will_need_file(layout.chunk_path(path, (i, j, k)), itemsize * (z_lo - i * chunk[0]) * plane, itemsize * (z_hi - z_lo) * plane)
+    after = following_block(key, shape) if ahead else None
+    for block in (key,) if after is None else (key, after):
+        bounds = [k.indices(n)[:2] for k, n in zip(block, shape)]
+        ranges = [range(a // c, (b - 1) // c + 1) for (a, b), c in zip(bounds, chunk)]
+        for i in ranges[0]:
+            z_lo, z_hi = max(bounds[0][0], i * chunk[0]), min(bounds[0][1], (i + 1) * chunk[0])
+            for j in ranges[1]:
+                for k in ranges[2]:
+                    _will_need_file(layout.chunk_path(path, (i, j, k)), itemsize * (z_lo - i * chunk[0]) * plane, itemsize * (z_hi - z_lo) * plane)
 
 
 def read_plain_block(
@@ -169,10 +172,7 @@ def read_plain_block(
     plane = chunk[1] * chunk[2]
     indices = [(i, j, k) for i in ranges[0] for j in ranges[1] for k in ranges[2]]
     if drop and not announced and (len(indices) > 1 or ahead):  # read from disk: every chunk file's planes asked for at once, queued together
-        will_need_block(path, layout, shape, key)
-        after = following_block(key, shape) if ahead else None
-        if after is not None:
-            will_need_block(path, layout, shape, after)
+        will_need_block(path, layout, shape, key, ahead)
     for index in indices:
         lo = [max(a, i * c) for (a, _), i, c in zip(bounds, index, chunk)]
         hi = [min(b, (i + 1) * c) for (_, b), i, c in zip(bounds, index, chunk)]
