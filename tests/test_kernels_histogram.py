@@ -76,3 +76,22 @@ def test_bins_of_values_on_and_beside_every_edge_and_of_non_finite_ones():
         counted = (values >= edges[0]) & (values <= edges[-1])
         assert np.array_equal(histogram_counts(values, lo, hi), np.bincount(expected_bin[counted], minlength=1000)), (lo, hi)
         assert histogram_counts(values, lo, hi).sum() == np.count_nonzero(counted)
+
+
+def test_lookup_by_buckets_equals_the_walk_for_every_float_across_edges():
+    """The lookup takes a value's confidence from its bucket's when no edge lies in the bucket,
+    and walks the edges otherwise: the 1200 consecutive floats about every edge (its bucket and
+    the buckets beside it), ranges down to a span whose bucket scale overflows, and a table
+    holding NaN give the bin of the value by its edges."""
+    for lo, hi in ((-0.20582664, 0.08362165), (-1.3, 2.7), (1000.0, 1000.5), (0.0, 1e-36), (-3e-41, 0.0)):
+        edges = histogram_edges(lo, hi)
+        table = RNG.uniform(-0.5, 1.5, 1000).astype(np.float32)
+        table[[3, 500]] = np.nan
+        near = edges.view(np.int32)[:, None] + np.arange(-600, 600, dtype=np.int32)  # the floats about each edge: its bucket and the next ones
+        sweep = np.unique(near.view(np.float32))
+        values = np.concatenate([sweep[np.isfinite(sweep)], _hard_values(edges)]).reshape(1, 1, -1)
+        expected_bin = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, 999)
+        expected_bin[np.isnan(values)] = 0
+        got = confidence_lookup(values, table, edges)
+        expected = np.clip(table[expected_bin], 0, 1).astype(np.float32)
+        assert np.array_equal(got, expected, equal_nan=True), (lo, hi)

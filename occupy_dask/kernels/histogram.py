@@ -4,7 +4,9 @@ The 1000 equal bins over ``[lo, hi]`` have float32 edges computed in double prec
 rounded once (the way numpy 1.x builds the edges of a float32 histogram; numpy 2 accumulates
 them in float32, which moves some edges by an ulp). A voxel's bin is decided by comparing it
 with those edges, so per-block counts over a common range add up to the exact whole-array
-histogram whatever the chunking.
+histogram whatever the chunking. The confidence lookup reads the bin of most voxels from a
+table of equal buckets (those holding no edge) and compares only the others with the edges:
+the same bin (see :func:`_bucket_table`), for about two thirds of the cost.
 """
 
 from __future__ import annotations
@@ -53,38 +55,85 @@ def _guesses(row, edges, scale, out):  # pragma: no cover
         out[k] = _guess(row[k], first, scale, last)
 
 
+COUNT_PIECE = 4096  # values whose bins are guessed in one (vectorised) sweep before they are counted
+
+
 @numba.njit(cache=True, nogil=True)
 def _count(values, edges, counts):  # pragma: no cover
     # even and odd values count into two histograms: neighbours, often in one bin, then do not
     # wait for each other's increment
     scale = np.float32(edges.size - 1) / (edges[-1] - edges[0])
     lo, hi = edges[0], edges[-1]
-    last = np.float32(edges.size - 2)
     odd = np.zeros(counts.size, np.int64)
-    for i in range(values.size):
-        v = values[i]
-        if v >= lo and v <= hi:
-            b = _settle(v, _guess(v, lo, scale, last), edges)
-            if i & 1:
-                odd[b] += 1
-            else:
-                counts[b] += 1
+    guesses = np.empty(COUNT_PIECE, np.int32)
+    for start in range(0, values.size, COUNT_PIECE):
+        piece = values[start : start + COUNT_PIECE]
+        _guesses(piece, edges, scale, guesses)
+        for i in range(piece.size):
+            v = piece[i]
+            if v >= lo and v <= hi:
+                b = _settle(v, guesses[i], edges)
+                if i & 1:
+                    odd[b] += 1
+                else:
+                    counts[b] += 1
     counts += odd
     return counts
 
 
+LOOKUP_BUCKETS = 1 << 16  # buckets of the confidence lookup's table: 256 KB, 65 per bin of 1000
+
+
 @numba.njit(cache=True, nogil=True)
-def _lookup(values, edges, table, out):  # pragma: no cover
-    scale = np.float32(edges.size - 1) / (edges[-1] - edges[0])
+def _bucket_table(edges, table, n_buckets):  # pragma: no cover
+    """The confidence of every bucket of ``n_buckets`` equal buckets over the edges' range, as
+    :func:`_guess` places a value in them, or NaN for a bucket that holds an edge; and the
+    buckets' scale.
+
+    The bucket of a value never decreases with it (a subtraction, a multiplication by a positive
+    scale, a clamp and a truncation, each rounded to nearest). So for a value ``v`` in bucket
+    ``q`` and any edge ``e`` whose bucket is not ``q``: ``e <= v`` exactly when the edge's bucket
+    is below ``q`` (``e <= v`` puts it at or below ``q``; ``e > v`` at or above). Where no edge
+    lies in the bucket, every value in it has the same bin, the last whose lower edge is at most
+    the value: the edges in lower buckets, less one (clamped to the bins); :func:`_settle` gives
+    the same. Only the values in a bucket with an edge are walked."""
+    scale = np.float32(n_buckets) / (edges[-1] - edges[0])
+    first, last = edges[0], np.float32(n_buckets - 1)
+    n_bins = edges.size - 1
+    out = np.empty(n_buckets, np.float32)
+    below = 0  # edges (sorted, so their buckets never decrease) in buckets below q
+    for q in range(n_buckets):
+        while below < edges.size and _guess(edges[below], first, scale, last) < q:
+            below += 1
+        if below < edges.size and _guess(edges[below], first, scale, last) == q:
+            out[q] = np.nan
+            continue
+        b = below - 1
+        f = table[0 if b < 0 else (n_bins - 1 if b > n_bins - 1 else b)]
+        out[q] = 0.0 if f < 0.0 else (1.0 if f > 1.0 else f)
+    return out, scale
+
+
+@numba.njit(cache=True, nogil=True)
+def _lookup(values, edges, table, buckets, scale, out):  # pragma: no cover
+    # per row: every value's bucket (vectorised), its bucket's confidence, then the walk for the
+    # values whose bucket holds an edge (NaN; a NaN of the table is walked to the same NaN)
+    first, last = edges[0], np.float32(buckets.size - 1)
+    bin_scale, bin_last = np.float32(edges.size - 1) / (edges[-1] - edges[0]), np.float32(edges.size - 2)
     nz, ny, nx = values.shape
-    guesses = np.empty(nx, np.int32)
+    index = np.empty(nx, np.int32)
     for z in range(nz):
         for y in range(ny):
             row, dst = values[z, y], out[z, y]
-            _guesses(row, edges, scale, guesses)
             for x in range(nx):
-                f = table[_settle(row[x], guesses[x], edges)]
-                dst[x] = 0.0 if f < 0.0 else (1.0 if f > 1.0 else f)
+                index[x] = _guess(row[x], first, scale, last)
+            for x in range(nx):
+                dst[x] = buckets[index[x]]
+            for x in range(nx):
+                if dst[x] != dst[x]:
+                    v = row[x]
+                    f = table[_settle(v, _guess(v, first, bin_scale, bin_last), edges)]
+                    dst[x] = 0.0 if f < 0.0 else (1.0 if f > 1.0 else f)
     return out
 
 
@@ -139,8 +188,9 @@ def confidence_lookup(lp: np.ndarray, table: np.ndarray, edges: np.ndarray, out:
     if edges[-1] <= edges[0]:
         out[...] = np.clip(table[0], 0.0, 1.0)
         return out
-    block = _as_block(lp)
-    _lookup(block, edges.astype(np.float32), table, out.reshape(block.shape))
+    block, edges = _as_block(lp), np.ascontiguousarray(edges, dtype=np.float32)
+    buckets, scale = _bucket_table(edges, table, LOOKUP_BUCKETS)
+    _lookup(block, edges, table, buckets, np.float32(scale), out.reshape(block.shape))
     return out
 
 
