@@ -4,6 +4,10 @@ Prints wall time, peak RSS summed over the whole process tree (sampled with psut
 cost per voxel, whole and after the fixed start-up (the wall time of a 32^3 run). Every size runs
 ``--repeat`` times, each into an empty output folder (the last run's outputs are removed before
 it starts, outside its time): wall times are medians (with the range), peaks the largest seen.
+Each of those runs follows a 32^3 run of its own (after one left out, which warms the caches),
+and the cost after start-up is the median of the differences of those pairs: a start-up timed
+once, apart from the runs, moves with the machine's speed at that moment and, at 256^3 where it
+is most of the wall time, sets the figure more than the map does.
 
 Then the roofline: per size, the bytes the run must read (the input) and write (its outputs and
 the temporary stores it spills), the I/O floor at this machine's disk bandwidth (measured here with
@@ -54,7 +58,7 @@ def phantom(n: int, seed: int = 0) -> np.ndarray:
 
 
 TILE = 256
-STARTUP_BOX = 32  # measured first: what every run costs before its voxels do
+STARTUP_BOX = 32  # run before each measured run: what every run costs before its voxels do
 
 
 def write_phantom(path: Path, n: int) -> None:
@@ -86,7 +90,10 @@ def run_measured(cmd: list[str], cwd: Path | None = None) -> tuple[float, float]
             peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
         except psutil.Error:
             pass
-        time.sleep(0.05)
+        try:
+            proc.wait(timeout=0.05)  # returns at the exit, not at the next sample
+        except psutil.TimeoutExpired:
+            pass
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.read().decode()}")
@@ -213,25 +220,38 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         write_bw, read_bw, how = disk_bandwidth(Path(tmp))
         kernels = kernel_seconds_per_voxel()
-        startup = None
-        for n in [STARTUP_BOX, *args.sizes]:
+        small = Path(tmp) / f"phantom{STARTUP_BOX}.mrc"
+        write_phantom(small, STARTUP_BOX)
+        startups = []
+
+        def command(path: Path, out: Path) -> list[str]:
+            cmd = [sys.executable, "-m", "occupy_dask", "-i", str(path), "-d", str(out), "-q", "--overwrite"]
+            return cmd + [*(["--chunks", str(args.chunks)] if args.chunks else []), *args.extra.split()]
+
+        def measured(cmd: list[str], out: Path) -> tuple[float, float]:
+            # every run writes into an empty folder, as the first does: replacing the last run's
+            # outputs would add the filesystem's cost of freeing them (0.2-0.3 s per GB here) to
+            # the later runs only
+            shutil.rmtree(out, ignore_errors=True)
+            return run_measured(cmd)
+
+        small_out = Path(tmp) / f"out{STARTUP_BOX}"
+        measured(command(small, small_out), small_out)  # left out: the first run after a while reads its files from disk
+        for n in args.sizes:
             path = Path(tmp) / f"phantom{n}.mrc"
             out = Path(tmp) / f"out{n}"
             write_phantom(path, n)
-            cmd = [sys.executable, "-m", "occupy_dask", "-i", str(path), "-d", str(out), "-q", "--overwrite"]
-            cmd += [*(["--chunks", str(args.chunks)] if args.chunks else []), *args.extra.split()]
-            walls, peaks = [], []
+            walls, peaks, marginals = [], [], []
             for _ in range(max(args.repeat, 1)):
-                # every run writes into an empty folder, as the first does: replacing the last run's
-                # outputs would add the filesystem's cost of freeing them (0.2-0.3 s per GB here) to
-                # the later runs only
-                shutil.rmtree(out, ignore_errors=True)
-                wall, peak = run_measured(cmd)
+                startup, _ = measured(command(small, small_out), small_out)
+                wall, peak = measured(command(path, out), out)
+                startups.append(startup)
                 walls.append(wall)
                 peaks.append(peak)
+                marginals.append(wall - startup)
             written = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
             spilled = spill_bytes(n)
-            if python is not None and n != STARTUP_BOX:
+            if python is not None:
                 ref_out = Path(tmp) / f"ref{n}"
                 ref_out.mkdir()
                 ref_wall, ref_peak = run_measured(reference_command(python, path.absolute(), n), cwd=ref_out)
@@ -240,20 +260,20 @@ def main() -> None:
             path.unlink()
             shutil.rmtree(out)  # outputs of earlier sizes would crowd the page cache
             wall = statistics.median(walls)
-            if startup is None:  # the fixed cost of a run: interpreter, imports, compiled kernels
-                startup = wall
-                continue
-            rows.append((n, wall, min(walls), max(walls), max(peaks), wall / n**3 * 1e9, (wall - startup) / n**3 * 1e9))
+            rows.append((n, wall, min(walls), max(walls), max(peaks), wall / n**3 * 1e9, statistics.median(marginals) / n**3 * 1e9))
             read = 4 * n**3
             io_floor = read / read_bw + (written + spilled) / write_bw
             roofline.append((n, read, written, spilled, io_floor, compute_floor(n, kernels, cores), wall))
-    print(f"start-up (a {STARTUP_BOX}^3 run, median of {args.repeat}): {startup:.2f} s")
+        startup = statistics.median(startups)
+    print(f"start-up (a {STARTUP_BOX}^3 run before each run, median of {len(startups)}): {startup:.2f} s")
     print(f"{'box':>6} {'wall [s]':>9} {'range [s]':>13} {'peak RSS [GB]':>14} {'ns/voxel':>9} {'ns/voxel after start-up':>24}")
     for n, wall, lo, hi, peak, per_voxel, marginal in rows:
         print(f"{n:>5}^3 {wall:>9.2f} {lo:>6.2f}-{hi:<6.2f} {peak:>14.2f} {per_voxel:>9.1f} {marginal:>24.1f}")
     marginals = [row[-1] for row in rows]
-    if len(marginals) > 1:
+    if len(marginals) > 1 and min(marginals) > 0:
         print(f"cost per voxel after start-up: largest / smallest = {max(marginals) / min(marginals):.2f}")
+    elif len(marginals) > 1:
+        print("cost per voxel after start-up: not compared (a size ran no longer than the start-up)")
     print()
     print(f"roofline: disk write {write_bw / 1e9:.2f} GB/s, read {read_bw / 1e9:.2f} GB/s ({how}); {cores} cores; one core per voxel:")
     print("  " + ", ".join(f"{k} {v * 1e9:.1f} ns" for k, v in kernels.items()) + " (FFT pair at 256^3, growing with log n)")
