@@ -95,3 +95,19 @@ def test_lookup_by_buckets_equals_the_walk_for_every_float_across_edges():
         got = confidence_lookup(values, table, edges)
         expected = np.clip(table[expected_bin], 0, 1).astype(np.float32)
         assert np.array_equal(got, expected, equal_nan=True), (lo, hi)
+
+
+def test_the_bucket_table_is_made_once_for_the_blocks_of_a_lookup():
+    """Every block of a run looks up with the same edges and table: the table of buckets is made
+    for the first and reused (making it costs as much as the lookup of a 32^3 block)."""
+    from occupy_dask.kernels.histogram import _buckets_of
+
+    data = RNG.normal(size=(4, 32, 32, 32)).astype(np.float32)
+    edges = histogram_edges(data.min(), data.max())
+    table = RNG.uniform(0, 1, 1000).astype(np.float32)
+    _buckets_of.cache_clear()
+    blocks = [confidence_lookup(block, table, edges) for block in data]
+    assert _buckets_of.cache_info().misses == 1 and _buckets_of.cache_info().hits == 3
+    assert np.array_equal(np.stack(blocks), confidence_lookup(data, table, edges))
+    confidence_lookup(data[0], table[::-1].copy(), edges)  # another table: another bucket table
+    assert _buckets_of.cache_info().misses == 2

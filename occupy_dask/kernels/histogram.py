@@ -11,6 +11,8 @@ the same bin (see :func:`_bucket_table`), for about two thirds of the cost.
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 
@@ -53,6 +55,12 @@ def _guesses(row, edges, scale, out):  # pragma: no cover
     first, last = edges[0], np.float32(edges.size - 2)
     for k in range(row.size):
         out[k] = _guess(row[k], first, scale, last)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _unit(f):  # pragma: no cover
+    """A confidence clamped to [0, 1] (NaN stays NaN)."""
+    return 0.0 if f < 0.0 else (1.0 if f > 1.0 else f)
 
 
 COUNT_PIECE = 4096  # values whose bins are guessed in one (vectorised) sweep before they are counted
@@ -100,18 +108,28 @@ def _bucket_table(edges, table, n_buckets):  # pragma: no cover
     scale = np.float32(n_buckets) / (edges[-1] - edges[0])
     first, last = edges[0], np.float32(n_buckets - 1)
     n_bins = edges.size - 1
+    edge_buckets = np.empty(edges.size, np.int32)  # sorted edges, so their buckets never decrease
+    for k in range(edges.size):
+        edge_buckets[k] = _guess(edges[k], first, scale, last)
     out = np.empty(n_buckets, np.float32)
-    below = 0  # edges (sorted, so their buckets never decrease) in buckets below q
+    below = 0  # edges in buckets below q
     for q in range(n_buckets):
-        while below < edges.size and _guess(edges[below], first, scale, last) < q:
+        while below < edges.size and edge_buckets[below] < q:
             below += 1
-        if below < edges.size and _guess(edges[below], first, scale, last) == q:
+        if below < edges.size and edge_buckets[below] == q:
             out[q] = np.nan
             continue
         b = below - 1
-        f = table[0 if b < 0 else (n_bins - 1 if b > n_bins - 1 else b)]
-        out[q] = 0.0 if f < 0.0 else (1.0 if f > 1.0 else f)
+        out[q] = _unit(table[0 if b < 0 else (n_bins - 1 if b > n_bins - 1 else b)])
     return out, scale
+
+
+@functools.lru_cache(maxsize=8)
+def _buckets_of(edges: bytes, table: bytes) -> tuple[np.ndarray, np.float32]:
+    """:func:`_bucket_table` of float32 ``edges`` and ``table`` (as bytes), made once per run's
+    lookup rather than once per block: 0.2 ms, as much as the lookup of a 32^3 block."""
+    buckets, scale = _bucket_table(np.frombuffer(edges, np.float32).copy(), np.frombuffer(table, np.float32).copy(), LOOKUP_BUCKETS)
+    return buckets, np.float32(scale)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -132,8 +150,7 @@ def _lookup(values, edges, table, buckets, scale, out):  # pragma: no cover
             for x in range(nx):
                 if dst[x] != dst[x]:
                     v = row[x]
-                    f = table[_settle(v, _guess(v, first, bin_scale, bin_last), edges)]
-                    dst[x] = 0.0 if f < 0.0 else (1.0 if f > 1.0 else f)
+                    dst[x] = _unit(table[_settle(v, _guess(v, first, bin_scale, bin_last), edges)])
     return out
 
 
@@ -148,8 +165,7 @@ def _lookup_reference(values, lo_over_span, span, table, out):  # pragma: no cov
             for x in range(nx):
                 u = row[x] / span - lo_over_span
                 i = int(u * n - one)  # truncates toward zero; -1 (the minimum voxel) wraps to the last bin
-                f = table[i]
-                dst[x] = 0.0 if f < 0.0 else (1.0 if f > 1.0 else f)
+                dst[x] = _unit(table[i])
     return out
 
 
@@ -189,8 +205,8 @@ def confidence_lookup(lp: np.ndarray, table: np.ndarray, edges: np.ndarray, out:
         out[...] = np.clip(table[0], 0.0, 1.0)
         return out
     block, edges = _as_block(lp), np.ascontiguousarray(edges, dtype=np.float32)
-    buckets, scale = _bucket_table(edges, table, LOOKUP_BUCKETS)
-    _lookup(block, edges, table, buckets, np.float32(scale), out.reshape(block.shape))
+    buckets, scale = _buckets_of(edges.tobytes(), table.tobytes())
+    _lookup(block, edges, table, buckets, scale, out.reshape(block.shape))
     return out
 
 
