@@ -23,6 +23,25 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _without_dask_docstrings() -> None:
+    """Leave dask.array's functions their own docstrings, before it is imported: as it imports,
+    it builds each of about 300 from numpy's (dask's ``derived_from``), 60-70 ms of its 0.17 s
+    here, for help pages that a command-line run never shows. Nothing else reads them; a dask
+    without this helper is left as it is."""
+    import sys
+
+    if "dask.array" in sys.modules:  # built already (a test process, or the Python API before)
+        return
+    import dask.utils
+
+    if callable(getattr(dask.utils, "_derived_from", None)):
+        dask.utils._derived_from = _own_docstring
+
+
+def _own_docstring(cls, method, *args, extra: str = "", **kwargs) -> str:
+    return extra
+
+
 def _fail(message: str, verbose: bool, code: int = 1) -> None:
     """Print one error line (and the traceback with --verbose) and exit with ``code``."""
     if verbose:
@@ -246,6 +265,7 @@ def main_command(
     # imports and left to the garbage collector afterwards, each of its full passes would walk
     # them all (0.2-0.5 s per run, and again at exit). Frozen, it walks only what the run creates.
     gc.disable()
+    _without_dask_docstrings()
     from .api import run_map
     from .cluster import ClusterSpec, connect, job_script
     from .settings import RunOptions
@@ -570,9 +590,10 @@ def main() -> None:
     import signal
     import sys
 
-    from .buffers import keep_freed_memory, single_threaded_libraries
+    from .buffers import keep_freed_memory, single_threaded_libraries, without_huge_page_advice
 
     single_threaded_libraries(os.environ)
+    without_huge_page_advice(os.environ)
     signal.signal(signal.SIGTERM, _terminate)
     keep_freed_memory()
     try:

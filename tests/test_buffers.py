@@ -133,6 +133,48 @@ def test_the_command_line_sets_them_before_numpy_loads_its_libraries():
     assert out[-3:] == ["False", "1", "1"]
 
 
+def test_numpy_is_asked_for_no_huge_pages_unless_the_user_says():
+    from occupy_dask.buffers import without_huge_page_advice
+
+    environ = {"PATH": "/bin"}
+    assert without_huge_page_advice(environ) and environ["NUMPY_MADVISE_HUGEPAGE"] == "0"
+    environ = {"NUMPY_MADVISE_HUGEPAGE": "1"}
+    assert not without_huge_page_advice(environ) and environ["NUMPY_MADVISE_HUGEPAGE"] == "1"
+
+
+def test_a_command_line_run_gives_numpy_no_huge_page_advice_and_dask_array_no_copied_docstrings(golden_dir, tmp_path):
+    import subprocess
+    import sys
+
+    script = (
+        "from occupy_dask.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+        "import dask.array, numpy\n"
+        "print(numpy._core.multiarray._set_madvise_hugepage(True), 'copied from numpy' in (dask.array.sum.__doc__ or ''))"
+    )
+    args = ["-i", str(golden_dir / "phantom64.mrc"), "-d", str(tmp_path), "--amplify", "--quiet"]
+    env = {k: v for k, v in __import__("os").environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, check=True, cwd=tmp_path, env=env).stdout.split()
+    assert out[-2:] == ["False", "False"]  # numpy's advice was off for the run; dask.array's docstrings are its own
+    assert (tmp_path / "out_phantom64.mrc").exists()
+    # the same in a process that imported dask.array first: nothing to skip, nothing changed
+    script = "import dask.array\n" + script
+    out = subprocess.run([sys.executable, "-c", script, *args, "--overwrite"], capture_output=True, text=True, check=True, cwd=tmp_path, env=env)
+    assert out.stdout.split()[-1] == "True"
+
+
+def test_the_docstring_helper_leaves_a_dask_without_it_alone(monkeypatch):
+    import sys
+
+    import dask.utils
+
+    from occupy_dask import cli
+
+    monkeypatch.delitem(sys.modules, "dask.array", raising=False)
+    monkeypatch.delattr(dask.utils, "_derived_from")
+    cli._without_dask_docstrings()
+    assert not hasattr(dask.utils, "_derived_from")
+
+
 def test_the_command_freezes_what_its_imports_leave_for_the_garbage_collector(golden_dir, tmp_path):
     import subprocess
     import sys

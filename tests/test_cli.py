@@ -195,6 +195,14 @@ def test_version_and_module_entry_point():
     assert proc.returncode == 0 and __version__ in proc.stdout
 
 
+def test_the_version_is_the_installed_packages_and_read_without_its_metadata():
+    from importlib.metadata import version
+
+    assert version("occupy-dask") == __version__  # pyproject.toml takes it from occupy_dask/version.py
+    script = "import sys; import occupy_dask.cli; print('importlib.metadata' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split() == ["False"]
+
+
 def test_quiet_prints_nothing_and_default_lists_outputs(emd1832, tmp_path):
     quiet = runner.invoke(app, ["-i", str(emd1832), "-d", str(tmp_path / "q"), "--quiet"])
     assert quiet.exit_code == 0 and quiet.output == ""
