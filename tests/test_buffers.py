@@ -175,16 +175,18 @@ def test_the_docstring_helper_leaves_a_dask_without_it_alone(monkeypatch):
     assert not hasattr(dask.utils, "_derived_from")
 
 
-def test_the_command_freezes_what_its_imports_leave_for_the_garbage_collector(golden_dir, tmp_path):
+def test_the_command_freezes_what_its_imports_and_its_run_leave_for_the_garbage_collector(golden_dir, tmp_path):
     import subprocess
     import sys
 
     script = (
-        "import gc\nfrom occupy_dask.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass\nprint(gc.get_freeze_count(), gc.isenabled())"
+        "import gc\nfrom occupy_dask.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(gc.get_freeze_count(), gc.isenabled(), len(gc.get_objects()))"
     )
     args = ["-i", str(golden_dir / "phantom64.mrc"), "-d", str(tmp_path), "--amplify", "--quiet"]
     out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, check=True, cwd=tmp_path).stdout.split()
-    frozen, enabled = int(out[-2]), out[-1]
+    frozen, enabled, left = int(out[-3]), out[-2], int(out[-1])
     assert frozen > 20_000  # dask, numba and scipy's modules: no pass of the collector walks them
-    assert enabled == "True"  # the run's own cycles are still collected
+    assert enabled == "True"  # the run's own cycles are collected while it runs
+    assert left < 1_000  # and what it leaves is frozen too, for the interpreter's last collection at exit
     assert (tmp_path / "out_phantom64.mrc").exists()
