@@ -88,7 +88,7 @@ def remove_in_background(path: Path) -> None:
     own while the run goes on; :func:`remove_folder` of it, or of a folder above it, waits for
     that removal to end. (Not a daemon: the interpreter waits for it before it exits.)"""
     path = Path(path)
-    thread = threading.Thread(target=shutil.rmtree, args=(path,), kwargs={"ignore_errors": True}, name=f"occupy-remove-{path.name}")
+    thread = threading.Thread(target=remove_tree, args=(path,), name=f"occupy-remove-{path.name}")
     with _REMOVALS_LOCK:
         _REMOVALS[path] = thread
     thread.start()
@@ -100,7 +100,42 @@ def remove_folder(path: Path) -> None:
     running could leave a folder this one found not yet empty."""
     path = Path(path)
     finish_removals(lambda p: p == path or path in p.parents)
-    shutil.rmtree(path, ignore_errors=True)
+    remove_tree(path)
+
+
+REMOVAL_THREADS = 4
+
+
+def remove_tree(path: Path, threads: int = REMOVAL_THREADS) -> None:
+    """``shutil.rmtree(path, ignore_errors=True)``, its files unlinked by ``threads`` threads
+    at once. An unlink waits on the disk, not the processor (here a discard of the freed blocks,
+    on a network filesystem a round trip to its metadata server): a spilled spectrum of 1.1 GB
+    in 1227 chunk files took 0.33-0.35 s with four threads, 0.46-0.50 s with one (system time
+    0.13-0.16 s either way). At 1024^3 the last spectrum's removal is the end of the run."""
+    files, folders = [], []
+    for root, _, names in os.walk(path, topdown=False):  # a folder's files and folders before the folder
+        files.extend(os.path.join(root, name) for name in names)
+        folders.append(root)
+
+    def unlink(part: list[str]) -> None:
+        for name in part:
+            try:
+                os.unlink(name)
+            except OSError:
+                pass
+
+    workers = [threading.Thread(target=unlink, args=(files[i::threads],)) for i in range(1, min(threads, len(files)))]
+    for worker in workers:
+        worker.start()
+    unlink(files[::threads] if workers else files)
+    for worker in workers:
+        worker.join()
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass
+    shutil.rmtree(path, ignore_errors=True)  # what is left: links to folders, files that came since
 
 
 def finish_removals(which=lambda path: True) -> None:

@@ -172,22 +172,21 @@ def test_the_first_spectrum_is_removed_while_the_ranges_pass_runs(phantom96, tmp
     """Freeing a spilled store's blocks takes the filesystem time: the first spectrum, which only
     the filtered stage reads, is removed in a thread of its own while the next pass runs, and
     closing the estimate waits for that removal (nothing is left)."""
-    import shutil
     import threading
 
     from occupy_dask import scratch
 
     s = derive_settings(phantom96.shape, 1.1, occupancy=True, amplify=True)
     release, removing = threading.Event(), []
-    real_rmtree = shutil.rmtree
+    real_remove = scratch.remove_tree
 
-    def slow_rmtree(path, *args, **kwargs):
+    def slow_remove(path, *args, **kwargs):
         if threading.current_thread() is not threading.main_thread():
             removing.append(Path(path).name)
             assert release.wait(30)  # held until the ranges pass has run
-        real_rmtree(path, *args, **kwargs)
+        real_remove(path, *args, **kwargs)
 
-    monkeypatch.setattr(scratch.shutil, "rmtree", slow_rmtree)
+    monkeypatch.setattr(scratch, "remove_tree", slow_remove)
     estimate, labels = _spilled(phantom96, s, tmp_path, monkeypatch)
     assert labels[:3] == ["low-pass (spectrum)", "low-pass (filtered)", "low-pass"]  # the ranges pass has run
     (folder,) = tmp_path.iterdir()

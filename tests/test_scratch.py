@@ -157,3 +157,34 @@ def test_slab_reads_of_the_lowpassed_map_hand_their_shared_planes_to_the_next_sl
     assert np.array_equal(source[4:9, 2:7, :], expected[4 + halo : 9 + halo, 2:7])
     assert sum(transformed) == 5
     scratch.STASH.clear()
+
+
+def test_a_tree_is_removed_by_several_threads_and_a_link_out_of_it_is_not_followed(tmp_path, monkeypatch):
+    import os
+    import threading
+
+    from occupy_dask import scratch
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.bin").write_bytes(b"x")
+    tree = tmp_path / "store"
+    for z in range(3):
+        (tree / "c" / str(z)).mkdir(parents=True)
+        for y in range(5):
+            (tree / "c" / str(z) / str(y)).write_bytes(b"\0" * 100)
+    (tree / "zarr.json").write_text("{}")
+    (tree / "c" / "link").symlink_to(outside, target_is_directory=True)
+    unlinked_by = set()
+    unlink = os.unlink
+
+    def recorded(name, *args, **kwargs):
+        unlinked_by.add(threading.current_thread().name)
+        return unlink(name, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", recorded)
+    scratch.remove_tree(tree)
+    assert not tree.exists()
+    assert (outside / "keep.bin").read_bytes() == b"x"  # the link went, not what it points to
+    assert len(unlinked_by) == scratch.REMOVAL_THREADS
+    scratch.remove_tree(tree)  # gone already: nothing to do, no error
