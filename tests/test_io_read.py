@@ -163,3 +163,28 @@ def test_reads_of_spans_apart_announce_every_span_first(tmp_path, monkeypatch):
         calls.clear()
         assert np.array_equal(m.source[2:7, 0:20, 0:16], data[2:7])
         assert calls == [(offset + 2 * 20 * row, 7 * 20 * row, os.POSIX_FADV_WILLNEED)]  # the next block's planes end with the map's
+
+
+def test_a_block_of_whole_planes_is_one_read_and_rows_are_one_read_per_plane(tmp_path, monkeypatch):
+    """Each read takes the interpreter lock once: a block of whole planes, one span of the file,
+    is read in one call (a thread holding the lock made a plane-by-plane read wait at every
+    plane); a block of rows, spans apart, in one call per plane. Short reads are continued."""
+    import os
+
+    data = np.random.default_rng(12).normal(size=(9, 20, 16)).astype(np.float32)
+    mrcfile.write(tmp_path / "m.mrc", data, voxel_size=1.0)
+    sizes = []
+    preadv = os.preadv
+
+    def short_reads(fd, buffers, offset):  # at most 1000 bytes a call, as a system may return
+        sizes.append(buffers[0].nbytes)
+        return preadv(fd, [buffers[0][:1000]], offset)
+
+    monkeypatch.setattr(os, "preadv", short_reads)
+    with open_map(tmp_path / "m.mrc") as m:
+        assert np.array_equal(m.source[2:7, 0:20, 0:16], data[2:7])
+        assert sizes[0] == 5 * 20 * 16 * 4 and len(sizes) == -(-sizes[0] // 1000)  # one span, continued
+        sizes.clear()
+        monkeypatch.setattr(os, "preadv", lambda fd, buffers, offset: sizes.append(buffers[0].nbytes) or preadv(fd, buffers, offset))
+        assert np.array_equal(m.source[2:7, 5:11, 0:16], data[2:7, 5:11])
+        assert sizes == [6 * 16 * 4] * 5

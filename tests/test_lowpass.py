@@ -107,3 +107,21 @@ def test_the_first_stage_reads_the_map_in_whole_planes():
     assert np.array_equal(got, lowpass_numpy(data, (1.0,) * 3, 4.0))
     assert all(y == (0, 22) and x == (0, 26) for _, y, x in source.keys) and len(source.keys) > 1
     assert sorted(z for z, _, _ in source.keys) == [(z, min(z + chunks[0], 30)) for z in range(0, 30, chunks[0])]
+
+
+def test_the_first_stage_transforms_planes_in_groups_with_the_bits_of_one_plane_at_a_time(monkeypatch):
+    """Each transform call takes the interpreter lock once, which a thread setting up numba holds
+    most of the time: planes go in groups of about FORWARD_BYTES of spectrum, with the same bits
+    as plane by plane (odd rows, so lines of one group straddle planes in pocketfft's vector lanes)."""
+    import scipy.fft
+
+    data = np.random.default_rng(11).normal(size=(13, 7, 19)).astype(np.float32)
+    plane_bytes = 7 * (19 // 2 + 1) * 8
+    monkeypatch.setattr(lowpass_stage, "FORWARD_BYTES", 4 * plane_bytes + 1)
+    calls = []
+    rfft = scipy.fft.rfft
+    monkeypatch.setattr(scipy.fft, "rfft", lambda x, *a, **k: calls.append(x.shape) or rfft(x, *a, **k))
+    got = lowpass_stage._forward_x(data, 6)
+    assert calls == [(4, 7, 19)] * 3 + [(1, 7, 19)]
+    one_by_one = np.stack([rfft(plane, axis=1, workers=1)[:, :6] for plane in data])
+    assert got.dtype == np.complex64 and got.tobytes() == one_by_one.tobytes()

@@ -68,16 +68,27 @@ class MrcSource:
                     will_need(f.fileno(), self.offset + (z * ny + y0) * row_bytes, (y1 - y0) * row_bytes)
             elif y1 - y0 == ny:  # whole planes, one span: it and the next slab's (the pass reads it next) asked for at once
                 will_need(f.fileno(), self.offset + z0 * ny * row_bytes, (min(nz, 2 * z1 - z0) - z0) * ny * row_bytes)
+            if whole_rows and y1 - y0 == ny and out.flags.c_contiguous:  # whole planes: one span of the file
+                self._read_span(f, memoryview(out.reshape(-1)).cast("B"), self.offset + z0 * ny * row_bytes)
+                return out
             for z in range(z1 - z0):
                 target = out[z] if whole_rows else span
-                view = memoryview(target.reshape(-1)).cast("B")
-                start = self.offset + ((z0 + z) * ny + y0) * nx * dtype.itemsize
-                got = os.preadv(f.fileno(), [view], start)
-                if got != view.nbytes:
-                    raise MapError(f"{self.path}: the file ends inside its data block (truncated?)")
+                start = self.offset + ((z0 + z) * ny + y0) * row_bytes
+                self._read_span(f, memoryview(target.reshape(-1)).cast("B"), start)
                 if not whole_rows:
                     out[z] = span.reshape(y1 - y0, nx)[:, x0:x1]
         return out
+
+    def _read_span(self, f, view: memoryview, start: int) -> None:
+        """Fill ``view`` from ``start`` in the file, in as few reads as the system allows (a
+        read returns at most about 2 GB on Linux). Each read takes the interpreter lock once:
+        plane by plane, a slab's reads waited on a thread that held it."""
+        done = 0
+        while done < view.nbytes:
+            got = os.preadv(f.fileno(), [view[done:]], start + done)
+            if got <= 0:
+                raise MapError(f"{self.path}: the file ends inside its data block (truncated?)")
+            done += got
 
 
 @dataclass(frozen=True, eq=False)
