@@ -51,8 +51,9 @@ class MrcSource:
 
     def read_into(self, key: tuple[slice, slice, slice], out: np.ndarray, keep_from: int | None = None) -> np.ndarray:
         """Read the block ``key`` (unit-step slices) into the float32 array ``out`` with
-        positioned reads of whole-width row spans (one per plane), cheaper than faulting in a
-        memmap; a block of whole planes also starts the disk on the next block's planes.
+        positioned reads (a block of whole planes in one, else one span of whole-width rows per
+        plane), cheaper than faulting in a memmap; a block of whole planes also starts the disk
+        on the next block's planes.
         (``keep_from``: see :func:`read_block`; the input is never dropped from the page cache.)"""
         (z0, z1), (y0, y1), (x0, x1) = (k.indices(n)[:2] for k, n in zip(key, self.shape))
         nz, ny, nx = self.shape
