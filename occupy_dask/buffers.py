@@ -12,6 +12,7 @@ The other large arrays (the low-pass spectra, intermediate blocks) come from num
 from __future__ import annotations
 
 import ctypes
+import mmap
 import sys
 import threading
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 ALIGNMENT = 4096  # page-aligned buffers: whole-plane slabs can be written with O_DIRECT
+IN_MEMORY_BYTES = 512 << 20  # larger low-passed maps and spectra go to disk (a run's memory then follows its chunks, not its map)
 
 
 def aligned_empty(shape) -> np.ndarray:
@@ -35,7 +37,8 @@ def aligned_empty(shape) -> np.ndarray:
 
 def map_empty(shape) -> np.ndarray:
     """An uninitialised float32 array for a whole map that tasks fill once (the in-memory
-    low-passed map), in its own anonymous mapping, freed with the array.
+    low-passed map), in its own anonymous mapping, freed with the array: the mapping
+    :func:`warm_memory` reserved for it when its size matches, else a new one.
 
     numpy asks for transparent huge pages for every large array. A virtual machine that reports
     free memory to its host (free page reporting at 2 MB blocks, as on the machines measured)
@@ -43,16 +46,92 @@ def map_empty(shape) -> np.ndarray:
     a fault on the host too. Filling a fresh 512 MB array, 8 new processes each: numpy's array
     0.13-1.2 s (median 0.9 s), a private mapping of its own 0.25-0.40 s (median 0.28 s). That
     mapping gets no huge-page advice (unless the system's policy is ``always``)."""
-    import mmap
-
     import numpy as np
 
     shape = tuple(int(n) for n in shape)
     nbytes = 4 * int(np.prod(shape))
     if nbytes == 0:
         return np.empty(shape, dtype=np.float32)
-    private = mmap.MAP_PRIVATE | getattr(mmap, "MAP_ANONYMOUS", getattr(mmap, "MAP_ANON", 0))
-    return np.frombuffer(mmap.mmap(-1, nbytes, flags=private), dtype=np.float32).reshape(shape)
+    mapping = _take_reserved(nbytes)
+    if mapping is None:
+        mapping = mmap.mmap(-1, nbytes, flags=_PRIVATE_ANONYMOUS)
+    return np.frombuffer(mapping, dtype=np.float32).reshape(shape)
+
+
+_PRIVATE_ANONYMOUS = mmap.MAP_PRIVATE | getattr(mmap, "MAP_ANONYMOUS", getattr(mmap, "MAP_ANON", 0))
+_reserved: dict[int, tuple[mmap.mmap, threading.Event]] = {}  # by size: a map's mapping for map_empty, and "written"
+_reserved_lock = threading.Lock()
+_heap_kept = False  # keep_freed_memory() succeeded: memory freed to the heap stays in it
+
+
+def warm_memory(map_bytes: int = 0, heap_bytes: int = 0) -> threading.Thread | None:
+    """Fault in, from a background thread, memory that this run will write anyway: first
+    ``heap_bytes`` of the heap (allocated, written and freed, so the run's arrays reuse its
+    pages; only when :func:`keep_freed_memory` keeps freed memory), then the mapping of a
+    whole-map array of ``map_bytes`` that :func:`map_empty` will be asked for (the in-memory
+    low-passed map), reserved now.
+
+    The first write of a fresh page costs a fault, on a virtual machine a fault on its host too:
+    ``perf`` put the kernel's ``clear_page`` at 19% of a 512^3 run's samples, taken while both
+    cores computed. The command line calls this before it imports the method's modules, which
+    hold the interpreter lock for about 0.5 s while the second core is idle; the thread writes
+    zeros with ``memset`` through ctypes, which releases the lock. (``madvise(MADV_POPULATE_WRITE)``
+    was tried first: it holds the process's memory-map lock for its whole length, and the imports,
+    which map libraries, stopped until it was done.) ``map_empty`` waits until the zeros are
+    written before it hands the mapping out. A reservation that it does not take (the run kept
+    its map on disk after all) is dropped by :func:`release_reserved_map`. Returns the thread
+    (None when there is nothing to do)."""
+    heap_bytes = heap_bytes if _heap_kept else 0
+    reserved = (mmap.mmap(-1, map_bytes, flags=_PRIVATE_ANONYMOUS), threading.Event()) if map_bytes > 0 else None
+    if reserved is None and heap_bytes <= 0:
+        return None
+    if reserved is not None:
+        with _reserved_lock:
+            _reserved[map_bytes] = reserved
+    thread = threading.Thread(target=_fault_in, args=(heap_bytes, reserved), name="occupy-warm-memory", daemon=True)
+    thread.start()
+    return thread
+
+
+def _fault_in(heap_bytes: int, reserved: tuple[mmap.mmap, threading.Event] | None) -> None:
+    """Write zeros over ``heap_bytes`` of the heap (then freed) and over the reserved mapping
+    (this thread's reference keeps it mapped while it runs, even if the reservation is dropped),
+    then set its event."""
+    try:
+        if heap_bytes > 0:
+            libc = ctypes.CDLL(None)
+            libc.malloc.argtypes, libc.malloc.restype = (ctypes.c_size_t,), ctypes.c_void_p
+            libc.free.argtypes, libc.free.restype = (ctypes.c_void_p,), None
+            address = libc.malloc(heap_bytes)
+            if address:
+                ctypes.memset(address, 0, heap_bytes)
+                libc.free(address)
+        if reserved is not None:
+            view = (ctypes.c_char * len(reserved[0])).from_buffer(reserved[0])
+            ctypes.memset(ctypes.addressof(view), 0, len(reserved[0]))
+            del view
+    finally:
+        if reserved is not None:
+            reserved[1].set()
+
+
+def _take_reserved(nbytes: int) -> mmap.mmap | None:
+    """The reserved mapping of ``nbytes`` once its zeros are written (None if there is none)."""
+    with _reserved_lock:
+        reserved = _reserved.pop(nbytes, None)
+    if reserved is None:
+        return None
+    reserved[1].wait()  # its zeros must not land on what the caller writes
+    return reserved[0]
+
+
+def release_reserved_map() -> bool:
+    """Drop a map reservation of :func:`warm_memory` that no array took (its memory goes back
+    to the system once the warming thread is done with it); True if there was one."""
+    with _reserved_lock:
+        held = bool(_reserved)
+        _reserved.clear()
+    return held
 
 
 class BufferPool:
@@ -173,7 +252,9 @@ def keep_freed_memory(keep_bytes: int = 1 << 30) -> bool:
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     # one arena (threads created later share it), no mmap'ed chunks, trim only above keep_bytes free
-    return all(mallopt(param, value) == 1 for param, value in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, int(keep_bytes))))
+    global _heap_kept
+    _heap_kept = all(mallopt(param, value) == 1 for param, value in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, int(keep_bytes))))
+    return _heap_kept
 
 
 # Threads of the linear-algebra libraries numpy and scipy load. The method calls them only for

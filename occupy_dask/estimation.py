@@ -21,7 +21,7 @@ import numpy as np
 
 from . import lowpass as lowpass_stage
 from .blocks import Moments, block_grid, block_of, block_tasks, region
-from .buffers import POOL, release_buffers, release_run_buffers
+from .buffers import POOL, release_buffers, release_reserved_map, release_run_buffers
 from .debias import NoiseFloor, map_noise_floor
 from .fused import (
     LocalPlan,
@@ -77,6 +77,7 @@ def estimate_map(
                 notes.append(f"replaced {bad} NaN or infinite voxels with the median of the finite ones ({median:.6g})")
         sources = {"raw": raw_source}
         sources["lp"], lp_ranges = _lowpassed(raw_source, s, run, options, temp_dirs)
+        release_reserved_map()  # a reservation the low-pass did not take (a --max-box preview's smaller map)
         release_run_buffers(run)  # the next pass reads blocks of other shapes: its memory is reused, not held twice
         if solvent_def is not None:
             sources["solvent_def"] = solvent_def
@@ -90,6 +91,7 @@ def estimate_map(
             est.full_info = full.info
         _finish_modified(est, full, run)
     except BaseException:
+        release_reserved_map()
         for path in temp_dirs:
             remove_folder(path)
         raise
@@ -111,6 +113,7 @@ def _lowpassed(raw_source, s: Settings, run, options: RunOptions, temp_dirs: lis
     and low-passes each block as it is read (:class:`~occupy_dask.scratch.LowpassOnRead`):
     the passes then read a fraction of the map's bytes, and the map itself is never written."""
     if not s.lowpass_applied:
+        release_reserved_map()  # the map itself is the scale data: nothing to keep
         return raw_source, None
     spiller, fft_folder = None, None
     spectrum = lowpass_stage.spectrum_bytes(s.shape, s.voxel_size, s.lowpass_angstrom, s.reference_compatible)
@@ -130,6 +133,8 @@ def _lowpassed(raw_source, s: Settings, run, options: RunOptions, temp_dirs: lis
         block_bytes=block_bytes,
     )
     to_disk = lowpass_on_disk(lp_lazy.nbytes, options, run)  # large, over the memory limit, or read by other processes
+    if to_disk:
+        release_reserved_map()  # before the low-pass's own memory grows
     if reads_lowpass_from_spectrum(s, to_disk, spiller is not None):
         remove_in_background(spiller.stores["spectrum"].path)  # read by the filtered stage; goes while the ranges pass runs
         filtered = spiller.stores["filtered"]

@@ -21,12 +21,11 @@ import dask.array as da
 import numpy as np
 
 from .blocks import region
-from .buffers import STASH, background_writer, map_empty, writer
+from .buffers import IN_MEMORY_BYTES, STASH, background_writer, map_empty, writer
 from .io.read import ArraySource, ZarrSource
 from .io.zarr_chunks import copy_rows, create_plain_array, plain_layout, read_plain_block, will_need_block
 from .lowpass import inverse_x
 
-IN_MEMORY_BYTES = 512 << 20  # larger low-passed maps and spectra go to disk (a run's memory then follows its chunks, not its map)
 BUDGET_SHARE = 8  # under a memory limit, a map or spectrum above this share of it goes to disk
 
 

@@ -190,3 +190,145 @@ def test_the_command_freezes_what_its_imports_and_its_run_leave_for_the_garbage_
     assert enabled == "True"  # the run's own cycles are collected while it runs
     assert left < 1_000  # and what it leaves is frozen too, for the interpreter's last collection at exit
     assert (tmp_path / "out_phantom64.mrc").exists()
+
+
+# --------------------------------------------------------------------------- warm memory
+
+
+def _mapping_of(array):
+    """The buffer a map_empty array views (numpy's frombuffer keeps it as a memoryview's object)."""
+    while getattr(array, "base", None) is not None:
+        array = array.base
+    return getattr(array, "obj", array)
+
+
+def test_a_warmed_map_reservation_goes_to_the_first_map_of_its_size_and_only_to_it():
+    from occupy_dask import buffers
+
+    shape = (8, 64, 128)
+    nbytes = 4 * 8 * 64 * 128
+    buffers.warm_memory(map_bytes=nbytes).join()
+    reserved = buffers._reserved[nbytes][0]
+    other = buffers.map_empty((4, 64, 128))  # another size: a mapping of its own, the reservation stays
+    assert _mapping_of(other) is not reserved and nbytes in buffers._reserved
+    array = buffers.map_empty(shape)
+    assert _mapping_of(array) is reserved and array.shape == shape and not array.any()  # written with zeros
+    array[...] = 3.0
+    assert _mapping_of(buffers.map_empty(shape)) is not reserved  # taken once
+    assert not buffers.release_reserved_map()
+    buffers.warm_memory(map_bytes=nbytes).join()
+    assert buffers.release_reserved_map() and not buffers._reserved
+
+
+def test_a_map_from_a_reservation_waits_until_the_warming_zeros_are_written(monkeypatch):
+    """The warming thread writes zeros over the reserved mapping; a task that wrote its block
+    into the map before they landed would lose it. map_empty hands the mapping out only once
+    the thread is done with it."""
+    import ctypes
+    import time
+
+    from occupy_dask import buffers
+
+    real_memset = ctypes.memset
+
+    def slow_memset(address, value, count):
+        time.sleep(0.4)
+        return real_memset(address, value, count)
+
+    monkeypatch.setattr(buffers.ctypes, "memset", slow_memset)
+    started = time.perf_counter()
+    thread = buffers.warm_memory(map_bytes=4 * 4 * 32 * 32)
+    array = buffers.map_empty((4, 32, 32))
+    assert time.perf_counter() - started > 0.35
+    array[...] = 7.0
+    thread.join()
+    assert (array == 7.0).all()
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc malloc settings")
+def test_warmed_heap_pages_are_reused_by_the_next_arrays_without_faults():
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import resource, sys, numpy as np
+from occupy_dask.buffers import keep_freed_memory, warm_memory
+if not keep_freed_memory():
+    print("unsupported"); sys.exit()
+if sys.argv[1] == "warm":
+    warm_memory(heap_bytes=160 << 20).join()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+a = np.empty(32 << 20, np.float32)  # 128 MB
+a.fill(1.0)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+    env = {**os.environ, "NUMPY_MADVISE_HUGEPAGE": "0"}  # 4 KB pages: one fault each
+
+    def faults(mode):
+        out = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, check=True, env=env).stdout.strip()
+        if out == "unsupported":
+            pytest.skip("not glibc")
+        return int(out)
+
+    cold, warm = faults("cold"), faults("warm")
+    if cold < 16_000:
+        pytest.skip(f"{cold} faults for 128 MB: the system gives huge pages anyway")
+    assert warm < cold / 10
+
+
+def test_an_estimate_drops_a_reservation_that_its_low_pass_does_not_take(phantom64):
+    import occupy_dask
+    from occupy_dask import buffers
+
+    buffers.warm_memory(map_bytes=4 * 32**3)  # not this map's size (a --max-box preview's, say)
+    with occupy_dask.estimate(phantom64, voxel_size=1.0):
+        assert not buffers._reserved  # dropped once the low-pass is done
+    nbytes = phantom64.nbytes
+    buffers.warm_memory(map_bytes=nbytes).join()
+    reserved = buffers._reserved[nbytes][0]
+    with occupy_dask.estimate(phantom64, voxel_size=1.0) as est:
+        assert _mapping_of(est.sources["lp"].array) is reserved and not buffers._reserved  # the low-passed map is in it
+    buffers.warm_memory(map_bytes=nbytes)
+    with occupy_dask.estimate(phantom64, voxel_size=1.0, lowpass=2.0):  # at Nyquist: no low-pass, no map
+        assert not buffers._reserved
+
+
+def test_the_command_line_warms_memory_only_for_a_run_that_keeps_its_map_in_memory(golden_dir, tmp_path, monkeypatch):
+    import gzip
+    import shutil
+
+    from occupy_dask import buffers, cli
+
+    calls = []
+    monkeypatch.setattr(buffers, "warm_memory", lambda map_bytes=0, heap_bytes=0: calls.append((map_bytes, heap_bytes)))
+    phantom = golden_dir / "phantom64.mrc"
+    cli._warm_memory(phantom, None, local=True)
+    assert calls == [(4 * 64**3, int(cli.HEAP_SHARE * 4 * 64**3))]
+    zipped = tmp_path / "phantom64.mrc.gz"
+    with open(phantom, "rb") as f, gzip.open(zipped, "wb") as g:
+        shutil.copyfileobj(f, g)
+    cli._warm_memory(phantom, None, local=False)  # workers, a cluster, a memory limit
+    cli._warm_memory(phantom, 48, local=True)  # a --max-box preview works on a smaller map
+    cli._warm_memory(zipped, None, local=True)
+    cli._warm_memory(tmp_path / "missing.mrc", None, local=True)
+    monkeypatch.setattr(buffers, "IN_MEMORY_BYTES", 4 * 64**3 - 1)  # a map the run keeps on disk
+    cli._warm_memory(phantom, None, local=True)
+    assert len(calls) == 1
+
+
+def test_a_command_line_run_puts_its_low_passed_map_in_the_warmed_reservation(golden_dir, tmp_path):
+    import subprocess
+    import sys
+
+    script = (
+        "from occupy_dask import buffers\n"
+        "taken, take = [], buffers._take_reserved\n"
+        "buffers._take_reserved = lambda n: taken.append(take(n)) or taken[-1]\n"
+        "from occupy_dask.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(sum(m is not None for m in taken), len(buffers._reserved))"
+    )
+    args = ["-i", str(golden_dir / "phantom64.mrc"), "-d", str(tmp_path), "--amplify", "--quiet"]
+    out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, check=True, cwd=tmp_path).stdout.split()
+    assert out[-2:] == ["1", "0"]
+    assert (tmp_path / "out_phantom64.mrc").exists()

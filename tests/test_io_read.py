@@ -188,3 +188,24 @@ def test_a_block_of_whole_planes_is_one_read_and_rows_are_one_read_per_plane(tmp
         monkeypatch.setattr(os, "preadv", lambda fd, buffers, offset: sizes.append(buffers[0].nbytes) or preadv(fd, buffers, offset))
         assert np.array_equal(m.source[2:7, 5:11, 0:16], data[2:7, 5:11])
         assert sizes == [6 * 16 * 4] * 5
+
+
+def test_the_box_is_read_from_an_mrc_header_in_either_byte_order_and_nothing_else(tmp_path):
+    import struct
+
+    import mrcfile
+
+    from occupy_dask.io.peek import mrc_box
+
+    path = tmp_path / "map.mrc"
+    with mrcfile.new(path) as m:
+        m.set_data(np.zeros((5, 6, 7), np.float32))
+    assert mrc_box(path) == (5, 6, 7)
+    big = tmp_path / "big.mrc"
+    big.write_bytes(struct.pack(">4i", 7, 6, 5, 2) + bytes(1008) + bytes(4 * 210))
+    assert mrc_box(big) == (5, 6, 7)
+    (tmp_path / "text.mrc").write_text("not a map at all, but long enough")
+    (tmp_path / "short.mrc").write_bytes(b"\x01\x00")
+    (tmp_path / "store.zarr").mkdir()
+    for name in ("text.mrc", "short.mrc", "store.zarr", "missing.mrc"):
+        assert mrc_box(tmp_path / name) is None
