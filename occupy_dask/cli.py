@@ -42,15 +42,16 @@ def _own_docstring(cls, method, *args, extra: str = "", **kwargs) -> str:
     return extra
 
 
-def _warm_memory(input_map: Path, max_box: int | None, local: bool) -> None:
+def _warm_memory(input_map: Path, max_box: int | None, local: bool, threads: int | None = None) -> None:
     """Fault in the memory this run will write first (see :func:`occupy_dask.buffers.warm_memory`)
     while the method's modules are imported, when the run keeps its low-passed map in memory
     (local threads without a memory limit, a plain MRC map of at most IN_MEMORY_BYTES as
     float32, no ``--max-box`` preview): that map's mapping, and the heap that such a run's
-    low-pass and passes use at least (HEAP_SHARE of the map's bytes). A guess that proves wrong
-    costs the reservation, which the low-pass drops, and heap the run would not otherwise have
-    used."""
+    low-pass and passes use at least (HEAP_SHARE of the map's bytes, half that on one thread). A
+    guess that proves wrong costs the reservation, which the low-pass drops, and heap the run
+    would not otherwise have used."""
     import math
+    import os
 
     from .buffers import IN_MEMORY_BYTES, warm_memory
     from .io.peek import mrc_box
@@ -59,13 +60,14 @@ def _warm_memory(input_map: Path, max_box: int | None, local: bool) -> None:
     if box is None or 4 * math.prod(box) > IN_MEMORY_BYTES or (max_box is not None and max(box) > max_box):
         return
     map_bytes = 4 * math.prod(box)
-    warm_memory(map_bytes, int(HEAP_SHARE * map_bytes))
+    share = HEAP_SHARE if (threads or os.cpu_count() or 1) > 1 else HEAP_SHARE / 2
+    warm_memory(map_bytes, int(share * map_bytes))
 
 
 # The heap that a run keeping its map in memory writes at least, as a share of the map's float32
-# bytes: its growth was 0.62-1.6 times the map over boxes of 256 to 512 voxels (cubes, 128 x 512^2,
-# 300 x 420 x 360), low-passes of 8 to 40 Å at 1 Å and chunks of 16 to the default. Warming more
-# than a run uses would raise its peak memory.
+# bytes: its growth was 0.62-1.6 times the map with 2 threads over boxes of 256 to 512 voxels
+# (cubes, 128 x 512^2, 300 x 420 x 360), low-passes of 8 to 40 Å at 1 Å and chunks of 16 to the
+# default, and 0.49-1.6 times with one thread. Warming more than a run uses would raise its peak.
 HEAP_SHARE = 0.5
 
 
@@ -293,7 +295,7 @@ def main_command(
     # them all (0.2-0.5 s per run, and again at exit). Frozen, it walks only what the run creates.
     if input_map is not None and emdb is None and relion_classes is None:
         distributed = workers is not None or dashboard or scheduler_address or scheduler_file
-        _warm_memory(input_map, max_box, local=cluster == "local" and not (distributed or cluster_config or memory_limit))
+        _warm_memory(input_map, max_box, local=cluster == "local" and not (distributed or cluster_config or memory_limit), threads=threads)
     gc.disable()
     _without_dask_docstrings()
     from .api import run_map
