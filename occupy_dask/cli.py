@@ -289,13 +289,13 @@ def main_command(
     quiet = verbose is False
     verbose = bool(verbose)
     source = input_map or relion_classes or (f"EMD-{emdb}" if emdb else None)
+    if input_map is not None and emdb is None and relion_classes is None:  # on the core the imports below leave idle
+        distributed = workers is not None or dashboard or scheduler_address or scheduler_file
+        _warm_memory(input_map, max_box, local=cluster == "local" and not (distributed or cluster_config or memory_limit), threads=threads)
     # The method's modules (dask, numba, scipy) are imported here, not for --help or --version.
     # They leave about 100,000 objects that live as long as the process: collected during the
     # imports and left to the garbage collector afterwards, each of its full passes would walk
     # them all (0.2-0.5 s per run, and again at exit). Frozen, it walks only what the run creates.
-    if input_map is not None and emdb is None and relion_classes is None:
-        distributed = workers is not None or dashboard or scheduler_address or scheduler_file
-        _warm_memory(input_map, max_box, local=cluster == "local" and not (distributed or cluster_config or memory_limit), threads=threads)
     gc.disable()
     _without_dask_docstrings()
     from .api import run_map
