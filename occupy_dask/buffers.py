@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import os
 import sys
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -132,6 +134,38 @@ def release_reserved_map() -> bool:
         held = bool(_reserved)
         _reserved.clear()
     return held
+
+
+def memory_limit(proc_cgroup: str = "/proc/self/cgroup", cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """Bytes of memory this process may use: the machine's RAM, or less where a memory cgroup
+    (v2 ``memory.max``, v1 ``memory.limit_in_bytes``) on its path, or above it, says so (a
+    SLURM job's, a container's). Page cache counts against such a limit too."""
+    limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        with open(proc_cgroup) as f:
+            lines = f.read().splitlines()
+    except OSError:  # not Linux, or no /proc
+        return limit
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # the v2 hierarchy
+            root, name = Path(cgroup_root), "memory.max"
+        elif "memory" in controllers.split(","):
+            root, name = Path(cgroup_root) / "memory", "memory.limit_in_bytes"
+        else:
+            continue
+        folder = root / path.lstrip("/")
+        while True:
+            try:
+                value = (folder / name).read_text().strip()
+            except OSError:  # not mounted here, or the process sees only part of the tree
+                value = "max"
+            if value.isdigit():
+                limit = min(limit, int(value))
+            if folder == root or root not in folder.parents:
+                break
+            folder = folder.parent
+    return limit
 
 
 class BufferPool:

@@ -314,9 +314,36 @@ def test_the_command_line_warms_memory_only_for_a_run_that_keeps_its_map_in_memo
     cli._warm_memory(phantom, 48, local=True)  # a --max-box preview works on a smaller map
     cli._warm_memory(zipped, None, local=True)
     cli._warm_memory(tmp_path / "missing.mrc", None, local=True)
+    monkeypatch.setattr(buffers, "memory_limit", lambda: cli.WARM_ROOM * 4 * 64**3 + (1 << 30) - 1)  # a tight cgroup
+    cli._warm_memory(phantom, None, local=True)
+    monkeypatch.setattr(buffers, "memory_limit", lambda: 1 << 40)
     monkeypatch.setattr(buffers, "IN_MEMORY_BYTES", 4 * 64**3 - 1)  # a map the run keeps on disk
     cli._warm_memory(phantom, None, local=True)
     assert calls == []
+
+
+def test_the_memory_limit_is_the_tightest_memory_cgroup_on_the_process_path(tmp_path):
+    from occupy_dask.buffers import memory_limit
+
+    physical = memory_limit(proc_cgroup=str(tmp_path / "missing"))
+    assert physical > 0
+    proc = tmp_path / "cgroup"
+    proc.write_text("12:cpu,cpuacct:/job\n9:memory:/slurm/job_7/step_0\n0::/job\n")
+    v1 = tmp_path / "memory"
+    (v1 / "slurm/job_7/step_0").mkdir(parents=True)
+    unlimited = str(2**63 - 4096)  # what v1 writes for no limit
+    (v1 / "memory.limit_in_bytes").write_text(unlimited)
+    (v1 / "slurm/memory.limit_in_bytes").write_text(unlimited)
+    (v1 / "slurm/job_7/memory.limit_in_bytes").write_text("2147483648\n")  # the job's limit, above the step
+    (v1 / "slurm/job_7/step_0/memory.limit_in_bytes").write_text(unlimited)
+    assert memory_limit(str(proc), str(tmp_path)) == min(physical, 2 << 30)
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job/memory.max").write_text("max\n")
+    assert memory_limit(str(proc), str(tmp_path)) == min(physical, 2 << 30)
+    (tmp_path / "job/memory.max").write_text("1073741824\n")  # a v2 limit, tighter
+    assert memory_limit(str(proc), str(tmp_path)) == min(physical, 1 << 30)
+    proc.write_text("0::/\n")  # a process at the root of a v2 tree without memory.max files
+    assert memory_limit(str(proc), str(tmp_path / "empty")) == physical
 
 
 def test_a_command_line_run_puts_its_low_passed_map_in_the_warmed_reservation(golden_dir, tmp_path):

@@ -104,3 +104,18 @@ def test_a_map_larger_than_its_memory_completes_with_the_same_outputs(tmp_path, 
     assert memory_group.oom_kills() == 0
     for name in ("scale_occ_big.mrc", "conf_big.mrc", "out_big.mrc"):
         assert np.array_equal(mrcfile.read(tmp_path / "free" / name), mrcfile.read(tmp_path / "slabs" / name)), name
+
+
+def test_a_process_in_a_memory_cgroup_sees_its_limit_and_the_command_warms_nothing_there(tmp_path, golden_dir, memory_group):
+    """A SLURM job or a container limits memory with a cgroup: a run inside a tight one does not
+    fault in memory early (it would push the input out of the page cache)."""
+    memory_group.limit(768 * MIB)
+    script = (
+        f'echo $$ > "{memory_group.path}/cgroup.procs" && exec "$0" -c '
+        '"from occupy_dask import buffers, cli; calls = []; buffers.warm_memory = lambda *a: calls.append(a); '
+        "cli._warm_memory(__import__('pathlib').Path('" + str(golden_dir / "phantom64.mrc") + "'), None, True); "
+        'print(buffers.memory_limit(), len(calls))"'
+    )
+    out = subprocess.run(["sh", "-c", script, sys.executable], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(768 * MIB), "0"]
