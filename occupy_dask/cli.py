@@ -57,10 +57,11 @@ def _warm_memory(input_map: Path, max_box: int | None, local: bool, threads: int
     from .io.peek import mrc_box
 
     box = mrc_box(input_map) if local and not str(input_map).endswith(".gz") else None
-    if box is None or 4 * math.prod(box) > IN_MEMORY_BYTES or (max_box is not None and max(box) > max_box):
+    if box is None or (max_box is not None and max(box) > max_box):
         return
     map_bytes = 4 * math.prod(box)
-    if memory_limit() < WARM_ROOM * map_bytes + (1 << 30):  # a tight limit: written early, the memory pushes the input out of the cache
+    # a map kept on disk; or a tight limit, where memory written early pushes the input out of the page cache
+    if map_bytes > IN_MEMORY_BYTES or memory_limit() < WARM_ROOM * map_bytes + (1 << 30):
         return
     share = HEAP_SHARE if (threads or os.cpu_count() or 1) > 1 else HEAP_SHARE / 2
     warm_memory(map_bytes, int(share * map_bytes))

@@ -77,7 +77,7 @@ def estimate_map(
                 notes.append(f"replaced {bad} NaN or infinite voxels with the median of the finite ones ({median:.6g})")
         sources = {"raw": raw_source}
         sources["lp"], lp_ranges = _lowpassed(raw_source, s, run, options, temp_dirs)
-        release_reserved_map()  # a reservation the low-pass did not take (a --max-box preview's smaller map)
+        release_reserved_map()  # a reservation the low-pass did not take (no low-pass, a --max-box preview's smaller map)
         release_run_buffers(run)  # the next pass reads blocks of other shapes: its memory is reused, not held twice
         if solvent_def is not None:
             sources["solvent_def"] = solvent_def
@@ -113,7 +113,6 @@ def _lowpassed(raw_source, s: Settings, run, options: RunOptions, temp_dirs: lis
     and low-passes each block as it is read (:class:`~occupy_dask.scratch.LowpassOnRead`):
     the passes then read a fraction of the map's bytes, and the map itself is never written."""
     if not s.lowpass_applied:
-        release_reserved_map()  # the map itself is the scale data: nothing to keep
         return raw_source, None
     spiller, fft_folder = None, None
     spectrum = lowpass_stage.spectrum_bytes(s.shape, s.voxel_size, s.lowpass_angstrom, s.reference_compatible)
