@@ -78,12 +78,16 @@ def test_bins_of_values_on_and_beside_every_edge_and_of_non_finite_ones():
         assert histogram_counts(values, lo, hi).sum() == np.count_nonzero(counted)
 
 
-def test_lookup_by_buckets_equals_the_walk_for_every_float_across_edges():
-    """The lookup takes a value's confidence from its bucket's when no edge lies in the bucket,
-    and walks the edges otherwise: the 1200 consecutive floats about every edge (its bucket and
-    the buckets beside it), ranges down to a span whose bucket scale overflows, and a table
-    holding NaN give the bin of the value by its edges."""
-    for lo, hi in ((-0.20582664, 0.08362165), (-1.3, 2.7), (1000.0, 1000.5), (0.0, 1e-36), (-3e-41, 0.0)):
+def test_lookup_and_counts_by_buckets_equal_the_walk_for_every_float_across_edges():
+    """The lookup and the counts take a value's bin from its bucket's when no edge lies in the
+    bucket, and walk the edges otherwise: the 1200 consecutive floats about every edge (its
+    bucket and the buckets beside it), ranges down to a span whose bucket scale overflows and up
+    to one whose scale rounds to 0, and a table holding NaN give the bin of the value by its
+    edges; values outside the range are not counted."""
+    from occupy_dask.kernels.histogram import histogram_counts_inside
+    from occupy_dask.kernels.local import ellipsoid_terms, inscribed_ellipsoid
+
+    for lo, hi in ((-0.20582664, 0.08362165), (-1.3, 2.7), (1000.0, 1000.5), (0.0, 1e-36), (-3e-41, 0.0), (-3e38, 3e38)):
         edges = histogram_edges(lo, hi)
         table = RNG.uniform(-0.5, 1.5, 1000).astype(np.float32)
         table[[3, 500]] = np.nan
@@ -95,6 +99,21 @@ def test_lookup_by_buckets_equals_the_walk_for_every_float_across_edges():
         got = confidence_lookup(values, table, edges)
         expected = np.clip(table[expected_bin], 0, 1).astype(np.float32)
         assert np.array_equal(got, expected, equal_nan=True), (lo, hi)
+        counted = (values >= edges[0]) & (values <= edges[-1])
+        expected_counts = np.bincount(expected_bin[counted], minlength=1000)
+        assert np.array_equal(histogram_counts(values, lo, hi), expected_counts), (lo, hi)
+        # in one sweep with a second range over the voxels inside the ellipsoid of a block
+        block = np.resize(RNG.permutation(values.ravel()), (6, 40, 50))
+        shape, start = (10, 40, 60), (2, 0, 5)
+        stop = tuple(a + n for a, n in zip(start, block.shape))
+        inside = inscribed_ellipsoid(shape, start, stop)
+        other = (-0.5, 1e-3)
+        counts, region_counts = histogram_counts_inside(block, ellipsoid_terms(shape, start, stop), (lo, hi), other)
+        assert np.array_equal(counts, histogram_counts(block, lo, hi)), (lo, hi)
+        region_edges, voxels = histogram_edges(*other), block[inside]
+        voxels = voxels[(voxels >= region_edges[0]) & (voxels <= region_edges[-1])]
+        region_bins = np.clip(np.searchsorted(region_edges, voxels, side="right") - 1, 0, 999)
+        assert np.array_equal(region_counts, np.bincount(region_bins, minlength=1000)), (lo, hi)
 
 
 def test_the_bucket_table_is_made_once_for_the_blocks_of_a_lookup():
