@@ -175,12 +175,12 @@ def _lookup(values, edges, table, buckets, scale, out):  # pragma: no cover
     first, last = edges[0], np.float32(buckets.size - 1)
     bin_scale, bin_last = np.float32(edges.size - 1) / (edges[-1] - edges[0]), np.float32(edges.size - 2)
     nz, ny, nx = values.shape
-    index = np.empty(nx, np.int32)
+    index = np.empty(nx, np.uint32)  # unsigned: no check for a negative index
     for z in range(nz):
         for y in range(ny):
             row, dst = values[z, y], out[z, y]
             for x in range(nx):
-                index[x] = _guess(row[x], first, scale, last)
+                index[x] = np.uint32(_guess(row[x], first, scale, last))
             for x in range(nx):
                 dst[x] = buckets[index[x]]
             for x in range(nx):
