@@ -36,6 +36,29 @@ def test_power_factor_is_numpys_power_above_the_limit(exponent, limit):
         np.testing.assert_array_max_ulp(got, expected, maxulp=1)
 
 
+def test_power_factor_remembers_powers_by_the_bits_of_the_scale():
+    """The powers of the last scale values are kept in a small table by their bits: repeats (a
+    ball maximum fills its neighbourhood), values that share a slot, both zeros, NaN and values
+    at the limit give the bits of a powf per voxel."""
+    import numba
+
+    @numba.njit
+    def per_voxel(scale, exponent, limit, out):
+        for i in range(scale.size):
+            out[i] = scale[i] ** exponent if scale[i] > limit else np.float32(1.0)
+
+    rng = np.random.default_rng(5)
+    repeats = rng.choice(rng.random(40, dtype=np.float32), 20000)  # few values, many times: the table's hits
+    distinct = rng.random(100000, dtype=np.float32)  # far more values than slots: every slot taken over and over
+    special = np.array([0.0, -0.0, np.nan, 0.05, np.nextafter(np.float32(0.05), np.float32(1)), 1.0, 1e-30, 0.5], np.float32)
+    scale = np.concatenate([repeats, distinct, repeats[::-1], special, distinct[:5000]]).reshape(8, -1)
+    for exponent, limit in ((-0.5, 0.05), (-0.7, 0.0), (3.3, 0.05)):
+        expected = np.empty(scale.size, np.float32)
+        per_voxel(scale.ravel(), np.float32(exponent), np.float32(limit), expected)
+        got = power_factor(scale, exponent, limit)
+        assert np.array_equal(got.ravel().view(np.uint32), expected.view(np.uint32)), (exponent, limit)
+
+
 @pytest.mark.parametrize("power,pivot", [(1.0, 0.5), (2.0, 0.3), (5.0, 0.7), (12.0, 0.1)])
 def test_sigmoid_fixes_the_pivot_and_is_monotone(power, pivot):
     assert sigmoid(np.array([pivot]), power, pivot)[0] == pytest.approx(pivot, rel=1e-12)
