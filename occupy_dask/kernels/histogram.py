@@ -50,14 +50,6 @@ def _settle(v, i, edges):  # pragma: no cover
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _guesses(row, edges, scale, out):  # pragma: no cover
-    """:func:`_guess` of every value of a row, into ``out``."""
-    first, last = edges[0], np.float32(edges.size - 2)
-    for k in range(row.size):
-        out[k] = _guess(row[k], first, scale, last)
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
 def _unit(f):  # pragma: no cover
     """A confidence clamped to [0, 1] (NaN stays NaN)."""
     return 0.0 if f < 0.0 else (1.0 if f > 1.0 else f)
