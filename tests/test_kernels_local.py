@@ -63,6 +63,49 @@ def test_block_moments_add_in_voxel_order_and_block_ranges_agree():
     assert list(empty) == [0.0, 0.0, np.inf, -np.inf]  # the corner voxel lies outside the ellipsoid
 
 
+def test_block_ranges_by_planes_equal_the_sweep():
+    """numpy's minimum and maximum per plane, over the inside voxels gathered by bisecting each
+    row, give the sequential sweep's bits: blocks of many shapes and places in many boxes (rows
+    inside, outside, one voxel wide), and blocks with NaN, infinities and signed zeros at an end
+    of a range, which go back to the sweep."""
+    from occupy_dask.kernels.local import _block_ranges, block_ranges, ellipsoid_terms
+
+    rng = np.random.default_rng(12)
+
+    def sweep(values, terms):
+        out = np.array([np.inf, -np.inf, np.inf, -np.inf])
+        _block_ranges(values, *terms, out)
+        return out
+
+    cases = 0
+    for _ in range(300):
+        shape = tuple(int(n) for n in rng.integers(1, 40, 3))
+        start = tuple(int(rng.integers(0, n)) for n in shape)
+        stop = tuple(int(rng.integers(a + 1, n + 1)) for a, n in zip(start, shape))
+        block = rng.normal(size=tuple(b - a for a, b in zip(start, stop))).astype(np.float32)
+        kind = rng.integers(0, 6)
+        flat = block.reshape(-1)
+        if kind == 1:
+            flat[rng.integers(0, flat.size)] = np.nan
+        elif kind == 2:
+            flat[rng.integers(0, flat.size)] = rng.choice([np.inf, -np.inf])
+        elif kind == 3:  # zeros of both signs at the bottom of the range
+            block = np.abs(block)
+            flat = block.reshape(-1)
+            flat[rng.integers(0, flat.size, 3)] = rng.choice([0.0, -0.0], 3)
+        elif kind == 4:  # a few values only: ties everywhere
+            block = rng.choice(np.array([-1.5, 0.25, 2.0], np.float32), block.shape)
+        terms = ellipsoid_terms(shape, start, stop)
+        assert block_ranges(block, terms).tobytes() == sweep(block, terms).tobytes(), (shape, start, stop, kind)
+        cases += 1
+    assert cases == 300
+    # a large block, rows of every length across the ellipsoid
+    shape, start, stop = (64, 200, 150), (10, 0, 0), (30, 200, 150)
+    block = rng.normal(size=(20, 200, 150)).astype(np.float32)
+    terms = ellipsoid_terms(shape, start, stop)
+    assert block_ranges(block, terms).tobytes() == sweep(block, terms).tobytes()
+
+
 def test_numba_is_started_in_the_background_before_the_first_kernel_call():
     import subprocess
     import sys

@@ -191,12 +191,74 @@ def _block_ranges(values, tz, ty, tx, out):  # pragma: no cover
     out[0], out[1], out[2], out[3] = lo, hi, inside_lo, inside_hi
 
 
+@numba.njit(cache=True, nogil=True)
+def _inside_runs(plane, zy, tx, centre, out):  # pragma: no cover
+    """Copy the voxels of a plane inside the ellipsoid (``zy``: ``t_z + t_y`` per row) into
+    ``out``, row after row; returns how many. A row's inside voxels are one run: ``t_x`` falls to
+    its least value (at ``centre``) and rises again, and a sum rounded to nearest never decreases
+    as a term grows, so the test holds on an interval, whose ends are found by bisection with the
+    test itself (:func:`inside_ellipsoid`)."""
+    n = 0
+    ny, nx = plane.shape
+    for y in range(ny):
+        if not inside_ellipsoid(zy[y], tx[centre]):
+            continue
+        lo, hi = 0, centre  # the first inside: hi is inside
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if inside_ellipsoid(zy[y], tx[mid]):
+                hi = mid
+            else:
+                lo = mid + 1
+        first = lo
+        lo, hi = centre, nx - 1  # the last inside: lo is inside
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if inside_ellipsoid(zy[y], tx[mid]):
+                lo = mid
+            else:
+                hi = mid - 1
+        m = lo + 1 - first
+        out[n : n + m] = plane[y, first : lo + 1]
+        n += m
+    return n
+
+
 def block_ranges(values: np.ndarray, axis_terms) -> np.ndarray:
     """(min, max, min inside, max inside the inscribed ellipsoid) float64 of a block, the same
-    numbers as the low-passed rows of :func:`block_moments` (NaN ignored; inf when empty)."""
+    numbers as the low-passed rows of :func:`block_moments` (NaN ignored; inf when empty).
+
+    numpy's vectorised minimum and maximum, plane by plane, over the plane and over its inside
+    voxels gathered into one run (the sequential sweep took 0.9-1.0 ns per voxel). The least and
+    the largest of floats that are not NaN are one value each, whatever the order, except a zero
+    (-0 and +0 compare equal, and the sweep keeps the first); so a block holding NaN or an
+    infinity, or whose range ends at a zero, is swept as before."""
+    values = np.ascontiguousarray(values, dtype=np.float32)
     out = np.array([np.inf, -np.inf, np.inf, -np.inf])
-    _block_ranges(np.asarray(values, np.float32), *axis_terms, out)
+    tz, ty, tx = axis_terms
+    if values.size and _ranges_by_planes(values, tz, ty, tx, out):
+        return out
+    out[:] = np.inf, -np.inf, np.inf, -np.inf
+    _block_ranges(values, *axis_terms, out)
     return out
+
+
+def _ranges_by_planes(values, tz, ty, tx, out) -> bool:
+    """:func:`block_ranges` into ``out`` with numpy's minimum and maximum; False where those need
+    not give the sweep's values (NaN or an infinity in the block, a zero at an end of a range)."""
+    centre = int(np.argmin(tx))
+    run = np.empty(values.shape[1] * values.shape[2], np.float32)
+    for z in range(values.shape[0]):
+        plane = values[z]
+        lo, hi = float(plane.min()), float(plane.max())  # NaN when the plane holds one
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            return False
+        out[0], out[1] = min(out[0], lo), max(out[1], hi)
+        n = _inside_runs(plane, tz[z] + ty, tx, centre, run)
+        if n:
+            out[2], out[3] = min(out[2], float(run[:n].min())), max(out[3], float(run[:n].max()))
+    ends = out if np.isfinite(out[2]) else out[:2]  # no voxel inside: that range stays empty
+    return bool(np.all(ends != 0.0))
 
 
 @numba.njit(cache=True, nogil=True)
