@@ -136,11 +136,16 @@ def release_reserved_map() -> bool:
     return held
 
 
+def physical_memory() -> int:
+    """Bytes of RAM of this machine."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def memory_limit(proc_cgroup: str = "/proc/self/cgroup", cgroup_root: str = "/sys/fs/cgroup") -> int:
     """Bytes of memory this process may use: the machine's RAM, or less where a memory cgroup
     (v2 ``memory.max``, v1 ``memory.limit_in_bytes``) on its path, or above it, says so (a
     SLURM job's, a container's). Page cache counts against such a limit too."""
-    limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    limit = physical_memory()
     try:
         with open(proc_cgroup) as f:
             lines = f.read().splitlines()

@@ -22,6 +22,7 @@ import dask
 import dask.threaded
 from dask.callbacks import Callback
 
+from .buffers import physical_memory
 from .errors import ClusterError, ClusterUsageError
 
 # A fused chunk task holds its block with halo, the low-passed and raw blocks, scratch for the
@@ -277,11 +278,6 @@ def parse_memory(text: str | int | float | None) -> int | None:
         return int(parse_bytes(text))
     except (ValueError, TypeError):
         raise ClusterError(f"not a memory size: {text!r} (for example 4GB or 3.5GiB)") from None
-
-
-def physical_memory() -> int:
-    """Bytes of RAM of this machine."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def task_memory(chunks: tuple[int, int, int], halo: tuple[int, int, int], n_outputs: int) -> int:
