@@ -234,18 +234,23 @@ def block_ranges(values: np.ndarray, axis_terms) -> np.ndarray:
     (-0 and +0 compare equal, and the sweep keeps the first); so a block holding NaN or an
     infinity, or whose range ends at a zero, is swept as before."""
     values = np.ascontiguousarray(values, dtype=np.float32)
-    out = np.array([np.inf, -np.inf, np.inf, -np.inf])
-    tz, ty, tx = axis_terms
-    if values.size and _ranges_by_planes(values, tz, ty, tx, out):
-        return out
-    out[:] = np.inf, -np.inf, np.inf, -np.inf
+    fast = _empty_ranges()
+    if values.size and _ranges_by_planes(values, *axis_terms, fast):
+        return fast
+    out = _empty_ranges()
     _block_ranges(values, *axis_terms, out)
     return out
 
 
+def _empty_ranges() -> np.ndarray:
+    """The ranges of no voxel: (min, max, min inside, max inside) = (inf, -inf, inf, -inf)."""
+    return np.array([np.inf, -np.inf, np.inf, -np.inf])
+
+
 def _ranges_by_planes(values, tz, ty, tx, out) -> bool:
-    """:func:`block_ranges` into ``out`` with numpy's minimum and maximum; False where those need
-    not give the sweep's values (NaN or an infinity in the block, a zero at an end of a range)."""
+    """:func:`block_ranges` into ``out`` (starting from :func:`_empty_ranges`) with numpy's
+    minimum and maximum; False where those need not give the sweep's values (NaN or an infinity
+    in the block, a zero at an end of a range), and ``out`` is then left part-way."""
     centre = int(np.argmin(tx))
     run = np.empty(values.shape[1] * values.shape[2], np.float32)
     for z in range(values.shape[0]):
