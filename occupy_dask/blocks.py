@@ -102,7 +102,7 @@ class Moments:
 
     @classmethod
     def from_row(cls, n: int, row: np.ndarray) -> Moments:
-        """From a ``(sum, sum of squares, min, max)`` row of :func:`kernels.local.block_moments`."""
+        """From a ``(sum, sum of squares, min, max)`` row of :func:`kernels.sweep.block_moments`."""
         return cls(n, float(row[0]), float(row[1]), float(row[2]), float(row[3])) if n else cls()
 
     def __add__(self, other: Moments) -> Moments:

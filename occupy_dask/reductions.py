@@ -18,7 +18,8 @@ from .blocks import Moments, block_grid, block_tasks, read_blocks, region, tile_
 from .buffers import POOL
 from .errors import ProcessingError, SolventModelError
 from .kernels.histogram import histogram_counts, histogram_counts_inside, histogram_edges
-from .kernels.local import block_moments, ellipsoid_terms, inscribed_ellipsoid
+from .kernels.local import ellipsoid_terms, inscribed_ellipsoid
+from .kernels.sweep import block_moments
 from .kernels.tiles import largest_tile_quantile, tile_layout, tile_moments
 from .settings import Settings, tau_for_kernel
 from .solvent import SOLVENT_ADVICE
@@ -173,7 +174,7 @@ def first_pass_block(sources, s: Settings, start, stop, tile_ids, tile_origins, 
     with POOL.borrow() as take:
         extended, (scale, raw, lp) = read_blocks(sources, start, stop, tile_reach(stop, tile_origins, s.tile_size), ("scale", "raw", "lp"), take)
         terms = ellipsoid_terms(s.shape, start, stop)
-        sums, counts = block_moments(raw, lp, terms)
+        sums, counts, histograms = block_moments(raw, lp, terms, histogram_ranges)
         n_inside, zeros_inside, n_nan, n_inf = (int(c) for c in counts)
         out = {
             "raw": Moments.from_row(raw.size, sums[0]),
@@ -190,8 +191,8 @@ def first_pass_block(sources, s: Settings, start, stop, tile_ids, tile_origins, 
             out["inside"] = Moments.from_row(n_inside, sums[2])
         if "target_mask" in sources:
             out["target"] = Moments.of(scale[sources["target_mask"][key] > s.target_threshold])
-        if histogram_ranges is not None:
-            out["histograms"] = histogram_counts_inside(lp, terms, *histogram_ranges)
+        if histograms is not None:
+            out["histograms"] = histograms
         if len(tile_ids):
             out["tiles"] = _best_tile(tile_ids, largest_tile_quantile(extended, start, tile_origins, s.tile_size, s.tau))
             if s.debias:  # the signal texture of the noise-floor model

@@ -96,10 +96,12 @@ def test_plain_arrays_are_made_without_zarr_with_zarrs_own_metadata(tmp_path, mo
     assert np.array_equal(zarr.open_array(str(tmp_path / "ours.zarr"), mode="r")[:], expected)
 
 
-def test_plain_target_writes_blocks_of_many_whole_chunks_itself(tmp_path, monkeypatch):
+@pytest.mark.parametrize("gather_bytes", [1 << 20, 1])
+def test_plain_target_writes_blocks_of_many_whole_chunks_itself(tmp_path, monkeypatch, gather_bytes):
     """A block whose edges lie on chunk boundaries (or the array's end) is written chunk file
-    by chunk file, edge chunks padded as zarr pads them, in batches of open files; zarr reads
-    back the same array."""
+    by chunk file, edge chunks padded as zarr pads them, in batches of open files, the strips
+    of a row of chunks copied out together or (``GATHER_BYTES`` below a chunk) one at a time;
+    zarr reads back the same array."""
     import zarr
 
     from occupy_dask.io import zarr_chunks
@@ -109,6 +111,7 @@ def test_plain_target_writes_blocks_of_many_whole_chunks_itself(tmp_path, monkey
     target = create_plain_array(str(tmp_path / "m.zarr"), data.shape, (2, 3, 2), np.complex64)
     monkeypatch.setattr(zarr, "open_array", lambda *a, **k: pytest.fail("an aligned block went through zarr"))
     monkeypatch.setattr(zarr_chunks, "WRITE_BATCH", 4)  # more chunks than one batch
+    monkeypatch.setattr(zarr_chunks, "GATHER_BYTES", gather_bytes)
     target[0:4, 0:7, 0:5] = data[0:4]  # 2 x 3 x 3 chunks, short ones at the y and x ends
     target[4:9, 0:7, 0:5] = data[4:9]
     monkeypatch.undo()

@@ -13,7 +13,8 @@ def test_scale_and_ellipsoid():
 
 
 def test_block_moments_against_numpy():
-    from occupy_dask.kernels.local import block_moments, ellipsoid_terms
+    from occupy_dask.kernels.local import ellipsoid_terms
+    from occupy_dask.kernels.sweep import block_moments
 
     rng = np.random.default_rng(3)
     shape, start, stop = (20, 22, 24), (4, 5, 6), (14, 17, 20)
@@ -21,7 +22,8 @@ def test_block_moments_against_numpy():
     raw[0, 0, :3] = 0.0
     raw[1, 1, 1], raw[2, 2, 2] = np.nan, -np.inf
     lp = rng.normal(size=raw.shape).astype(np.float32)
-    sums, counts = block_moments(raw, lp, ellipsoid_terms(shape, start, stop))
+    sums, counts, histograms = block_moments(raw, lp, ellipsoid_terms(shape, start, stop))
+    assert histograms is None
     inside = inscribed_ellipsoid(shape, start, stop)
     finite = raw[np.isfinite(raw)]
     assert list(counts) == [inside.sum(), np.count_nonzero(raw[inside] == 0), 1, 1]
@@ -36,7 +38,8 @@ def test_block_moments_add_in_voxel_order_and_block_ranges_agree():
     """The sums are the sequential float64 sums (the order fixes their last bits, which the
     solvent model sees); block_ranges gives the low-passed rows' ranges, ignoring NaN and
     keeping the first of equal signed zeros, as block_moments does."""
-    from occupy_dask.kernels.local import block_moments, block_ranges, ellipsoid_terms
+    from occupy_dask.kernels.local import block_ranges, ellipsoid_terms
+    from occupy_dask.kernels.sweep import block_moments
 
     rng = np.random.default_rng(8)
     shape, start, stop = (9, 10, 11), (0, 1, 2), (6, 7, 9)
@@ -46,7 +49,7 @@ def test_block_moments_add_in_voxel_order_and_block_ranges_agree():
     lp[tuple(np.argwhere(~inside)[0])] = np.nan  # outside: the whole block's sums are NaN, the inside's are not
     lp[tuple(np.argwhere(inside)[0])], lp[tuple(np.argwhere(inside)[1])] = -0.0, 0.0
     terms = ellipsoid_terms(shape, start, stop)
-    sums, _ = block_moments(raw, lp, terms)
+    sums, _, _ = block_moments(raw, lp, terms)
     for row, values in ((0, raw), (1, lp), (2, lp[inside])):
         total = squares = 0.0
         for v in values.ravel().astype(np.float64).tolist():

@@ -11,7 +11,9 @@ zarr. The tests check both directions against zarr's own reads and writes.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 WRITE_BATCH = 64  # chunk files a block write holds open at once (their write-back started together)
+GATHER_BYTES = 16 << 20  # a block write copies the strips of a row of chunks out at most this many bytes at a time
 
 
 def drop_cached(fd: int, start: int = 0, length: int = 0) -> None:
@@ -276,12 +279,12 @@ class PlainTarget:
         value = np.asarray(value)
         ranges = [range(a // c, -(-b // c)) for (a, b), c in zip(bounds, self.chunks)]
         indices = [(i, j, k) for i in ranges[0] for j in ranges[1] for k in ranges[2]]
-        for first in range(0, len(indices), WRITE_BATCH):
+        parts = self._parts(value, bounds, indices)
+        for _ in range(0, len(indices), WRITE_BATCH):
             written = []
             try:
-                for index in indices[first : first + WRITE_BATCH]:
-                    part = tuple(slice(i * c - a, min((i + 1) * c, b) - a) for i, c, (a, b) in zip(index, self.chunks, bounds))
-                    written.append(self._write_chunk(index, value[part]))
+                for index, part in itertools.islice(parts, WRITE_BATCH):
+                    written.append(self._write_chunk(index, part))
                 if len(written) > 1:  # start every file's write-back before waiting for any of them
                     for fd, nbytes in written:
                         drop_cached(fd, 0, nbytes)
@@ -290,6 +293,28 @@ class PlainTarget:
             finally:
                 for fd, _ in written:
                     os.close(fd)
+
+    def _parts(self, value: np.ndarray, bounds, indices):
+        """``(index, data)`` of each chunk in ``indices`` (in order, the last axis fastest): its
+        part of the block ``value``; where the chunks cut the block's rows into strips, the
+        strips of a row of chunks are copied out together (:func:`gather_strips`), at most
+        GATHER_BYTES at a time."""
+        c = self.chunks
+        strips = len(indices) > 1 and c[2] < bounds[2][1] - bounds[2][0] and value.dtype == np.dtype(self.dtype)
+        if not strips:
+            for index in indices:
+                yield index, value[tuple(slice(i * n - a, min((i + 1) * n, b) - a) for i, n, (a, b) in zip(index, c, bounds))]
+            return
+        from ..kernels.layout import gather_strips
+
+        per_copy = max(1, GATHER_BYTES // (math.prod(c) * value.itemsize))
+        for (i, j), row in itertools.groupby(indices, key=lambda index: index[:2]):
+            row = list(row)
+            rows = value[tuple(slice(m * n - a, min((m + 1) * n, b) - a) for m, n, (a, b) in zip((i, j), c, bounds))]
+            for first in range(0, len(row), per_copy):
+                group = row[first : first + per_copy]
+                copied = gather_strips(rows, group[0][2] * c[2] - bounds[2][0], len(group), c)
+                yield from zip(group, copied)
 
     def _write_chunk(self, index, value: np.ndarray) -> tuple[int, int]:
         """Write one chunk's file; returns its open descriptor and the bytes written."""

@@ -253,6 +253,16 @@ def confidence_lookup_reference(lp: np.ndarray, table: np.ndarray, lp_min: float
     return out
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _count_one(v, bucket_bin, edges, counts):  # pragma: no cover
+    """Count ``v`` in its bin: ``bucket_bin`` as :func:`_bins` found it (-1: walk the edges)."""
+    b = np.int64(bucket_bin)
+    if b < 0:
+        b = _walk(v, edges)
+    if b >= 0:
+        counts[b] += 1
+
+
 @numba.njit(cache=True, nogil=True)
 def _count_with_region(lp, tz, ty, tx, edges, buckets, scale, region_edges, region_buckets, region_scale, counts, region_counts):  # pragma: no cover
     nz, ny, nx = lp.shape
@@ -265,27 +275,27 @@ def _count_with_region(lp, tz, ty, tx, edges, buckets, scale, region_edges, regi
             _bins(row, edges, buckets, scale, found)
             _bins(row, region_edges, region_buckets, region_scale, region_found)
             for x in range(nx):
-                b = np.int64(found[x])
-                if b < 0:
-                    b = _walk(row[x], edges)
-                if b >= 0:
-                    counts[b] += 1
+                _count_one(row[x], found[x], edges, counts)
                 if inside_ellipsoid(zy, tx[x]):
-                    r = np.int64(region_found[x])
-                    if r < 0:
-                        r = _walk(row[x], region_edges)
-                    if r >= 0:
-                        region_counts[r] += 1
+                    _count_one(row[x], region_found[x], region_edges, region_counts)
 
 
 def histogram_counts_inside(lp: np.ndarray, axis_terms, lp_range, region_range, n_bins: int = N_BINS) -> tuple[np.ndarray, np.ndarray]:
     """In one sweep: counts of the whole block over ``lp_range`` and of its voxels inside the
     inscribed ellipsoid over ``region_range`` (``axis_terms`` as :func:`ellipsoid_terms`); the
     same numbers as :func:`histogram_counts` on the block and on its inside voxels."""
-    edges, region_edges = histogram_edges(*lp_range, n_bins), histogram_edges(*region_range, n_bins)
-    if edges[-1] <= edges[0] or region_edges[-1] <= region_edges[0]:
+    tables = counting_tables(lp_range, region_range, n_bins)
+    if tables is None:
         return histogram_counts(lp, *lp_range, n_bins), histogram_counts(lp[ellipsoid_mask(axis_terms)], *region_range, n_bins)
     counts, region_counts = np.zeros(n_bins, np.int64), np.zeros(n_bins, np.int64)
-    tables = (edges, *_bins_of(edges.tobytes()), region_edges, *_bins_of(region_edges.tobytes()))
     _count_with_region(np.asarray(lp, dtype=np.float32), *axis_terms, *tables, counts, region_counts)
     return counts, region_counts
+
+
+def counting_tables(lp_range, region_range, n_bins: int = N_BINS) -> tuple | None:
+    """``(edges, buckets, scale)`` of the whole block's and of the region's histogram, as the
+    counting kernels take them; None where a range is empty (edges all equal), which numpy counts."""
+    edges, region_edges = histogram_edges(*lp_range, n_bins), histogram_edges(*region_range, n_bins)
+    if edges[-1] <= edges[0] or region_edges[-1] <= region_edges[0]:
+        return None
+    return (edges, *_bins_of(edges.tobytes()), region_edges, *_bins_of(region_edges.tobytes()))

@@ -112,65 +112,6 @@ def inside_ellipsoid(zy, tx):  # pragma: no cover
 
 
 @numba.njit(cache=True, nogil=True)
-def _block_moments(raw, lp, tz, ty, tx, sums, counts):  # pragma: no cover
-    # sums rows: raw, lp, lp inside; columns: total, squares, lo, hi. counts: inside, zeros inside, NaN, Inf.
-    # Accumulated in locals (the arrays would be reloaded and stored at every voxel), each row as moments() adds.
-    r_total, r_squares, r_lo, r_hi = sums[0, 0], sums[0, 1], sums[0, 2], sums[0, 3]
-    v_total, v_squares, v_lo, v_hi = sums[1, 0], sums[1, 1], sums[1, 2], sums[1, 3]
-    i_total, i_squares, i_lo, i_hi = sums[2, 0], sums[2, 1], sums[2, 2], sums[2, 3]
-    n_inside, n_zeros, n_nan, n_inf = counts[0], counts[1], counts[2], counts[3]
-    nz, ny, nx = raw.shape
-    for z in range(nz):
-        for y in range(ny):
-            zy = tz[z] + ty[y]
-            for x in range(nx):
-                r = np.float64(raw[z, y, x])
-                v = np.float64(lp[z, y, x])
-                r_total += r
-                r_squares += r * r
-                if r < r_lo:
-                    r_lo = r
-                if r > r_hi:
-                    r_hi = r
-                v_total += v
-                v_squares += v * v
-                if v < v_lo:
-                    v_lo = v
-                if v > v_hi:
-                    v_hi = v
-                if np.isnan(r):
-                    n_nan += 1
-                elif np.isinf(r):
-                    n_inf += 1
-                if inside_ellipsoid(zy, tx[x]):
-                    n_inside += 1
-                    if r == 0.0:
-                        n_zeros += 1
-                    i_total += v
-                    i_squares += v * v
-                    if v < i_lo:
-                        i_lo = v
-                    if v > i_hi:
-                        i_hi = v
-    sums[0, 0], sums[0, 1], sums[0, 2], sums[0, 3] = r_total, r_squares, r_lo, r_hi
-    sums[1, 0], sums[1, 1], sums[1, 2], sums[1, 3] = v_total, v_squares, v_lo, v_hi
-    sums[2, 0], sums[2, 1], sums[2, 2], sums[2, 3] = i_total, i_squares, i_lo, i_hi
-    counts[0], counts[1], counts[2], counts[3] = n_inside, n_zeros, n_nan, n_inf
-
-
-def block_moments(raw: np.ndarray, lp: np.ndarray, axis_terms) -> tuple[np.ndarray, np.ndarray]:
-    """One sweep over a block: ``sums`` (3, 4) float64 of (total, sum of squares, min, max) of
-    the raw map, the low-passed map and the low-passed map inside the inscribed ellipsoid, in
-    the order :func:`moments` adds them; ``counts`` (4,) of voxels inside, raw zeros inside,
-    raw NaN and raw infinite voxels."""
-    sums = np.zeros((3, 4), np.float64)
-    sums[:, 2], sums[:, 3] = np.inf, -np.inf
-    counts = np.zeros(4, np.int64)
-    _block_moments(np.asarray(raw, np.float32), np.asarray(lp, np.float32), *axis_terms, sums, counts)
-    return sums, counts
-
-
-@numba.njit(cache=True, nogil=True)
 def _block_ranges(values, tz, ty, tx, out):  # pragma: no cover
     lo, hi, inside_lo, inside_hi = out[0], out[1], out[2], out[3]
     nz, ny, nx = values.shape
@@ -226,7 +167,7 @@ def _inside_runs(plane, zy, tx, centre, out):  # pragma: no cover
 
 def block_ranges(values: np.ndarray, axis_terms) -> np.ndarray:
     """(min, max, min inside, max inside the inscribed ellipsoid) float64 of a block, the same
-    numbers as the low-passed rows of :func:`block_moments` (NaN ignored; inf when empty).
+    numbers as the low-passed rows of :func:`~occupy_dask.kernels.sweep.block_moments` (NaN ignored; inf when empty).
 
     numpy's vectorised minimum and maximum, plane by plane, over the plane and over its inside
     voxels gathered into one run (the sequential sweep took 0.9-1.0 ns per voxel). The least and
