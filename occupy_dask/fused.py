@@ -93,14 +93,16 @@ def modification_factor(mod: Modification, scale: np.ndarray, scale_limit: float
     return out
 
 
-def local_outputs(plan: LocalPlan, scale_padded, lp_block, raw_block, start, stop, out=None, take=None) -> dict[str, np.ndarray]:
+def local_outputs(plan: LocalPlan, scale_padded, lp_block, raw_block, start, stop, out=None, take=None, moments=None) -> dict[str, np.ndarray]:
     """All per-voxel results of one chunk ``[start, stop)`` from its scale data (with halo),
     low-passed and raw data: scale, confidence, and each modification's map and factor.
 
     Each result asked for in ``plan.outputs`` is written into its slot of ``out`` (an
     ``(n_outputs, *block)`` float32 array, allocated when not given); ``take(shape)``, when
     given, lends the scratch arrays (intermediates not asked for, the max filter's buffer), so
-    that a chunk touches as little fresh memory as it can.
+    that a chunk touches as little fresh memory as it can. ``moments``, a dict, receives the
+    :class:`~occupy_dask.blocks.Moments` of the results a kernel summed as it made them (the
+    confidence).
     """
     s = plan.settings
     shape = tuple(b - a for a, b in zip(start, stop))
@@ -125,6 +127,10 @@ def local_outputs(plan: LocalPlan, scale_padded, lp_block, raw_block, start, sto
     confidence = slot("confidence")
     if s.reference_compatible:
         confidence_lookup_reference(lp_block, plan.table, *plan.lp_range, out=confidence)
+    elif moments is not None and "confidence" in plan.outputs:  # the slot keeps these values (--omit-confidence weights by a copy)
+        sums = np.empty(4)
+        confidence_lookup(lp_block, plan.table, plan.edges, out=confidence, moments=sums)
+        moments["confidence"] = Moments.from_row(confidence.size, sums)
     else:
         confidence_lookup(lp_block, plan.table, plan.edges, out=confidence)
     if s.omit_confidence:  # the modification is not weighted by the confidence; the reference writes that weight
@@ -181,12 +187,13 @@ def chunk_task(plan: LocalPlan, sources, start, stop, targets=None, write_behind
             stacked = POOL.take((len(plan.outputs), *shape))
         else:
             stacked = take((len(plan.outputs), *shape))
-        results = local_outputs(plan, scale_padded, lp_block, raw_block, start, stop, out=stacked, take=take)
+        summed = {}
+        results = local_outputs(plan, scale_padded, lp_block, raw_block, start, stop, out=stacked, take=take, moments=summed)
         stats = {"variability": masked_sum(results["scale"], scale_padded[core], 1.0)}
         if plan.input_range is not None:  # the input's histogram, for the display level of the ChimeraX script
             stats["input_counts"] = histogram_counts(raw_block, *plan.input_range)
         for name in plan.outputs:
-            stats[name] = Moments.of(results[name])
+            stats[name] = summed[name] if name in summed else Moments.of(results[name])
         if targets is None:
             return stacked, stats
         if behind is None:

@@ -130,3 +130,25 @@ def test_the_bucket_table_is_made_once_for_the_blocks_of_a_lookup():
     assert np.array_equal(np.stack(blocks), confidence_lookup(data, table, edges))
     confidence_lookup(data[0], table[::-1].copy(), edges)  # another table: another bucket table
     assert _buckets_of.cache_info().misses == 2
+
+
+def test_the_lookup_sums_its_results_as_moments_does():
+    """``moments=``: the confidences' sum, sum of squares, min and max from the lookup's own loop,
+    the bits of kernels.local.moments over the results in voxel order (NaN voxels, a table holding
+    NaN, a strided block, an empty range's constant)."""
+    from occupy_dask.kernels.local import moments
+
+    values = RNG.normal(size=(5, 12, 40)).astype(np.float32)
+    values[1, 2, 3], values[4, 0, 0] = np.nan, np.inf
+    edges = histogram_edges(-1.0, 1.5)
+    table = RNG.uniform(-0.2, 1.2, 1000).astype(np.float32)
+    with_nan = table.copy()
+    with_nan[[10, 600]] = np.nan
+    padded = np.pad(values, 2)
+    cases = [(values, edges, table), (padded[2:-2, 2:-2, 2:-2], edges, table), (values, edges, with_nan), (values, histogram_edges(0.5, 0.5), table)]
+    for block, bin_edges, confidences in cases:
+        sums = np.full(4, 7.0)  # overwritten, not added to
+        got = confidence_lookup(block, confidences, bin_edges, moments=sums)
+        assert np.array_equal(got, confidence_lookup(block, confidences, bin_edges), equal_nan=True)
+        assert sums.tobytes() == np.array(moments(got.ravel())).tobytes()
+        assert np.isnan(sums[0]) == (confidences is with_nan)

@@ -17,6 +17,7 @@ import numba
 import numpy as np
 
 from .local import ellipsoid_mask, inside_ellipsoid
+from .local import moments as _moments
 
 N_BINS = 1000
 
@@ -160,14 +161,18 @@ def _buckets_of(edges: bytes, table: bytes) -> tuple[np.ndarray, np.float32]:
     return buckets, np.float32(scale)
 
 
-@numba.njit(cache=True, nogil=True)
-def _lookup(values, edges, table, buckets, scale, out):  # pragma: no cover
+@numba.njit(cache=True, nogil=True, inline="always")
+def _lookup_rows(values, edges, table, buckets, scale, out, sums, with_moments):  # pragma: no cover
     # per row: every value's bucket (vectorised), its bucket's confidence, then the walk for the
-    # values whose bucket holds an edge (NaN; a NaN of the table is walked to the same NaN)
+    # values whose bucket holds an edge (NaN; a NaN of the table is walked to the same NaN).
+    # With ``with_moments`` (a constant where the kernels below inline this) the results' moments
+    # too, in voxel order as moments() adds them: the additions, each waiting for the one before,
+    # overlap the lookups
     first, last = edges[0], np.float32(buckets.size - 1)
     bin_scale, bin_last = np.float32(edges.size - 1) / (edges[-1] - edges[0]), np.float32(edges.size - 2)
     nz, ny, nx = values.shape
     index = np.empty(nx, np.uint32)  # unsigned: no check for a negative index
+    total, squares, lo, hi = sums[0], sums[1], sums[2], sums[3]
     for z in range(nz):
         for y in range(ny):
             row, dst = values[z, y], out[z, y]
@@ -179,6 +184,26 @@ def _lookup(values, edges, table, buckets, scale, out):  # pragma: no cover
                 if dst[x] != dst[x]:
                     v = row[x]
                     dst[x] = _unit(table[_settle(v, _guess(v, first, bin_scale, bin_last), edges)])
+                if with_moments:
+                    c = np.float64(dst[x])
+                    total += c
+                    squares += c * c
+                    if c < lo:
+                        lo = c
+                    if c > hi:
+                        hi = c
+    sums[0], sums[1], sums[2], sums[3] = total, squares, lo, hi
+
+
+@numba.njit(cache=True, nogil=True)
+def _lookup(values, edges, table, buckets, scale, out):  # pragma: no cover
+    _lookup_rows(values, edges, table, buckets, scale, out, np.zeros(4), False)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _lookup_with_moments(values, edges, table, buckets, scale, out, sums):  # pragma: no cover
+    _lookup_rows(values, edges, table, buckets, scale, out, sums, True)
     return out
 
 
@@ -221,10 +246,14 @@ def density_from_counts(counts: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return counts / db / counts.sum()
 
 
-def confidence_lookup(lp: np.ndarray, table: np.ndarray, edges: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def confidence_lookup(
+    lp: np.ndarray, table: np.ndarray, edges: np.ndarray, out: np.ndarray | None = None, moments: np.ndarray | None = None
+) -> np.ndarray:
     """Confidence per voxel: the content fraction of the voxel's histogram bin, in [0, 1]
     (float32, into ``out`` when given). A 3D ``lp`` may be a strided view (the core of a padded
-    block): it is read where it is."""
+    block): it is read where it is. ``moments``, a float64 array of 4, is set to the results'
+    (sum, sum of squares, min, max) in voxel order, the numbers of
+    :func:`~occupy_dask.kernels.local.moments`, from the same loop."""
     table = np.ascontiguousarray(table, dtype=np.float32)
     if out is None:
         out = np.empty(np.shape(lp), dtype=np.float32)
@@ -232,11 +261,24 @@ def confidence_lookup(lp: np.ndarray, table: np.ndarray, edges: np.ndarray, out:
         raise ValueError("out must be a C-contiguous float32 array shaped like the block")
     if edges[-1] <= edges[0]:
         out[...] = np.clip(table[0], 0.0, 1.0)
+        if moments is not None:
+            moments[:] = moments_of(out)
         return out
     block, edges = _as_block(lp), np.ascontiguousarray(edges, dtype=np.float32)
     buckets, scale = _buckets_of(edges.tobytes(), table.tobytes())
-    _lookup(block, edges, table, buckets, scale, out.reshape(block.shape))
+    if moments is None:
+        _lookup(block, edges, table, buckets, scale, out.reshape(block.shape))
+    else:
+        moments[:] = (0.0, 0.0, np.inf, -np.inf)
+        _lookup_with_moments(block, edges, table, buckets, scale, out.reshape(block.shape), moments)
     return out
+
+
+def moments_of(values: np.ndarray) -> tuple[float, float, float, float]:
+    """(sum, sum of squares, min, max) of ``values`` in C order (see :func:`~occupy_dask.kernels.local.moments`)."""
+    if values.size == 0:
+        return 0.0, 0.0, np.inf, -np.inf
+    return _moments(np.ascontiguousarray(values).ravel())
 
 
 def confidence_lookup_reference(lp: np.ndarray, table: np.ndarray, lp_min: float, lp_max: float, out: np.ndarray | None = None) -> np.ndarray:
