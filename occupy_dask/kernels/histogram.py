@@ -16,7 +16,7 @@ import functools
 import numba
 import numpy as np
 
-from .local import ellipsoid_mask, inside_ellipsoid
+from .local import add_moment, ellipsoid_mask, inside_ellipsoid
 from .local import moments as _moments
 
 N_BINS = 1000
@@ -185,13 +185,7 @@ def _lookup_rows(values, edges, table, buckets, scale, out, sums, with_moments):
                     v = row[x]
                     dst[x] = _unit(table[_settle(v, _guess(v, first, bin_scale, bin_last), edges)])
                 if with_moments:
-                    c = np.float64(dst[x])
-                    total += c
-                    squares += c * c
-                    if c < lo:
-                        lo = c
-                    if c > hi:
-                        hi = c
+                    total, squares, lo, hi = add_moment(np.float64(dst[x]), total, squares, lo, hi)
     sums[0], sums[1], sums[2], sums[3] = total, squares, lo, hi
 
 

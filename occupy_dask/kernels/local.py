@@ -9,21 +9,25 @@ import numba
 import numpy as np
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def add_moment(x, total, squares, lo, hi):  # pragma: no cover
+    """Running ``(sum, sum of squares, min, max)`` with the float64 ``x`` added: every kernel that
+    sums values adds them so, in voxel order, and gets the same bits."""
+    total += x
+    squares += x * x
+    if x < lo:
+        lo = x
+    if x > hi:
+        hi = x
+    return total, squares, lo, hi
+
+
 @numba.njit(cache=True, nogil=True)
 def moments(values):  # pragma: no cover
     """``(sum, sum of squares, min, max)`` of a 1D array in one pass, sums in float64."""
-    total = 0.0
-    squares = 0.0
-    lo = np.inf
-    hi = -np.inf
+    total, squares, lo, hi = 0.0, 0.0, np.inf, -np.inf
     for v in values:
-        x = np.float64(v)
-        total += x
-        squares += x * x
-        if x < lo:
-            lo = x
-        if x > hi:
-            hi = x
+        total, squares, lo, hi = add_moment(np.float64(v), total, squares, lo, hi)
     return total, squares, lo, hi
 
 

@@ -13,7 +13,7 @@ import numba
 import numpy as np
 
 from .histogram import N_BINS, _bins, _count_one, counting_tables, histogram_counts_inside
-from .local import inside_ellipsoid
+from .local import add_moment, inside_ellipsoid
 
 _NO_EDGES = np.zeros(2, np.float32)
 _NO_BUCKETS = np.zeros(1, np.int16)
@@ -45,18 +45,8 @@ def _sweep(raw, lp, tz, ty, tx, sums, counts, tables, histograms, counting):  # 
             for x in range(nx):
                 r = np.float64(raw[z, y, x])
                 v = np.float64(row[x])
-                r_total += r
-                r_squares += r * r
-                if r < r_lo:
-                    r_lo = r
-                if r > r_hi:
-                    r_hi = r
-                v_total += v
-                v_squares += v * v
-                if v < v_lo:
-                    v_lo = v
-                if v > v_hi:
-                    v_hi = v
+                r_total, r_squares, r_lo, r_hi = add_moment(r, r_total, r_squares, r_lo, r_hi)
+                v_total, v_squares, v_lo, v_hi = add_moment(v, v_total, v_squares, v_lo, v_hi)
                 if np.isnan(r):
                     n_nan += 1
                 elif np.isinf(r):
@@ -67,12 +57,7 @@ def _sweep(raw, lp, tz, ty, tx, sums, counts, tables, histograms, counting):  # 
                     n_inside += 1
                     if r == 0.0:
                         n_zeros += 1
-                    i_total += v
-                    i_squares += v * v
-                    if v < i_lo:
-                        i_lo = v
-                    if v > i_hi:
-                        i_hi = v
+                    i_total, i_squares, i_lo, i_hi = add_moment(v, i_total, i_squares, i_lo, i_hi)
                     if counting:
                         _count_one(row[x], region_found[x], region_edges, region_hist)
     sums[0, 0], sums[0, 1], sums[0, 2], sums[0, 3] = r_total, r_squares, r_lo, r_hi
