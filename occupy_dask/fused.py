@@ -127,12 +127,11 @@ def local_outputs(plan: LocalPlan, scale_padded, lp_block, raw_block, start, sto
     confidence = slot("confidence")
     if s.reference_compatible:
         confidence_lookup_reference(lp_block, plan.table, *plan.lp_range, out=confidence)
-    elif moments is not None and "confidence" in plan.outputs:  # the slot keeps these values (--omit-confidence weights by a copy)
-        sums = np.empty(4)
-        confidence_lookup(lp_block, plan.table, plan.edges, out=confidence, moments=sums)
-        moments["confidence"] = Moments.from_row(confidence.size, sums)
     else:
-        confidence_lookup(lp_block, plan.table, plan.edges, out=confidence)
+        sums = np.empty(4) if moments is not None and "confidence" in plan.outputs else None
+        confidence_lookup(lp_block, plan.table, plan.edges, out=confidence, moments=sums)
+        if sums is not None:  # the slot keeps these values (--omit-confidence weights by a copy)
+            moments["confidence"] = Moments.from_row(confidence.size, sums)
     if s.omit_confidence:  # the modification is not weighted by the confidence; the reference writes that weight
         if s.reference_compatible:
             confidence[...] = 1.0

@@ -127,6 +127,16 @@ def _walk(v, edges):  # pragma: no cover
     return _settle(v, _guess(v, edges[0], np.float32(edges.size - 1) / (edges[-1] - edges[0]), np.float32(edges.size - 2)), edges)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _count_one(v, bucket_bin, edges, counts):  # pragma: no cover
+    """Count ``v`` in its bin: ``bucket_bin`` as :func:`_bins` found it (-1: walk the edges)."""
+    b = np.int64(bucket_bin)
+    if b < 0:
+        b = _walk(v, edges)
+    if b >= 0:
+        counts[b] += 1
+
+
 COUNT_PIECE = 4096  # values whose bins are read from the buckets in one (vectorised) sweep before they are counted
 
 
@@ -140,15 +150,7 @@ def _count(values, edges, buckets, scale, counts):  # pragma: no cover
         piece = values[start : start + COUNT_PIECE]
         _bins(piece, edges, buckets, scale, found)
         for i in range(piece.size):
-            b = np.int64(found[i])
-            if b < 0:
-                b = _walk(piece[i], edges)
-                if b < 0:
-                    continue
-            if i & 1:
-                odd[b] += 1
-            else:
-                counts[b] += 1
+            _count_one(piece[i], found[i], edges, odd if i & 1 else counts)
     counts += odd
     return counts
 
@@ -256,7 +258,7 @@ def confidence_lookup(
     if edges[-1] <= edges[0]:
         out[...] = np.clip(table[0], 0.0, 1.0)
         if moments is not None:
-            moments[:] = moments_of(out)
+            moments[:] = _moments(out.reshape(-1))
         return out
     block, edges = _as_block(lp), np.ascontiguousarray(edges, dtype=np.float32)
     buckets, scale = _buckets_of(edges.tobytes(), table.tobytes())
@@ -266,13 +268,6 @@ def confidence_lookup(
         moments[:] = (0.0, 0.0, np.inf, -np.inf)
         _lookup_with_moments(block, edges, table, buckets, scale, out.reshape(block.shape), moments)
     return out
-
-
-def moments_of(values: np.ndarray) -> tuple[float, float, float, float]:
-    """(sum, sum of squares, min, max) of ``values`` in C order (see :func:`~occupy_dask.kernels.local.moments`)."""
-    if values.size == 0:
-        return 0.0, 0.0, np.inf, -np.inf
-    return _moments(np.ascontiguousarray(values).ravel())
 
 
 def confidence_lookup_reference(lp: np.ndarray, table: np.ndarray, lp_min: float, lp_max: float, out: np.ndarray | None = None) -> np.ndarray:
@@ -287,16 +282,6 @@ def confidence_lookup_reference(lp: np.ndarray, table: np.ndarray, lp_min: float
     block = _as_block(lp)
     _lookup_reference(block, np.float32(lp_min) / span, span, table, out.reshape(block.shape))
     return out
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _count_one(v, bucket_bin, edges, counts):  # pragma: no cover
-    """Count ``v`` in its bin: ``bucket_bin`` as :func:`_bins` found it (-1: walk the edges)."""
-    b = np.int64(bucket_bin)
-    if b < 0:
-        b = _walk(v, edges)
-    if b >= 0:
-        counts[b] += 1
 
 
 @numba.njit(cache=True, nogil=True)
