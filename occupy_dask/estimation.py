@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from .resample import fourier_pad, fourier_pad_reference
 from .scratch import (
     LowpassOnRead,
     Spiller,
+    keeps_in_page_cache,
     lowpass_on_disk,
     materialise,
     reads_lowpass_from_spectrum,
@@ -137,7 +139,8 @@ def _lowpassed(raw_source, s: Settings, run, options: RunOptions, temp_dirs: lis
     if reads_lowpass_from_spectrum(s, to_disk, spiller is not None):
         remove_in_background(spiller.stores["spectrum"].path)  # read by the filtered stage; goes while the ranges pass runs
         filtered = spiller.stores["filtered"]
-        source = LowpassOnRead(filtered.path, s.shape, filtered.shape[2])
+        cached = keeps_in_page_cache(math.prod(filtered.shape) * filtered.dtype.itemsize, run)  # every pass reads it
+        source = LowpassOnRead(filtered.path, s.shape, filtered.shape[2], cached=cached)
         return source, _ranges(_block_ranges_of(source, s, run))
     source, folder, parts = materialise(lp_lazy, to_disk, options.temp_dir, run, "low-pass", read_chunks=s.chunks, measure=lowpass_block_ranges)
     if fft_folder is not None:  # the spectra are not needed once the low-passed map exists: they go while the next pass runs

@@ -21,7 +21,7 @@ import dask.array as da
 import numpy as np
 
 from .blocks import region
-from .buffers import IN_MEMORY_BYTES, STASH, background_writer, map_empty, writer
+from .buffers import IN_MEMORY_BYTES, STASH, background_writer, map_empty, memory_limit, writer
 from .io.read import ArraySource, ZarrSource
 from .io.zarr_chunks import copy_rows, create_plain_array, plain_layout, read_plain_block, will_need_block
 from .lowpass import inverse_x
@@ -39,6 +39,19 @@ def keeps_on_disk(nbytes: int, run) -> bool:
     """Whether a map of ``nbytes`` that tasks read goes to disk: when large (see
     :func:`too_large_for_memory`) or when workers in other processes must read it."""
     return too_large_for_memory(nbytes, run) or getattr(run, "distributed", False)
+
+
+def keeps_in_page_cache(nbytes: int, run) -> bool:
+    """Whether a spilled store that every pass reads (the filtered spectrum of
+    :class:`LowpassOnRead`) stays in the page cache once read: when this process's threads read
+    it and it is at most a BUDGET_SHARE-th of the memory the process may use (the machine's, a
+    cgroup's, which counts the page cache too; and the run's memory limit). Otherwise each read
+    drops what it read, and every pass reads the store from disk again."""
+    if getattr(run, "distributed", False):
+        return False
+    budget = getattr(run, "memory_budget", None)
+    limit = memory_limit() if budget is None else min(memory_limit(), budget)
+    return nbytes <= limit // BUDGET_SHARE
 
 
 def too_large_for_memory(nbytes: int, run) -> bool:
@@ -282,11 +295,13 @@ class LowpassOnRead:
     (:func:`occupy_dask.lowpass.inverse_x`). The same bits as the low-passed map itself, which
     is then never written: an 8 Å low-pass of 1 Å voxels keeps a quarter of the x frequencies,
     so each pass reads a quarter of the bytes. Blocks of whole lines (slabs) only: a block
-    narrower than the map along x transforms its whole lines."""
+    narrower than the map along x transforms its whole lines. ``cached``: what is read stays in
+    the page cache for the next passes (see :func:`keeps_in_page_cache`), else it is dropped."""
 
     path: str
     shape: tuple[int, int, int]  # the map's
     columns: int
+    cached: bool = False
 
     ndim = 3
     dtype = np.dtype(np.float32)
@@ -297,8 +312,8 @@ class LowpassOnRead:
 
     def read_into(self, key: tuple[slice, slice, slice], out: np.ndarray, keep_from: int | None = None) -> np.ndarray:
         """Read the block ``key`` into ``out`` (``keep_from``: see :func:`occupy_dask.io.read.read_block`;
-        the rest of what is read is dropped from the page cache, and the planes from ``keep_from``
-        on are also handed to the next slab's read, transformed: see :class:`PlaneStash`)."""
+        unless ``cached``, the rest of what is read is dropped from the page cache; the planes from
+        ``keep_from`` on are also handed to the next slab's read, transformed: see :class:`PlaneStash`)."""
         (z0, z1), (y0, y1), columns = (k.indices(n)[:2] for k, n in zip(key, self.shape))
         window = (self.path, y0, y1, *columns)
         done = STASH.take_into(window, z0, out)  # planes the slab before transformed for this one
@@ -322,7 +337,7 @@ class LowpassOnRead:
         for z in range(z0, z1, group):
             n = min(group, z1 - z)
             planes = (slice(z, z + n), slice(y0, y1), slice(None))
-            read_plain_block(self.path, layout, spectrum_shape, planes, read[:n], drop=True, keep_from=keep_from, announced=True)
+            read_plain_block(self.path, layout, spectrum_shape, planes, read[:n], drop=not self.cached, keep_from=keep_from, announced=True)
             for first in range(0, n, step):
                 m = min(step, n - first)
                 copy_rows(lines[:m, :, : self.columns], read[first : first + m])

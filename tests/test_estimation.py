@@ -119,12 +119,16 @@ def test_spilled_spectrum_gives_the_same_numbers(phantom96, tmp_path, monkeypatc
     assert not any(tmp_path.iterdir())
 
 
-def test_slabs_of_a_spilled_spectrum_are_low_passed_on_read_with_the_same_numbers(phantom96, tmp_path, monkeypatch):
+@pytest.mark.parametrize("memory", [24 << 30, 1 << 20])
+def test_slabs_of_a_spilled_spectrum_are_low_passed_on_read_with_the_same_numbers(phantom96, tmp_path, monkeypatch, memory):
     """Spilled spectra and slab blocks: the low-passed map is never stored, each read transforms
     its planes of the filtered spectrum (in several reads and transforms per block here), and
-    every number and every block of the low-passed map is the same as in memory."""
+    every number and every block of the low-passed map is the same as in memory, whether the
+    filtered spectrum stays in the page cache between the passes (memory to spare) or not."""
     from occupy_dask import scratch
     from occupy_dask.io.read import read_with_halo
+
+    monkeypatch.setattr(scratch, "memory_limit", lambda: memory)
 
     s = derive_settings(phantom96.shape, 1.1, occupancy=True, amplify=True)
     assert s.chunks[1:] == phantom96.shape[1:]  # slabs
@@ -135,6 +139,7 @@ def test_slabs_of_a_spilled_spectrum_are_low_passed_on_read_with_the_same_number
     with estimate as b:
         source = b.sources["lp"]
         assert isinstance(source, scratch.LowpassOnRead) and b.sources["scale"] is source
+        assert source.cached == (memory > 1 << 20)
         scratch.finish_removals()  # the first spectrum, removed in the background
         (folder,) = tmp_path.iterdir()
         assert folder.name.startswith("occupy_dask_fft_") and [p.name for p in folder.iterdir()] == ["filtered.zarr"]

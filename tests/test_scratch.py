@@ -159,6 +159,47 @@ def test_slab_reads_of_the_lowpassed_map_hand_their_shared_planes_to_the_next_sl
     scratch.STASH.clear()
 
 
+@pytest.mark.parametrize("cached", [False, True])
+def test_a_cached_filtered_spectrum_stays_in_the_page_cache_and_reads_the_same(tmp_path, monkeypatch, cached):
+    """A filtered spectrum that every pass reads is dropped from the page cache as it is read,
+    or, ``cached``, left there for the next pass; the blocks are the same either way."""
+    from occupy_dask import lowpass as lowpass_stage
+    from occupy_dask import scratch
+    from occupy_dask.io import zarr_chunks
+    from occupy_dask.lowpass import lowpass, lowpass_numpy
+
+    shape, voxel = (24, 16, 20), (1.0, 1.0, 1.0)
+    data = np.random.default_rng(10).normal(size=shape).astype(np.float32)
+    spiller = scratch.Spiller(tmp_path, lambda *objs, label="": dask.compute(*objs))
+    lowpass(da.from_array(data, chunks=lowpass_stage.input_chunks(shape, 20_000)), voxel, 3.0, slab_planes=8, spill=spiller, block_bytes=20_000)
+    filtered = spiller.stores["filtered"]
+    dropped = []
+    monkeypatch.setattr(zarr_chunks, "drop_cached", lambda fd, start=0, length=0: dropped.append(start))
+    source = scratch.LowpassOnRead(filtered.path, shape, filtered.shape[2], cached=cached)
+    expected = lowpass_numpy(data, voxel, 3.0)
+    for z in range(0, 24, 8):
+        assert np.array_equal(source[z : z + 8, :, :], expected[z : z + 8])
+    assert (len(dropped) == 0) == cached
+    scratch.STASH.clear()
+
+
+def test_the_filtered_spectrum_stays_cached_only_where_memory_leaves_room(monkeypatch):
+    """At most a BUDGET_SHARE-th of the memory the process may use (a cgroup's limit counts the
+    page cache too) and of the run's memory limit, and only for this process's threads."""
+    from types import SimpleNamespace
+
+    from occupy_dask import scratch
+
+    monkeypatch.setattr(scratch, "memory_limit", lambda: 24 << 30)
+    assert scratch.keeps_in_page_cache(1 << 30, None)  # 1 GiB of a 24 GiB machine
+    assert scratch.keeps_in_page_cache(3 << 30, None) and not scratch.keeps_in_page_cache((3 << 30) + 1, None)
+    assert not scratch.keeps_in_page_cache(1 << 30, SimpleNamespace(memory_budget=4 << 30))  # --memory-limit 4GB
+    assert scratch.keeps_in_page_cache(1 << 29, SimpleNamespace(memory_budget=4 << 30))
+    assert not scratch.keeps_in_page_cache(1 << 20, SimpleNamespace(distributed=True))  # read by other processes
+    monkeypatch.setattr(scratch, "memory_limit", lambda: 3 << 29)  # a 1.5 GiB cgroup
+    assert not scratch.keeps_in_page_cache(1 << 30, None)
+
+
 def test_a_tree_is_removed_by_several_threads_and_a_link_out_of_it_is_not_followed(tmp_path, monkeypatch):
     import os
     import threading
