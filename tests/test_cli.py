@@ -1,5 +1,6 @@
 """cli.py: the command line as a user runs it."""
 
+import json
 import os
 import re
 import shutil
@@ -394,19 +395,25 @@ def test_second_spellings_are_read_as_the_first():
     assert args == ["--lowpass-amplified=9", "--no-chimerax", "--chimerax", "--lowpass-amplified", "7"] and notes == []
 
 
+def _libraries_imported_by(argv: list[str], libraries: set[str], timeout: int = 60) -> list[str]:
+    """Which of ``libraries`` (top-level packages) the command line ``argv`` imports, run to its
+    end in a fresh interpreter (an exit with an error fails the test)."""
+    probe = (
+        f"import sys, runpy; sys.argv = {argv!r}\n"
+        "try:\n    runpy.run_module('occupy_dask', run_name='__main__')\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
+        f"import json; print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({sorted(libraries)!r}))))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.parametrize("flag", ["--help", "--version"])
 def test_help_and_version_import_none_of_the_method_s_libraries(flag):
     """``--help`` and ``--version`` answer without numpy, dask, numba, scipy, zarr or matplotlib
     (the start-up of a run is theirs alone)."""
-    heavy = "{'numpy', 'dask', 'numba', 'scipy', 'zarr', 'matplotlib', 'distributed'}"
-    probe = (
-        f"import sys, runpy; sys.argv = ['occupy-dask', '{flag}']\n"
-        "try:\n    runpy.run_module('occupy_dask', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {heavy}))"
-    )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "[]"
+    heavy = {"numpy", "dask", "numba", "scipy", "zarr", "matplotlib", "distributed"}
+    assert _libraries_imported_by(["occupy-dask", flag], heavy) == []
 
 
 def test_a_local_run_imports_only_the_method_s_libraries(emd1832, tmp_path):
@@ -414,14 +421,7 @@ def test_a_local_run_imports_only_the_method_s_libraries(emd1832, tmp_path):
     (distributed, dask-jobqueue), the plots and the report (matplotlib, bokeh), zarr, RELION's star
     files, and pydantic, which typer 0.29 imports to coerce every option (0.12-0.14 s per run; see
     pyproject.toml)."""
-    others = "{'distributed', 'dask_jobqueue', 'matplotlib', 'bokeh', 'zarr', 'ome_zarr', 'starfile', 'pydantic'}"
+    others = {"distributed", "dask_jobqueue", "matplotlib", "bokeh", "zarr", "ome_zarr", "starfile", "pydantic"}
     argv = ["occupy-dask", "-i", str(emd1832), "-d", str(tmp_path / "out"), "-q", "--amplify"]
-    probe = (
-        f"import sys, runpy; sys.argv = {argv!r}\n"
-        "try:\n    runpy.run_module('occupy_dask', run_name='__main__')\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
-        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {others}))"
-    )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
+    assert _libraries_imported_by(argv, others, timeout=120) == []
     assert (tmp_path / "out" / "out_emd_1832.mrc").exists()
-    assert result.stdout.strip().splitlines()[-1] == "[]"
