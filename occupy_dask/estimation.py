@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -139,7 +138,7 @@ def _lowpassed(raw_source, s: Settings, run, options: RunOptions, temp_dirs: lis
     if reads_lowpass_from_spectrum(s, to_disk, spiller is not None):
         remove_in_background(spiller.stores["spectrum"].path)  # read by the filtered stage; goes while the ranges pass runs
         filtered = spiller.stores["filtered"]
-        cached = keeps_in_page_cache(math.prod(filtered.shape) * filtered.dtype.itemsize, run)  # every pass reads it
+        cached = keeps_in_page_cache(spectrum, run)  # every pass reads it (its nz x ny x kept columns: the largest spectrum's bytes)
         source = LowpassOnRead(filtered.path, s.shape, filtered.shape[2], cached=cached)
         return source, _ranges(_block_ranges_of(source, s, run))
     source, folder, parts = materialise(lp_lazy, to_disk, options.temp_dir, run, "low-pass", read_chunks=s.chunks, measure=lowpass_block_ranges)
