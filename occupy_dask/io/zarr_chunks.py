@@ -303,14 +303,14 @@ class PlainTarget:
         strips = len(indices) > 1 and c[2] < bounds[2][1] - bounds[2][0] and value.dtype == np.dtype(self.dtype)
         if not strips:
             for index in indices:
-                yield index, value[tuple(slice(i * n - a, min((i + 1) * n, b) - a) for i, n, (a, b) in zip(index, c, bounds))]
+                yield index, value[_part(index, c, bounds)]
             return
         from ..kernels.layout import gather_strips
 
         per_copy = max(1, GATHER_BYTES // (math.prod(c) * value.itemsize))
         for (i, j), row in itertools.groupby(indices, key=lambda index: index[:2]):
             row = list(row)
-            rows = value[tuple(slice(m * n - a, min((m + 1) * n, b) - a) for m, n, (a, b) in zip((i, j), c, bounds))]
+            rows = value[_part((i, j), c, bounds)]
             for first in range(0, len(row), per_copy):
                 group = row[first : first + per_copy]
                 copied = gather_strips(rows, group[0][2] * c[2] - bounds[2][0], len(group), c)
@@ -331,3 +331,9 @@ class PlainTarget:
             os.close(fd)
             raise
         return fd, block.nbytes
+
+
+def _part(index, chunks, bounds) -> tuple[slice, ...]:
+    """The slices of a block spanning ``bounds`` (``(start, stop)`` per axis) that chunk
+    ``index`` covers, along the leading ``len(index)`` axes."""
+    return tuple(slice(i * n - a, min((i + 1) * n, b) - a) for i, n, (a, b) in zip(index, chunks, bounds))
